@@ -358,10 +358,38 @@ impl RingPages {
         copy_out(&self.aux, self.page_shift, off, dst)
     }
 
+    /// Copies 8-byte words into the data ring at the 8-aligned offset
+    /// `off`: aligned word stores when the run stays in one page (the
+    /// common case), the byte copy otherwise.
+    #[inline]
+    pub(crate) fn write_data_words(&self, off: u64, words: &[u64]) {
+        match self.data_run(off, words.len() * 8) {
+            Some(dst) if off % 8 == 0 => {
+                let dst = dst.cast::<u64>();
+                for (i, w) in words.iter().enumerate() {
+                    // SAFETY: data_run checked that the whole run lies in one
+                    // page; the page pointer is 8-aligned and `off` is a
+                    // multiple of 8, so each word store is aligned and in
+                    // bounds.
+                    unsafe { dst.add(i).write(*w) };
+                }
+            }
+            _ => {
+                let mut bytes = [0u8; 80];
+                let mut n = 0;
+                for (chunk, w) in bytes.chunks_exact_mut(8).zip(words) {
+                    chunk.copy_from_slice(&w.to_ne_bytes());
+                    n += 8;
+                }
+                self.write_data(off, bytes.get(..n).unwrap_or(&[]));
+            }
+        }
+    }
+
     /// Host pointer and length of the run of `len` bytes at data offset
     /// `off`, if the run does not cross a page end.
     #[inline]
-    pub(crate) fn data_run(&self, off: u64, len: usize) -> Option<*mut u8> {
+    fn data_run(&self, off: u64, len: usize) -> Option<*mut u8> {
         let mask = (self.data.len() << self.page_shift) - 1;
         let off = (off as usize) & mask;
         let in_page = off & ((1 << self.page_shift) - 1);
