@@ -163,6 +163,7 @@ pub struct Checker {
     lost_total: u64,
     lost_since_sample: u64,
     last_seq: Option<u64>,
+    attached_lost: u64,
     aux_next: Option<u64>,
     aux_head: Option<u64>,
     violations: u64,
@@ -183,6 +184,7 @@ impl Checker {
             lost_total: 0,
             lost_since_sample: 0,
             last_seq: None,
+            attached_lost: 0,
             aux_next: None,
             aux_head: None,
             violations: 0,
@@ -244,6 +246,7 @@ impl Checker {
     pub fn resync(&mut self, head: u64) {
         self.next_pos = Some(head);
         self.last_seq = None;
+        self.lost_since_sample = 0;
     }
 
     /// A data_head load. `tail` is the consumer's tail when it honours one.
@@ -339,9 +342,14 @@ impl Checker {
     }
 
     fn check_sequence(&mut self, seq: u64) -> Result<(), Violation> {
-        let lost = std::mem::take(&mut self.lost_since_sample);
+        let mut lost = std::mem::take(&mut self.lost_since_sample);
+        if self.backward() {
+            // Walking newest first, a LOST sits just before (in read order)
+            // the record it shares a reservation with, but it explains the
+            // gap between that record and the next, older one.
+            lost = std::mem::replace(&mut self.attached_lost, lost);
+        }
         if let Some(prev) = self.last_seq {
-            // Backward rings are walked newest first.
             let (a, b) = if self.backward() { (seq, prev) } else { (prev, seq) };
             if b.wrapping_sub(a) != lost + 1 {
                 self.fail(Violation::Sequence {
@@ -436,6 +444,7 @@ impl Checker {
     /// snapshot covers a different window).
     pub fn on_backward_snapshot_end(&mut self) {
         self.last_seq = None;
+        self.attached_lost = 0;
         self.lost_since_sample = 0;
         self.next_pos = None;
     }
