@@ -137,6 +137,12 @@ impl<R: RingMemory> Consumer<R> {
         self.mem.pages().load(CtrlField::DataHead, Ordering::Acquire)
     }
 
+    /// Sets where the next read starts (`map->prev`): for a backward ring,
+    /// the head of the previous read (0 for a ring never read).
+    pub fn set_position(&mut self, pos: u64) {
+        self.prev = pos;
+    }
+
     /// Drops everything unread and continues at the head.
     pub fn skip_to_head(&mut self) {
         self.prev = self.read_head();
