@@ -30,7 +30,8 @@ const BATCH: u64 = 1 << 20;
 fn scattered(data_pages: usize, aux_pages: usize) -> (Arc<GuestMemoryMmap>, GuestRingLayout) {
     let n = 1 + data_pages + aux_pages;
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 * n * PAGE)]).unwrap();
-    mem.write_slice(&vec![0u8; 2 * n * PAGE], GuestAddress(0)).unwrap();
+    mem.write_slice(&vec![0u8; 2 * n * PAGE], GuestAddress(0))
+        .unwrap();
     // Page k of the ring goes to slot (k * 7) mod n, every other page.
     let addr = |k: usize| GuestAddress((2 * ((k * 7) % n) * PAGE) as u64);
     let layout = GuestRingLayout {
@@ -43,7 +44,10 @@ fn scattered(data_pages: usize, aux_pages: usize) -> (Arc<GuestMemoryMmap>, Gues
 }
 
 fn host_pages(mem: &GuestMemoryMmap, pages: &[GuestAddress]) -> Vec<*mut u8> {
-    pages.iter().map(|a| mem.get_host_address(*a).unwrap()).collect()
+    pages
+        .iter()
+        .map(|a| mem.get_host_address(*a).unwrap())
+        .collect()
 }
 
 /// Consumer using nothing but raw atomics on the control page.
@@ -73,7 +77,8 @@ fn spawn_consumer(ctrl: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle
 fn bench_samples(c: &mut Criterion) {
     let (mem, layout) = scattered(64, 0);
     let ring = Arc::new(GuestRing::new(mem.clone(), layout.clone()).unwrap());
-    let fmt = SampleFormat::new(st::IP | st::TID | st::TIME | st::ID | st::PERIOD, 0, false).unwrap();
+    let fmt =
+        SampleFormat::new(st::IP | st::TID | st::TIME | st::ID | st::PERIOD, 0, false).unwrap();
     let mut p = Producer::new(
         ring.clone(),
         ProducerConfig {
@@ -149,7 +154,8 @@ fn bench_samples(c: &mut Criterion) {
         "samples_48b: {} written, {} dropped ({:.3}% dropped)",
         stats.records_written,
         stats.records_dropped,
-        100.0 * stats.records_dropped as f64 / (stats.records_written + stats.records_dropped).max(1) as f64
+        100.0 * stats.records_dropped as f64
+            / (stats.records_written + stats.records_dropped).max(1) as f64
     );
 
     // Baseline: the same 48 bytes per record into the same pages.
@@ -171,7 +177,11 @@ fn bench_samples(c: &mut Criterion) {
                         let n = (PAGE - o % PAGE).min(48 - done);
                         // SAFETY: o % PAGE + n <= PAGE, inside one mapped page.
                         unsafe {
-                            std::ptr::copy_nonoverlapping(rec.as_ptr().add(done), pages[o / PAGE].add(o % PAGE), n)
+                            std::ptr::copy_nonoverlapping(
+                                rec.as_ptr().add(done),
+                                pages[o / PAGE].add(o % PAGE),
+                                n,
+                            )
                         };
                         done += n;
                     }
@@ -218,7 +228,13 @@ fn bench_aux(c: &mut Criterion) {
                 let o = (off + done) & mask;
                 let n = (PAGE - o % PAGE).min(CHUNK - done);
                 // SAFETY: o % PAGE + n <= PAGE, inside one mapped page.
-                unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr().add(done), pages[o / PAGE].add(o % PAGE), n) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        chunk.as_ptr().add(done),
+                        pages[o / PAGE].add(o % PAGE),
+                        n,
+                    )
+                };
                 done += n;
             }
             off = (off + CHUNK) & mask;

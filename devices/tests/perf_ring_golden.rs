@@ -62,7 +62,15 @@ fn control_page_matches_perf_event_init_userpage() {
 
 #[test]
 fn sample_all_scalar_fields_in_perf_output_sample_order() {
-    let t = st::IDENTIFIER | st::IP | st::TID | st::TIME | st::ADDR | st::ID | st::STREAM_ID | st::CPU | st::PERIOD;
+    let t = st::IDENTIFIER
+        | st::IP
+        | st::TID
+        | st::TIME
+        | st::ADDR
+        | st::ID
+        | st::STREAM_ID
+        | st::CPU
+        | st::PERIOD;
     let fmt = SampleFormat::new(t, 0, false).unwrap();
     let sample = Sample {
         misc: misc::KERNEL | misc::EXACT_IP,
@@ -128,7 +136,12 @@ fn sample_read_one_value_then_times_then_id_then_lost() {
 
 #[test]
 fn sample_read_group_nr_times_then_entries() {
-    let fmt = SampleFormat::new(st::READ, rf::GROUP | rf::TOTAL_TIME_ENABLED | rf::ID | rf::LOST, false).unwrap();
+    let fmt = SampleFormat::new(
+        st::READ,
+        rf::GROUP | rf::TOTAL_TIME_ENABLED | rf::ID | rf::LOST,
+        false,
+    )
+    .unwrap();
     let values = [
         ReadValue {
             value: 10,
@@ -167,7 +180,12 @@ fn sample_read_group_nr_times_then_entries() {
 #[test]
 fn sample_callchain_raw_padding_and_aux() {
     let fmt = SampleFormat::new(st::TID | st::CALLCHAIN | st::RAW | st::AUX, 0, false).unwrap();
-    let chain = [context::KERNEL, 0xffff_ffff_8100_0000, context::USER, 0x40_0000];
+    let chain = [
+        context::KERNEL,
+        0xffff_ffff_8100_0000,
+        context::USER,
+        0x40_0000,
+    ];
     let sample = Sample {
         misc: misc::KERNEL,
         callchain: &chain,
@@ -217,7 +235,12 @@ fn sample_raw_exact_fit_and_empty_raw() {
 }
 
 fn trailer_fmt() -> SampleFormat {
-    SampleFormat::new(st::TID | st::TIME | st::ID | st::STREAM_ID | st::CPU | st::IDENTIFIER | st::IP, 0, true).unwrap()
+    SampleFormat::new(
+        st::TID | st::TIME | st::ID | st::STREAM_ID | st::CPU | st::IDENTIFIER | st::IP,
+        0,
+        true,
+    )
+    .unwrap()
 }
 
 /// sample_id trailer in __perf_event__output_id_sample order: TID, TIME,
@@ -269,7 +292,11 @@ fn non_sample_records_with_sample_id_trailer() {
         ],
     );
     let t = 48u16; // trailer length
-    let mut b = Bytes8::default().header(5, 0, 32 + t).u64(5).u64(0x77).u64(0x78);
+    let mut b = Bytes8::default()
+        .header(5, 0, 32 + t)
+        .u64(5)
+        .u64(0x77)
+        .u64(0x78);
     b = trailer(b);
     b = b.header(6, 0, 32 + t).u64(6).u64(0x77).u64(0x78);
     b = trailer(b);
@@ -320,7 +347,11 @@ fn lost_record_is_injected_in_the_same_reservation() {
     // Free everything: tail = head.
     let head = s.ctrl_u64(1024);
     assert_eq!(head, 63 * 64);
-    ring.pages().store(CtrlField::DataTail, head, std::sync::atomic::Ordering::Release);
+    ring.pages().store(
+        CtrlField::DataTail,
+        head,
+        std::sync::atomic::Ordering::Release,
+    );
     assert!(p.write_sample(&sample, &ids()).unwrap().written);
     assert_eq!(p.pending_lost(), 0);
     let new_head = s.ctrl_u64(1024);
@@ -354,7 +385,14 @@ fn record_wrapping_the_ring_end_is_split_across_scattered_pages() {
     let fmt = SampleFormat::new(st::IP | st::RAW, 0, false).unwrap();
     let s = scattered(2, 0);
     let ring = s.ring();
-    let mut p = Producer::new(ring.clone(), ProducerConfig { format: fmt, ..Default::default() }).unwrap();
+    let mut p = Producer::new(
+        ring.clone(),
+        ProducerConfig {
+            format: fmt,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     // Fill to 8184 - 16 = 8176, consume everything, then write a 64-byte
     // record that starts 16 bytes before the end of the 8 KiB ring.
     let filler = Sample {
@@ -362,16 +400,28 @@ fn record_wrapping_the_ring_end_is_split_across_scattered_pages() {
         raw: &[0u8; 4084], // 8 + 8 + 4 + 4084 = 4104 -> round 4104
         ..Default::default()
     };
-    assert!(p.write_sample(&filler, &SampleId::default()).unwrap().written);
+    assert!(
+        p.write_sample(&filler, &SampleId::default())
+            .unwrap()
+            .written
+    );
     let pad = Sample {
         ip: 2,
         raw: &[0u8; 4052], // 8 + 8 + 4 + 4052 = 4072
         ..Default::default()
     };
-    ring.pages().store(CtrlField::DataTail, s.ctrl_u64(1024), std::sync::atomic::Ordering::Release);
+    ring.pages().store(
+        CtrlField::DataTail,
+        s.ctrl_u64(1024),
+        std::sync::atomic::Ordering::Release,
+    );
     assert!(p.write_sample(&pad, &SampleId::default()).unwrap().written);
     assert_eq!(s.ctrl_u64(1024), 8176);
-    ring.pages().store(CtrlField::DataTail, 8176, std::sync::atomic::Ordering::Release);
+    ring.pages().store(
+        CtrlField::DataTail,
+        8176,
+        std::sync::atomic::Ordering::Release,
+    );
     let payload: Vec<u8> = (0u8..44).collect();
     let rec = Sample {
         ip: 0x1234_5678,
@@ -379,10 +429,23 @@ fn record_wrapping_the_ring_end_is_split_across_scattered_pages() {
         ..Default::default()
     };
     assert!(p.write_sample(&rec, &SampleId::default()).unwrap().written);
-    let want = Bytes8::default().header(9, 0, 64).u64(0x1234_5678).u32(44).bytes(&payload).done();
+    let want = Bytes8::default()
+        .header(9, 0, 64)
+        .u64(0x1234_5678)
+        .u32(44)
+        .bytes(&payload)
+        .done();
     let data = s.data_bytes();
-    assert_eq!(&data[8176..8192], &want[..16], "first 16 bytes at the end of the last page");
-    assert_eq!(&data[..48], &want[16..], "the rest at the start of the first page");
+    assert_eq!(
+        &data[8176..8192],
+        &want[..16],
+        "first 16 bytes at the end of the last page"
+    );
+    assert_eq!(
+        &data[..48],
+        &want[16..],
+        "the rest at the start of the first page"
+    );
     assert!(s.canaries_intact());
 }
 
@@ -391,13 +454,27 @@ fn aux_record_is_emitted_before_aux_head_moves_and_is_exact() {
     let fmt = SampleFormat::new(st::TID, 0, true).unwrap();
     let s = scattered(2, 2);
     let ring = s.ring();
-    let mut p = Producer::new(ring.clone(), ProducerConfig { format: fmt, ..Default::default() }).unwrap();
+    let mut p = Producer::new(
+        ring.clone(),
+        ProducerConfig {
+            format: fmt,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
     let out = p.aux_output(&data, &ids()).unwrap();
     assert_eq!((out.offset, out.size, out.flags), (0, 5000, 0));
     assert_eq!(s.ctrl_u64(1056), 5000, "aux_head");
     let got = &s.data_bytes()[..s.ctrl_u64(1024) as usize];
-    let want = Bytes8::default().header(11, 0, 32 + 8).u64(0).u64(5000).u64(0).u32(0x1111).u32(0x2222).done();
+    let want = Bytes8::default()
+        .header(11, 0, 32 + 8)
+        .u64(0)
+        .u64(5000)
+        .u64(0)
+        .u32(0x1111)
+        .u32(0x2222)
+        .done();
     assert_eq!(got, &want[..]);
     // The bytes cross from AUX page 0 into page 1, which live at scattered
     // guest addresses.
@@ -406,7 +483,9 @@ fn aux_record_is_emitted_before_aux_head_moves_and_is_exact() {
     use vm_memory::Bytes;
     s.mem.read_slice(&mut first, s.layout.aux[0]).unwrap();
     back[..4096].copy_from_slice(&first);
-    s.mem.read_slice(&mut back[4096..], s.layout.aux[1]).unwrap();
+    s.mem
+        .read_slice(&mut back[4096..], s.layout.aux[1])
+        .unwrap();
     assert_eq!(back, data);
     // Room is CIRC_SPACE(5000, 0, 8192) = 3191: a bigger write truncates.
     let out = p.aux_output(&data, &ids()).unwrap();

@@ -112,7 +112,10 @@ fn normal_mode_exact_lost_accounting() {
     assert_eq!(st.records_dropped, st.lost_reported);
     assert!(st.records_written > 0);
     assert!(s.canaries_intact());
-    eprintln!("normal: {} produced, {} written, {} dropped", i, st.records_written, st.records_dropped);
+    eprintln!(
+        "normal: {} produced, {} written, {} dropped",
+        i, st.records_written, st.records_dropped
+    );
 }
 
 #[test]
@@ -153,7 +156,10 @@ fn forward_overwrite_mode_reader_validates_against_head() {
     done.store(true, Ordering::Release);
     let (seen, stats) = reader.join().unwrap();
     assert_eq!(p.stats().records_dropped, 0);
-    eprintln!("forward overwrite: {n} written, {seen} read intact, {} skips", stats.skips);
+    eprintln!(
+        "forward overwrite: {n} written, {seen} read intact, {} skips",
+        stats.skips
+    );
     assert!(s.canaries_intact());
 }
 
@@ -178,7 +184,12 @@ fn backward_overwrite_mode_paused_snapshots() {
     let want_pause = Arc::new(AtomicBool::new(false));
     let paused = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
-    let (wp, pd, dn, ring2) = (want_pause.clone(), paused.clone(), done.clone(), ring.clone());
+    let (wp, pd, dn, ring2) = (
+        want_pause.clone(),
+        paused.clone(),
+        done.clone(),
+        ring.clone(),
+    );
     let reader = std::thread::spawn(move || {
         let mut c = Consumer::new(ring2.clone(), ReadMode::Backward);
         let mut chk = checker(ReadMode::Backward, ring2.pages().data_size());
@@ -211,7 +222,10 @@ fn backward_overwrite_mode_paused_snapshots() {
     let (snaps, recs) = reader.join().unwrap();
     let st = *p.stats();
     assert_eq!(st.records_dropped, st.lost_reported + p.pending_lost());
-    eprintln!("backward: {snaps} snapshots, {recs} records read, {} dropped while paused", st.records_dropped);
+    eprintln!(
+        "backward: {snaps} snapshots, {recs} records read, {} dropped while paused",
+        st.records_dropped
+    );
     assert!(snaps > 0);
     assert!(s.canaries_intact());
 }
@@ -219,7 +233,12 @@ fn backward_overwrite_mode_paused_snapshots() {
 /// Host pointers of the ring pages, as plain addresses.
 fn raw_pages(s: &Scattered) -> (usize, Vec<usize>) {
     let ctrl = s.mem.get_host_address(s.layout.control).unwrap() as usize;
-    let data = s.layout.data.iter().map(|a| s.mem.get_host_address(*a).unwrap() as usize).collect();
+    let data = s
+        .layout
+        .data
+        .iter()
+        .map(|a| s.mem.get_host_address(*a).unwrap() as usize)
+        .collect();
     (ctrl, data)
 }
 
@@ -258,7 +277,10 @@ fn raw_reader(ctrl: usize, data: Vec<usize>, done: Arc<AtomicBool>) -> (u64, u64
             copy(pos, &mut hdr);
             let ty = u32::from_ne_bytes(hdr[0..4].try_into().unwrap());
             let len = u16::from_ne_bytes(hdr[6..8].try_into().unwrap()) as u64;
-            assert!(len >= 8 && len % 8 == 0 && pos + len <= h, "bad record at {pos:#x}");
+            assert!(
+                len >= 8 && len.is_multiple_of(8) && pos + len <= h,
+                "bad record at {pos:#x}"
+            );
             let mut body = vec![0u8; len as usize];
             copy(pos, &mut body);
             let w1 = u64::from_ne_bytes(body[8..16].try_into().unwrap());

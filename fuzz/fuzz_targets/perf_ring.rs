@@ -52,8 +52,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = decode(&fmt, inp.0.get(..64.min(inp.0.len())).unwrap_or(&[]));
 
     // Arbitrary layout: slot numbers (some out of range or misaligned).
-    let mem = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0x10000), SLOTS * PAGE)]).unwrap());
-    mem.write_slice(&vec![CANARY; SLOTS * PAGE], GuestAddress(0x10000)).unwrap();
+    let mem = Arc::new(
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0x10000), SLOTS * PAGE)]).unwrap(),
+    );
+    mem.write_slice(&vec![CANARY; SLOTS * PAGE], GuestAddress(0x10000))
+        .unwrap();
     let addr = |b: u8| -> GuestAddress {
         let slot = u64::from(b % 32); // 24..31 are outside guest memory
         let misalign = if b & 0x80 != 0 { 8 } else { 0 };
@@ -135,7 +138,14 @@ fuzz_target!(|data: &[u8]| {
                 let _ = p.write_sample(&s, &ids);
             }
             4 => {
-                let _ = p.output(&Event::Throttle { time: 1, id: 1, stream_id: 1 }, &ids);
+                let _ = p.output(
+                    &Event::Throttle {
+                        time: 1,
+                        id: 1,
+                        stream_id: 1,
+                    },
+                    &ids,
+                );
             }
             5 => {
                 // Hostile tail; remember what is unread now.
@@ -152,7 +162,10 @@ fuzz_target!(|data: &[u8]| {
                 if hostile && normal_fwd {
                     let mut now = vec![0u8; snapshot.len()];
                     pg.read_data(snap_tail, &mut now);
-                    assert_eq!(now, snapshot, "producer overwrote unread bytes under a hostile tail");
+                    assert_eq!(
+                        now, snapshot,
+                        "producer overwrote unread bytes under a hostile tail"
+                    );
                 }
                 hostile = false;
                 pg.store(CtrlField::DataTail, consumer.position(), Ordering::Release);
@@ -199,7 +212,11 @@ fuzz_target!(|data: &[u8]| {
         if declared.binary_search(&slot).is_ok() {
             continue;
         }
-        mem.read_slice(&mut buf, GuestAddress(0x10000 + slot * PAGE as u64)).unwrap();
-        assert!(buf.iter().all(|b| *b == CANARY), "write outside the ring in slot {slot}");
+        mem.read_slice(&mut buf, GuestAddress(0x10000 + slot * PAGE as u64))
+            .unwrap();
+        assert!(
+            buf.iter().all(|b| *b == CANARY),
+            "write outside the ring in slot {slot}"
+        );
     }
 });

@@ -88,7 +88,9 @@ pub enum Violation {
         pos: u64,
     },
     /// LOST totals do not add up.
-    #[error("{produced} records produced but {read} read + {lost} reported lost + {pending} pending")]
+    #[error(
+        "{produced} records produced but {read} read + {lost} reported lost + {pending} pending"
+    )]
     LostMismatch {
         /// Produced.
         produced: u64,
@@ -108,7 +110,9 @@ pub enum Violation {
         why: &'static str,
     },
     /// aux_head broke its invariants.
-    #[error("aux_head {head:#x} (previous {prev:#x}, aux_tail {tail:#x}, size {size:#x}) is invalid")]
+    #[error(
+        "aux_head {head:#x} (previous {prev:#x}, aux_tail {tail:#x}, size {size:#x}) is invalid"
+    )]
     BadAuxHead {
         /// New head.
         head: u64,
@@ -251,14 +255,18 @@ impl Checker {
 
     /// A data_head load. `tail` is the consumer's tail when it honours one.
     pub fn on_head(&mut self, head: u64, tail: Option<u64>) -> Result<(), Violation> {
-        if head % 8 != 0 {
+        if !head.is_multiple_of(8) {
             self.fail(Violation::HeadUnaligned(head))?;
         }
         if let Some(prev) = self.last_head {
             // Monotonic: forward heads only grow, backward heads only
             // shrink (modulo 2^64, so compare the signed distance).
             let moved = head.wrapping_sub(prev) as i64;
-            let wrong = if self.backward() { moved > 0 } else { moved < 0 };
+            let wrong = if self.backward() {
+                moved > 0
+            } else {
+                moved < 0
+            };
             if wrong {
                 self.fail(Violation::HeadNotMonotonic { prev, head })?;
             }
@@ -279,7 +287,7 @@ impl Checker {
 
     /// One record at ring position `pos`.
     pub fn on_record(&mut self, pos: u64, bytes: &[u8]) -> Result<(), Violation> {
-        if pos % 8 != 0 {
+        if !pos.is_multiple_of(8) {
             self.fail(Violation::Unaligned(pos))?;
         }
         if !self.backward() {
@@ -331,7 +339,11 @@ impl Checker {
                     self.check_sequence(s.ip)?;
                 }
             }
-            Body::Aux { offset, size, flags } => {
+            Body::Aux {
+                offset,
+                size,
+                flags,
+            } => {
                 self.records += 1;
                 self.check_aux_record(pos, *offset, *size, *flags)?;
             }
@@ -350,7 +362,11 @@ impl Checker {
             lost = std::mem::replace(&mut self.attached_lost, lost);
         }
         if let Some(prev) = self.last_seq {
-            let (a, b) = if self.backward() { (seq, prev) } else { (prev, seq) };
+            let (a, b) = if self.backward() {
+                (seq, prev)
+            } else {
+                (prev, seq)
+            };
             if b.wrapping_sub(a) != lost + 1 {
                 self.fail(Violation::Sequence {
                     prev: a,
@@ -388,7 +404,13 @@ impl Checker {
         Ok(())
     }
 
-    fn check_aux_record(&mut self, pos: u64, offset: u64, size: u64, flags: u64) -> Result<(), Violation> {
+    fn check_aux_record(
+        &mut self,
+        pos: u64,
+        offset: u64,
+        size: u64,
+        flags: u64,
+    ) -> Result<(), Violation> {
         if flags & !aux_flag::VALID != 0 {
             self.fail(Violation::BadAux {
                 pos,
@@ -450,11 +472,23 @@ impl Checker {
     }
 
     /// An aux_head / aux_tail observation.
-    pub fn on_aux_head(&mut self, head: u64, tail: u64, size: u64, overwrite: bool) -> Result<(), Violation> {
+    pub fn on_aux_head(
+        &mut self,
+        head: u64,
+        tail: u64,
+        size: u64,
+        overwrite: bool,
+    ) -> Result<(), Violation> {
         let prev = self.aux_head.unwrap_or(0);
-        let bad = (head.wrapping_sub(prev) as i64) < 0 || (!overwrite && head.wrapping_sub(tail) > size);
+        let bad =
+            (head.wrapping_sub(prev) as i64) < 0 || (!overwrite && head.wrapping_sub(tail) > size);
         if bad {
-            self.fail(Violation::BadAuxHead { head, prev, tail, size })?;
+            self.fail(Violation::BadAuxHead {
+                head,
+                prev,
+                tail,
+                size,
+            })?;
         }
         self.aux_head = Some(head);
         Ok(())
@@ -474,4 +508,3 @@ impl Checker {
         Ok(())
     }
 }
-

@@ -36,7 +36,9 @@ pub enum ReadMode {
 pub enum ReadError {
     /// A header that cannot be right: the producer is broken or the ring
     /// was not zeroed. The reader should resynchronise at the head.
-    #[error("corrupt record header at ring position {pos:#x} (size {size}); resync with skip_to_head()")]
+    #[error(
+        "corrupt record header at ring position {pos:#x} (size {size}); resync with skip_to_head()"
+    )]
     Corrupt {
         /// Ring position.
         pos: u64,
@@ -134,7 +136,9 @@ impl<R: RingMemory> Consumer<R> {
     /// `ring_buffer_read_head`: Acquire, pairs with the producer's Release
     /// store of data_head (C pairs with B).
     pub fn read_head(&self) -> u64 {
-        self.mem.pages().load(CtrlField::DataHead, Ordering::Acquire)
+        self.mem
+            .pages()
+            .load(CtrlField::DataHead, Ordering::Acquire)
     }
 
     /// Sets where the next read starts (`map->prev`): for a backward ring,
@@ -168,17 +172,27 @@ impl<R: RingMemory> Consumer<R> {
     /// (Forward) releases the space. With a checker, every record and head
     /// is verified and the unread bytes are re-read before the tail is
     /// released to prove they did not change.
-    pub fn read_batch<F>(&mut self, mut checker: Option<&mut Checker>, mut f: F) -> Result<Batch, ReadError>
+    pub fn read_batch<F>(
+        &mut self,
+        mut checker: Option<&mut Checker>,
+        mut f: F,
+    ) -> Result<Batch, ReadError>
     where
         F: FnMut(u64, &[u8]),
     {
         match self.mode {
-            ReadMode::Forward | ReadMode::ForwardOverwrite => self.read_forward(&mut checker, &mut f),
+            ReadMode::Forward | ReadMode::ForwardOverwrite => {
+                self.read_forward(&mut checker, &mut f)
+            }
             ReadMode::Backward => self.read_backward(&mut checker, &mut f),
         }
     }
 
-    fn read_forward<F>(&mut self, checker: &mut Option<&mut Checker>, f: &mut F) -> Result<Batch, ReadError>
+    fn read_forward<F>(
+        &mut self,
+        checker: &mut Option<&mut Checker>,
+        f: &mut F,
+    ) -> Result<Batch, ReadError>
     where
         F: FnMut(u64, &[u8]),
     {
@@ -203,7 +217,11 @@ impl<R: RingMemory> Consumer<R> {
             // __perf_mmap__read_init: "failed to keep up with mmap data".
             if self.mode == ReadMode::Forward {
                 if let Some(c) = checker.as_deref_mut() {
-                    c.fail(Violation::TooMuchUnread { head, tail: start, size })?;
+                    c.fail(Violation::TooMuchUnread {
+                        head,
+                        tail: start,
+                        size,
+                    })?;
                 }
             }
             self.prev = head;
@@ -250,8 +268,11 @@ impl<R: RingMemory> Consumer<R> {
                 Err(_) => return Err(ReadError::Corrupt { pos, size: 0 }),
             };
             let len = hdr.size as usize;
-            if len < HEADER_LEN || len % 8 != 0 || len > rest.len() {
-                return Err(ReadError::Corrupt { pos, size: hdr.size });
+            if len < HEADER_LEN || !len.is_multiple_of(8) || len > rest.len() {
+                return Err(ReadError::Corrupt {
+                    pos,
+                    size: hdr.size,
+                });
             }
             let rec = rest.get(..len).unwrap_or(&[]);
             if let Some(c) = checker.as_deref_mut() {
@@ -271,7 +292,11 @@ impl<R: RingMemory> Consumer<R> {
                 let mut again = vec![0u8; self.buf.len()];
                 pages.read_data(self.prev, &mut again);
                 if again != self.buf {
-                    let at = again.iter().zip(&self.buf).position(|(a, b)| a != b).unwrap_or(0);
+                    let at = again
+                        .iter()
+                        .zip(&self.buf)
+                        .position(|(a, b)| a != b)
+                        .unwrap_or(0);
                     c.fail(Violation::UnreadBytesChanged {
                         pos: self.prev.wrapping_add(at as u64),
                     })?;
@@ -287,7 +312,11 @@ impl<R: RingMemory> Consumer<R> {
         Ok(batch)
     }
 
-    fn read_backward<F>(&mut self, checker: &mut Option<&mut Checker>, f: &mut F) -> Result<Batch, ReadError>
+    fn read_backward<F>(
+        &mut self,
+        checker: &mut Option<&mut Checker>,
+        f: &mut F,
+    ) -> Result<Batch, ReadError>
     where
         F: FnMut(u64, &[u8]),
     {
@@ -318,8 +347,11 @@ impl<R: RingMemory> Consumer<R> {
                 if h.size == 0 {
                     break;
                 }
-                if (h.size as usize) < HEADER_LEN || h.size % 8 != 0 {
-                    return Err(ReadError::Corrupt { pos: evt, size: h.size });
+                if (h.size as usize) < HEADER_LEN || !h.size.is_multiple_of(8) {
+                    return Err(ReadError::Corrupt {
+                        pos: evt,
+                        size: h.size,
+                    });
                 }
                 last = h.size as u64;
                 evt = evt.wrapping_add(last);
@@ -336,7 +368,7 @@ impl<R: RingMemory> Consumer<R> {
             if h.size == 0 {
                 break;
             }
-            if len < HEADER_LEN as u64 || len % 8 != 0 || len > end.wrapping_sub(pos) {
+            if len < HEADER_LEN as u64 || !len.is_multiple_of(8) || len > end.wrapping_sub(pos) {
                 return Err(ReadError::Corrupt { pos, size: h.size });
             }
             rec.resize(len as usize, 0);

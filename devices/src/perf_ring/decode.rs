@@ -349,7 +349,7 @@ fn decode_sample(fmt: &SampleFormat, r: &mut Reader<'_>) -> Option<SampleRecord>
 pub fn decode(fmt: &SampleFormat, bytes: &[u8]) -> Result<Record, DecodeError> {
     let header = Header::parse(bytes)?;
     let size = header.size as usize;
-    if size < HEADER_LEN || size % 8 != 0 || size != bytes.len() {
+    if size < HEADER_LEN || !size.is_multiple_of(8) || size != bytes.len() {
         return Err(DecodeError::BadSize {
             size: header.size,
             len: bytes.len(),
@@ -369,12 +369,26 @@ pub fn decode(fmt: &SampleFormat, bytes: &[u8]) -> Result<Record, DecodeError> {
             _ => return Err(truncated),
         },
         record::THROTTLE | record::UNTHROTTLE => match (r.u64(), r.u64(), r.u64()) {
-            (Some(time), Some(id), Some(stream_id)) if header.ty == record::THROTTLE => Body::Throttle { time, id, stream_id },
-            (Some(time), Some(id), Some(stream_id)) => Body::Unthrottle { time, id, stream_id },
+            (Some(time), Some(id), Some(stream_id)) if header.ty == record::THROTTLE => {
+                Body::Throttle {
+                    time,
+                    id,
+                    stream_id,
+                }
+            }
+            (Some(time), Some(id), Some(stream_id)) => Body::Unthrottle {
+                time,
+                id,
+                stream_id,
+            },
             _ => return Err(truncated),
         },
         record::AUX => match (r.u64(), r.u64(), r.u64()) {
-            (Some(offset), Some(size), Some(flags)) => Body::Aux { offset, size, flags },
+            (Some(offset), Some(size), Some(flags)) => Body::Aux {
+                offset,
+                size,
+                flags,
+            },
             _ => return Err(truncated),
         },
         record::ITRACE_START => match (r.u32(), r.u32()) {
@@ -396,7 +410,10 @@ pub fn decode(fmt: &SampleFormat, bytes: &[u8]) -> Result<Record, DecodeError> {
         _ => {
             // Variable bodies (MMAP, COMM, ...): perf finds the trailer
             // from the end of the record, so do we.
-            let body_len = r.remaining().checked_sub(trailer).ok_or(truncated.clone())?;
+            let body_len = r
+                .remaining()
+                .checked_sub(trailer)
+                .ok_or(truncated.clone())?;
             Body::Other(r.take(body_len).ok_or(truncated.clone())?.to_vec())
         }
     };

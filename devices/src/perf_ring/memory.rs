@@ -184,7 +184,7 @@ impl RingPages {
         check_count(Area::Aux, aux.len())?;
         let conv = |area: Area, index: usize, p: *mut u8| -> Result<NonNull<u8>, Error> {
             match NonNull::new(p) {
-                Some(nn) if (p as usize) % 8 == 0 => Ok(nn),
+                Some(nn) if (p as usize).is_multiple_of(8) => Ok(nn),
                 _ => Err(Error::HostPointer {
                     area,
                     index,
@@ -205,8 +205,16 @@ impl RingPages {
             .collect::<Result<Box<[_]>, _>>()?;
         let mut all = Vec::with_capacity(1 + data.len() + aux.len());
         all.push((control.as_ptr() as u64, Area::Control, 0));
-        all.extend(data.iter().enumerate().map(|(i, p)| (p.as_ptr() as u64, Area::Data, i)));
-        all.extend(aux.iter().enumerate().map(|(i, p)| (p.as_ptr() as u64, Area::Aux, i)));
+        all.extend(
+            data.iter()
+                .enumerate()
+                .map(|(i, p)| (p.as_ptr() as u64, Area::Data, i)),
+        );
+        all.extend(
+            aux.iter()
+                .enumerate()
+                .map(|(i, p)| (p.as_ptr() as u64, Area::Aux, i)),
+        );
         check_disjoint(all, page_size)?;
         Ok(RingPages {
             page_shift,
@@ -311,7 +319,11 @@ impl RingPages {
         // SAFETY: offset 72 is 4-aligned inside the page, see `atomic`.
         let size = unsafe { AtomicU32::from_ptr(base.add(ctrl::SIZE).cast()) };
         size.store(ctrl::SIZE_VALUE, Ordering::Relaxed);
-        self.store(CtrlField::DataOffset, self.page_size() as u64, Ordering::Relaxed);
+        self.store(
+            CtrlField::DataOffset,
+            self.page_size() as u64,
+            Ordering::Relaxed,
+        );
         self.store(CtrlField::DataSize, self.data_size(), Ordering::Relaxed);
         self.store(CtrlField::DataTail, 0, Ordering::Relaxed);
         self.store(CtrlField::AuxHead, 0, Ordering::Relaxed);
@@ -364,7 +376,7 @@ impl RingPages {
     #[inline]
     pub(crate) fn write_data_words(&self, off: u64, words: &[u64]) {
         match self.data_run(off, words.len() * 8) {
-            Some(dst) if off % 8 == 0 => {
+            Some(dst) if off.is_multiple_of(8) => {
                 let dst = dst.cast::<u64>();
                 for (i, w) in words.iter().enumerate() {
                     // SAFETY: data_run checked that the whole run lies in one
@@ -534,8 +546,20 @@ impl<M: GuestMemoryBackend> GuestRing<M> {
         let page_size = layout.page_size;
         let mut all = Vec::with_capacity(1 + layout.data.len() + layout.aux.len());
         all.push((layout.control.0, Area::Control, 0));
-        all.extend(layout.data.iter().enumerate().map(|(i, a)| (a.0, Area::Data, i)));
-        all.extend(layout.aux.iter().enumerate().map(|(i, a)| (a.0, Area::Aux, i)));
+        all.extend(
+            layout
+                .data
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (a.0, Area::Data, i)),
+        );
+        all.extend(
+            layout
+                .aux
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (a.0, Area::Aux, i)),
+        );
         for &(gpa, area, index) in &all {
             if gpa % page_size as u64 != 0 {
                 return Err(Error::UnalignedPage { area, index, gpa });

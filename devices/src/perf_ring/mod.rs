@@ -85,7 +85,9 @@ pub enum Error {
         addr: u64,
     },
     /// A host pointer that is null or not 8-byte aligned.
-    #[error("{area} page {index} maps to host address {addr:#x}, which is null or not 8-byte aligned")]
+    #[error(
+        "{area} page {index} maps to host address {addr:#x}, which is null or not 8-byte aligned"
+    )]
     HostPointer {
         /// Which area.
         area: Area,

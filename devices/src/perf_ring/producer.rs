@@ -235,7 +235,9 @@ impl<R: RingMemory> Producer<R> {
             // The reader of an overwrite ring does not maintain data_tail:
             // start the normal-mode window empty.
             self.tail = self.head;
-            self.mem.pages().store(CtrlField::DataTail, self.head, Ordering::Relaxed);
+            self.mem
+                .pages()
+                .store(CtrlField::DataTail, self.head, Ordering::Relaxed);
         }
         self.cfg.overwrite = overwrite;
     }
@@ -303,7 +305,11 @@ impl<R: RingMemory> Producer<R> {
         }
         // Encode first: a record that cannot be laid out is the caller's
         // bug and must not change any ring state.
-        let lost_len = if self.lost != 0 { fmt.lost_record_len() } else { 0 };
+        let lost_len = if self.lost != 0 {
+            fmt.lost_record_len()
+        } else {
+            0
+        };
         self.scratch.clear();
         self.scratch.resize(lost_len, 0);
         ev.encode(&fmt, ids, &mut self.scratch)?;
@@ -395,7 +401,8 @@ impl<R: RingMemory> Producer<R> {
         // data_head (C). (A) is the Acquire load of data_tail in
         // `refresh_tail`, pairing with the consumer's full barrier before
         // its tail store (D).
-        self.pages().store(CtrlField::DataHead, self.head, Ordering::Release);
+        self.pages()
+            .store(CtrlField::DataHead, self.head, Ordering::Release);
     }
 
     #[inline]
@@ -428,11 +435,17 @@ impl<R: RingMemory> Producer<R> {
         // count is at most the previous one and at most size - 8, and it
         // is 8-aligned like every record boundary.
         let (unread, prev_unread) = if self.cfg.write_backward {
-            (tail.wrapping_sub(self.head), self.tail.wrapping_sub(self.head))
+            (
+                tail.wrapping_sub(self.head),
+                self.tail.wrapping_sub(self.head),
+            )
         } else {
-            (self.head.wrapping_sub(tail), self.head.wrapping_sub(self.tail))
+            (
+                self.head.wrapping_sub(tail),
+                self.head.wrapping_sub(self.tail),
+            )
         };
-        if tail % 8 == 0 && unread <= prev_unread && unread <= self.size - 8 {
+        if tail.is_multiple_of(8) && unread <= prev_unread && unread <= self.size - 8 {
             self.tail = tail;
             return true;
         }
@@ -452,7 +465,10 @@ impl<R: RingMemory> Producer<R> {
     /// offset to write them at, or None if there is no room.
     #[inline]
     fn reserve(&mut self, len: u64) -> Option<u64> {
-        if !self.cfg.overwrite && !self.has_space(len) && (!self.refresh_tail() || !self.has_space(len)) {
+        if !self.cfg.overwrite
+            && !self.has_space(len)
+            && (!self.refresh_tail() || !self.has_space(len))
+        {
             return None;
         }
         let offset;

@@ -47,7 +47,14 @@ impl SampleFormat {
         if !self.sample_id_all {
             return 0;
         }
-        let bits = [st::TID, st::TIME, st::ID, st::STREAM_ID, st::CPU, st::IDENTIFIER];
+        let bits = [
+            st::TID,
+            st::TIME,
+            st::ID,
+            st::STREAM_ID,
+            st::CPU,
+            st::IDENTIFIER,
+        ];
         8 * bits.iter().filter(|b| self.has(**b)).count()
     }
 
@@ -289,7 +296,12 @@ impl Event<'_> {
     }
 
     /// Appends the record to `out`; returns its length.
-    pub fn encode(&self, fmt: &SampleFormat, ids: &SampleId, out: &mut Vec<u8>) -> Result<usize, Error> {
+    pub fn encode(
+        &self,
+        fmt: &SampleFormat,
+        ids: &SampleId,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, Error> {
         let len = self.encoded_len(fmt)?;
         let start = out.len();
         out.reserve(len);
@@ -302,12 +314,25 @@ impl Event<'_> {
                 put_u64(out, *id);
                 put_u64(out, *lost);
             }
-            Event::Throttle { time, id, stream_id } | Event::Unthrottle { time, id, stream_id } => {
+            Event::Throttle {
+                time,
+                id,
+                stream_id,
+            }
+            | Event::Unthrottle {
+                time,
+                id,
+                stream_id,
+            } => {
                 put_u64(out, *time);
                 put_u64(out, *id);
                 put_u64(out, *stream_id);
             }
-            Event::Aux { offset, size, flags } => {
+            Event::Aux {
+                offset,
+                size,
+                flags,
+            } => {
                 put_u64(out, *offset);
                 put_u64(out, *size);
                 put_u64(out, *flags);
@@ -370,7 +395,10 @@ impl FixedSample {
             return None;
         }
         let size = HEADER_LEN + 8 * (t & (st::SUPPORTED & !Self::VARIABLE)).count_ones() as usize;
-        let mut f = FixedSample { words: [0; 10], len: 0 };
+        let mut f = FixedSample {
+            words: [0; 10],
+            len: 0,
+        };
         let mut hdr = [0u8; 8];
         hdr[..4].copy_from_slice(&record::SAMPLE.to_ne_bytes());
         hdr[4..6].copy_from_slice(&s.misc.to_ne_bytes());
@@ -517,7 +545,12 @@ fn encode_id_trailer(fmt: &SampleFormat, ids: &SampleId, out: &mut Vec<u8>) {
 }
 
 /// The sample body in `perf_output_sample` order.
-fn encode_sample_body(fmt: &SampleFormat, ids: &SampleId, s: &Sample<'_>, out: &mut Vec<u8>) -> Result<(), Error> {
+fn encode_sample_body(
+    fmt: &SampleFormat,
+    ids: &SampleId,
+    s: &Sample<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
     let t = fmt.sample_type;
     if t & st::IDENTIFIER != 0 {
         put_u64(out, ids.id);

@@ -21,8 +21,10 @@ pub struct Scattered {
 pub fn scattered(data_pages: usize, aux_pages: usize) -> Scattered {
     let n = 1 + data_pages + aux_pages;
     let total_pages = 2 * n + 1;
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(BASE), total_pages * PAGE)]).unwrap();
-    mem.write_slice(&vec![CANARY; total_pages * PAGE], GuestAddress(BASE)).unwrap();
+    let mem =
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(BASE), total_pages * PAGE)]).unwrap();
+    mem.write_slice(&vec![CANARY; total_pages * PAGE], GuestAddress(BASE))
+        .unwrap();
     // Slot k is the odd page 2k+1; assign slots in a scrambled order.
     let mut slots: Vec<usize> = (0..n).collect();
     // Deterministic scramble: reverse, then interleave halves.
@@ -75,13 +77,17 @@ impl Scattered {
     pub fn data_bytes(&self) -> Vec<u8> {
         let mut out = vec![0u8; self.layout.data.len() * PAGE];
         for (i, gpa) in self.layout.data.iter().enumerate() {
-            self.mem.read_slice(&mut out[i * PAGE..(i + 1) * PAGE], *gpa).unwrap();
+            self.mem
+                .read_slice(&mut out[i * PAGE..(i + 1) * PAGE], *gpa)
+                .unwrap();
         }
         out
     }
 
     pub fn ctrl_u64(&self, off: u64) -> u64 {
-        self.mem.read_obj(self.layout.control.unchecked_add(off)).unwrap()
+        self.mem
+            .read_obj(self.layout.control.unchecked_add(off))
+            .unwrap()
     }
 }
 
