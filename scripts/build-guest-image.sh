@@ -181,6 +181,7 @@ stage_initramfs() {
     for exe in "${GUEST_EXES[@]}"; do
         install -m 0755 "$exe" "$stage/bin/$(basename "$exe")"
     done
+    install -D -m 0644 "$PV_EXIT_KO" "$stage/lib/perfvisor/pv_exit.ko"
     if ((WITH_PERF)); then
         add_binary_with_libs "$stage" /usr/bin/perf
     fi
@@ -268,6 +269,18 @@ else
 fi
 KERNEL_RELEASE=$(cat "$KDIR/kernelrelease")
 
+# ----- pv_exit.ko: /init's kernel-mode fallback for the exit status -----
+MOD_SRC="$REPO_ROOT/guest-image/pv-exit-module"
+MOD_DIR="$KDIR/pv-exit-module-$(pv_hash_tree "$MOD_SRC")"
+PV_EXIT_KO="$MOD_DIR/pv_exit.ko"
+if [[ ! -f "$PV_EXIT_KO" ]]; then
+    pv_phase "pv_exit.ko (out-of-tree module against the kernel tree)"
+    rm -rf "$MOD_DIR.tmp"
+    cp -r "$MOD_SRC" "$MOD_DIR.tmp"
+    kernel_make "$KTREE" "$KLOG" M="$MOD_DIR.tmp" modules
+    mv "$MOD_DIR.tmp" "$MOD_DIR"
+fi
+
 # ----- guest tools -----
 pv_phase "guest tools (cargo build -p guest-tools, static)"
 GT_LOG="$CACHE_ROOT/guest-tools-build.log"
@@ -301,6 +314,7 @@ INITRAMFS_KEY=$({
     echo "busybox-static $BUSYBOX_VERSION"
     echo "perf $WITH_PERF $PERF_VERSION $PERF_CLOSURE_HASH"
     for exe in "${GUEST_EXES[@]}"; do echo "$(basename "$exe") $(sha256sum <"$exe")"; done
+    echo "pv_exit.ko $(sha256sum <"$PV_EXIT_KO")"
     echo "rootfs $(pv_hash_tree "$ROOTFS_SRC")"
     for d in "${EXTRA_DIRS[@]}"; do echo "extra $(pv_hash_tree "$d")"; done
     declare -f ldd_closure add_binary_with_libs cpio_newc_node stage_initramfs write_cpio
