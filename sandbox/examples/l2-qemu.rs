@@ -25,14 +25,12 @@ fn main() {
     };
     let append = format!("console=ttyS0 panic=-1 {append}");
     let qemu = which("qemu-system-x86_64");
-    let script = format!(
-        "set -o pipefail; echo L1: $(cat /proc/uptime); \
+    let script = "set -o pipefail; echo L1: $(cat /proc/uptime); \
          qemu-system-x86_64 -accel kvm -cpu host -m 256 -smp 1 -nodefaults -no-user-config \
            -display none -serial stdio -no-reboot $L2_QEMU_EXTRA -kernel /guest/bzImage -initrd /guest/initramfs.cpio \
            -append \"$L2_APPEND\" | while IFS= read -r l; do echo \"$(cut -d' ' -f1 /proc/uptime) $l\"; done; \
-         echo L1: qemu exit status $? $(cat /proc/uptime)"
-    );
-    let job = sandbox::Job::shell(&script)
+         echo L1: qemu exit status $? $(cat /proc/uptime)";
+    let job = sandbox::Job::shell(script)
         .binary(&qemu, "/usr/bin/qemu-system-x86_64")
         .dir("/usr/share/qemu", "/usr/share/qemu")
         .dir("/usr/share/seabios", "/usr/share/seabios")
