@@ -23,6 +23,8 @@ enum Op {
     ToggleOverwrite,
     /// `begin_batch` (true) or `end_batch_wakeup` (false).
     Batch(bool),
+    /// `write_samples` of this many samples with this RAW size.
+    WriteMany(usize, usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -34,6 +36,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<bool>().prop_map(Op::Pause),
         1 => Just(Op::ToggleOverwrite),
         2 => any::<bool>().prop_map(Op::Batch),
+        2 => (1usize..40, 0usize..300).prop_map(|(k, raw)| Op::WriteMany(k, raw)),
     ]
 }
 
@@ -244,6 +247,59 @@ fn run_model(f: SampleFormat, pages_log: u32, ops: Vec<Op>) -> Result<(), TestCa
                 } else {
                     pg.store(CtrlField::DataTail, m.head, Ordering::Release);
                 }
+            }
+            Op::WriteMany(k, raw) => {
+                if m.hostile {
+                    continue;
+                }
+                let first = m.seq;
+                m.seq += k as u64;
+                let ids = SampleId {
+                    pid: 1,
+                    tid: 2,
+                    id: 9,
+                    ..Default::default()
+                };
+                let out = p.write_samples((first..first + k as u64).map(|seq| {
+                    (
+                        Sample {
+                            misc: 2,
+                            ip: seq,
+                            raw: &payload[..raw],
+                            ..Default::default()
+                        },
+                        ids,
+                    )
+                }));
+                prop_assert_eq!(out.error, None);
+                // Replay the model one sample at a time.
+                let len = sample_len(&f, raw);
+                let mut written = 0;
+                for seq in first..first + k as u64 {
+                    let total = len + if m.lost > 0 { lost_len } else { 0 };
+                    let fits = !m.paused && (m.overwrite || m.head - m.tail + total <= m.size - 8);
+                    if fits {
+                        if m.lost > 0 {
+                            m.unread.push_back((m.head, lost_len, Expect::Lost(m.lost)));
+                            m.head += lost_len;
+                            m.lost = 0;
+                        }
+                        m.unread
+                            .push_back((m.head, len, Expect::Sample { seq, raw }));
+                        m.head += len;
+                        written += 1;
+                    } else {
+                        m.lost += 1;
+                    }
+                }
+                prop_assert_eq!((out.written, out.dropped), (written, k as u64 - written));
+                if !m.batching {
+                    m.published = m.head;
+                }
+                m.batch_wakeup |= m.batching && out.needs_wakeup;
+                prop_assert_eq!(pg.load(CtrlField::DataHead, Ordering::Acquire), m.published);
+                prop_assert_eq!(p.head(), m.head);
+                prop_assert_eq!(p.pending_lost(), m.lost);
             }
             Op::Batch(true) => {
                 p.begin_batch();

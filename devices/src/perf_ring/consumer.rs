@@ -235,8 +235,15 @@ impl<R: RingMemory> Consumer<R> {
             batch.skipped = true;
             return Ok(batch);
         }
-        self.buf.resize(avail as usize, 0);
-        pages.read_data(start, &mut self.buf);
+        // The buffer only grows (to at most the ring size): no zeroing per
+        // batch.
+        let avail = avail as usize;
+        if self.buf.len() < avail {
+            self.buf.resize(avail, 0);
+        }
+        let buf = self.buf.get_mut(..avail).unwrap_or_default();
+        pages.read_data(start, buf);
+        let buf = &*buf;
         let mut valid_from = 0usize;
         if self.mode == ReadMode::ForwardOverwrite {
             // Seqlock-style validation: order the copies above before the
@@ -260,9 +267,9 @@ impl<R: RingMemory> Consumer<R> {
             valid_from = 0;
         }
         let mut off = valid_from;
-        while off < self.buf.len() {
+        while off < buf.len() {
             let pos = start;
-            let rest = self.buf.get(off..).unwrap_or(&[]);
+            let rest = buf.get(off..).unwrap_or(&[]);
             let hdr = match Header::parse(rest) {
                 Ok(h) => h,
                 Err(_) => return Err(ReadError::Corrupt { pos, size: 0 }),
@@ -289,14 +296,10 @@ impl<R: RingMemory> Consumer<R> {
             if self.mode == ReadMode::Forward {
                 // Stable unread bytes: re-read the range we are about to
                 // release; the producer must not have touched it.
-                let mut again = vec![0u8; self.buf.len()];
+                let mut again = vec![0u8; buf.len()];
                 pages.read_data(self.prev, &mut again);
-                if again != self.buf {
-                    let at = again
-                        .iter()
-                        .zip(&self.buf)
-                        .position(|(a, b)| a != b)
-                        .unwrap_or(0);
+                if again != buf {
+                    let at = again.iter().zip(buf).position(|(a, b)| a != b).unwrap_or(0);
                     c.fail(Violation::UnreadBytesChanged {
                         pos: self.prev.wrapping_add(at as u64),
                     })?;

@@ -56,11 +56,15 @@ pub struct Header {
 
 impl Header {
     /// Reads a header from the first 8 bytes.
+    #[inline]
     pub fn parse(bytes: &[u8]) -> Result<Header, DecodeError> {
-        let mut r = Reader::new(bytes);
-        match (r.u32(), r.u16(), r.u16()) {
-            (Some(ty), Some(misc), Some(size)) => Ok(Header { ty, misc, size }),
-            _ => Err(DecodeError::ShortHeader(bytes.len())),
+        match bytes.first_chunk::<8>() {
+            Some(&[t0, t1, t2, t3, m0, m1, s0, s1]) => Ok(Header {
+                ty: u32::from_ne_bytes([t0, t1, t2, t3]),
+                misc: u16::from_ne_bytes([m0, m1]),
+                size: u16::from_ne_bytes([s0, s1]),
+            }),
+            None => Err(DecodeError::ShortHeader(bytes.len())),
         }
     }
 }
@@ -204,9 +208,6 @@ impl<'a> Reader<'a> {
     }
     fn u32(&mut self) -> Option<u32> {
         self.take(4)?.try_into().ok().map(u32::from_ne_bytes)
-    }
-    fn u16(&mut self) -> Option<u16> {
-        self.take(2)?.try_into().ok().map(u16::from_ne_bytes)
     }
     fn remaining(&self) -> usize {
         self.buf.len()

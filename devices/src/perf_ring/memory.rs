@@ -111,6 +111,8 @@ pub struct RingPages {
     page_shift: u32,
     /// `data_size - 1`.
     data_mask: usize,
+    /// `page_size - 1`.
+    page_mask: usize,
     control: NonNull<u8>,
     data: Box<[NonNull<u8>]>,
     aux: Box<[NonNull<u8>]>,
@@ -221,6 +223,7 @@ impl RingPages {
         Ok(RingPages {
             page_shift,
             data_mask: (data.len() << page_shift) - 1,
+            page_mask: (1 << page_shift) - 1,
             control,
             data,
             aux,
@@ -440,9 +443,8 @@ impl RingPages {
     #[inline(always)]
     fn data_run(&self, off: u64, len: usize) -> Option<*mut u8> {
         let off = (off as usize) & self.data_mask;
-        let page_size = 1usize << self.page_shift;
-        let in_page = off & (page_size - 1);
-        if len > page_size - in_page {
+        let in_page = off & self.page_mask;
+        if in_page + len > self.page_mask + 1 {
             return None;
         }
         let page = self.data.get(off >> self.page_shift)?;

@@ -338,11 +338,23 @@ impl<R: RingMemory> Producer<R> {
         ids: &SampleId,
         backward: bool,
     ) -> Output {
-        let len = layout.len();
-        if !self.room_for(len, backward) {
+        if !self.room_for(layout.len(), backward) {
             self.drop_record();
             return Output::default();
         }
+        self.put_fixed(layout, sample, ids, backward)
+    }
+
+    /// Writes a fixed-format sample that [`Producer::room_for`] said fits.
+    #[inline(always)]
+    fn put_fixed(
+        &mut self,
+        layout: &FixedLayout,
+        sample: &Sample<'_>,
+        ids: &SampleId,
+        backward: bool,
+    ) -> Output {
+        let len = layout.len();
         let wakeup_before = self.wakeup;
         let offset = self.advance(len, backward);
         let src = FixedLayout::sources(ids, sample);
@@ -378,12 +390,21 @@ impl<R: RingMemory> Producer<R> {
         self.batching = true;
         let wakeups = self.stats.wakeups;
         let mut out = SamplesOutput::default();
-        for (i, (sample, ids)) in samples.into_iter().enumerate() {
+        let mut samples = samples.into_iter();
+        loop {
+            let next = match self.fixed {
+                Some(layout) if !self.cfg.write_backward && !self.paused && self.lost == 0 => {
+                    self.write_fixed_run(&layout, &mut samples, &mut out)
+                }
+                _ => samples.next(),
+            };
+            // Anything the run did not take goes through the general path.
+            let Some((sample, ids)) = next else { break };
             match self.write_sample(&sample, &ids) {
                 Ok(o) if o.written => out.written += 1,
                 Ok(_) => out.dropped += 1,
                 Err(e) => {
-                    out.error = Some((i, e));
+                    out.error = Some(((out.written + out.dropped) as usize, e));
                     break;
                 }
             }
@@ -393,6 +414,33 @@ impl<R: RingMemory> Producer<R> {
             let _ = self.end_batch_wakeup();
         }
         out
+    }
+
+    /// The inner loop of [`Producer::write_samples`] for a fixed format in a
+    /// forward ring with no LOST pending and output not paused: writes
+    /// samples while the cached tail leaves room (batch open, so nothing is
+    /// published). Returns the first sample that needs the general path
+    /// (the cached tail says the ring may be full), or `None` at the end.
+    #[inline(always)]
+    fn write_fixed_run<'s, I>(
+        &mut self,
+        layout: &FixedLayout,
+        samples: &mut I,
+        out: &mut SamplesOutput,
+    ) -> Option<(Sample<'s>, SampleId)>
+    where
+        I: Iterator<Item = (Sample<'s>, SampleId)>,
+    {
+        debug_assert!(self.batching && !self.cfg.write_backward && !self.paused);
+        let len = layout.len();
+        for (sample, ids) in samples.by_ref() {
+            if !self.cfg.overwrite && !self.has_space(len, false) {
+                return Some((sample, ids));
+            }
+            let _ = self.put_fixed(layout, &sample, &ids, false);
+            out.written += 1;
+        }
+        None
     }
 
     /// Starts a batch: data_head is published once, by
