@@ -390,6 +390,12 @@ const MISC_SHIFT: u32 = if cfg!(target_endian = "little") {
     16
 };
 
+/// `misc` placed in a header word (OR it into one with misc 0).
+#[inline(always)]
+pub(crate) const fn misc_word(misc: u16) -> u64 {
+    (misc as u64) << MISC_SHIFT
+}
+
 /// Two u32 fields as they sit in memory (first at the lower address), as one
 /// native-endian u64.
 #[inline(always)]
@@ -451,7 +457,7 @@ impl FixedLayout {
     /// The header word of a sample with this `misc`.
     #[inline(always)]
     pub(crate) fn header(&self, misc: u16) -> u64 {
-        self.header | (misc as u64) << MISC_SHIFT
+        self.header | misc_word(misc)
     }
 
     /// Number of body words (0..=9).
