@@ -73,6 +73,9 @@ struct RunArgs {
     guest_command: Vec<String>,
 }
 
+/// Where the guest image's /init finds the command to run.
+const GUEST_COMMAND_PATH: &str = "perfvisor/command";
+
 /// Default kernel command line: serial console, reboot through the i8042,
 /// reboot at once on panic, quiet boot.
 const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
@@ -172,18 +175,27 @@ fn resolve(args: &RunArgs) -> Result<(PathBuf, Option<PathBuf>, String), CliErro
         cmdline.push(' ');
         cmdline.push_str(extra);
     }
-    if !args.guest_command.is_empty() {
-        cmdline.push_str(" -- ");
-        cmdline.push_str(&args.guest_command.join(" "));
-    }
     Ok((kernel, initrd, cmdline))
 }
 
 fn run_host(args: &RunArgs) -> Result<ExitCode, CliError> {
     let (kernel, initrd, cmdline) = resolve(args)?;
+    // The command travels as a file appended to the initramfs, so any shell
+    // text survives (the kernel command line would split and unquote it).
+    let initrd_files = if args.guest_command.is_empty() {
+        Vec::new()
+    } else {
+        let mut data = args.guest_command.join(" ").into_bytes();
+        data.push(b'\n');
+        vec![vmm::boot::InitrdFile {
+            path: GUEST_COMMAND_PATH.into(),
+            data,
+        }]
+    };
     let config = VmConfig {
         kernel,
         initrd,
+        initrd_files,
         cmdline,
         mem_size: args.memory,
         cpus: args.cpus,

@@ -43,6 +43,8 @@ pub enum BootError {
         kernel_end: u64,
         limit: u64,
     },
+    #[error("a guest command needs an initramfs whose /init runs it: pass --initrd (the default guest image has one)")]
+    NoInitrd,
     #[error("cannot copy initrd {path} into guest memory: {source}")]
     InitrdLoad {
         path: PathBuf,
@@ -102,13 +104,69 @@ pub struct BootInfo {
 /// Offset of `startup_64` in a bzImage's protected-mode code.
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 
-/// Load `kernel`, optional `initrd` and `cmdline` into `mem`, and write the
-/// zero page. `ram` is the list of RAM ranges for the e820 map.
+/// A file perfvisor adds to the guest's initramfs (e.g. the guest command).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitrdFile {
+    /// Path inside the guest, without the leading slash (`perfvisor/command`).
+    pub path: String,
+    /// File contents.
+    pub data: Vec<u8>,
+}
+
+const S_IFDIR: u32 = 0o040_000;
+const S_IFREG: u32 = 0o100_000;
+
+/// An uncompressed newc cpio archive holding `files` and their parent
+/// directories. Linux unpacks concatenated archives in order, so this can
+/// follow any initramfs (at a 4-byte aligned offset).
+pub fn initrd_archive(files: &[InitrdFile]) -> std::io::Result<Vec<u8>> {
+    let mut dirs: Vec<String> = Vec::new();
+    for f in files {
+        let mut prefix = String::new();
+        for part in f
+            .path
+            .split('/')
+            .rev()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            if !dirs.contains(&prefix) {
+                dirs.push(prefix.clone());
+            }
+        }
+    }
+    let entries = dirs
+        .iter()
+        .map(|d| {
+            (
+                cpio::NewcBuilder::new(d).mode(S_IFDIR | 0o755),
+                std::io::Cursor::new(Vec::new()),
+            )
+        })
+        .chain(files.iter().map(|f| {
+            (
+                cpio::NewcBuilder::new(&f.path).mode(S_IFREG | 0o644),
+                std::io::Cursor::new(f.data.clone()),
+            )
+        }));
+    cpio::write_cpio(entries.collect::<Vec<_>>().into_iter(), Vec::new())
+}
+
+/// Load `kernel`, optional `initrd` (followed by `extra`, an archive from
+/// [`initrd_archive`]) and `cmdline` into `mem`, and write the zero page.
+/// `ram` is the list of RAM ranges for the e820 map.
 pub fn load(
     mem: &GuestMemoryMmap,
     ram: &[(u64, u64)],
     kernel: &Path,
     initrd: Option<&Path>,
+    extra: &[u8],
     cmdline: &str,
 ) -> Result<BootInfo, BootError> {
     let format = detect_format(kernel)?;
@@ -146,6 +204,7 @@ pub fn load(
         Some(p) => Some(load_initrd(
             mem,
             p,
+            extra,
             kernel_end,
             result.setup_header.map(|h| h.initrd_addr_max),
         )?),
@@ -160,10 +219,12 @@ pub fn load(
     Ok(BootInfo { entry, format })
 }
 
-/// Place the initrd at the top of low RAM (page aligned), above the kernel.
+/// Place the initrd, then `extra` at the next 4-byte boundary, at the top of
+/// low RAM (page aligned), above the kernel.
 fn load_initrd(
     mem: &GuestMemoryMmap,
     path: &Path,
+    extra: &[u8],
     kernel_end: u64,
     addr_max: Option<u32>,
 ) -> Result<(GuestAddress, usize), BootError> {
@@ -171,8 +232,18 @@ fn load_initrd(
         path: path.to_path_buf(),
         source,
     };
+    let load_err = |source| BootError::InitrdLoad {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut f = File::open(path).map_err(open_err)?;
-    let size = f.metadata().map_err(open_err)?.len();
+    let file_size = f.metadata().map_err(open_err)?.len();
+    let extra_at = (file_size + 3) & !3;
+    let size = if extra.is_empty() {
+        file_size
+    } else {
+        extra_at + extra.len() as u64
+    };
     let low_end = mem
         .iter()
         .map(|r| r.start_addr().raw_value() + r.len())
@@ -195,10 +266,37 @@ fn load_initrd(
         return Err(too_large());
     }
     let len = usize::try_from(size).map_err(|_| too_large())?;
-    mem.read_exact_volatile_from(GuestAddress(start), &mut f, len)
-        .map_err(|source| BootError::InitrdLoad {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    mem.read_exact_volatile_from(GuestAddress(start), &mut f, file_size as usize)
+        .map_err(load_err)?;
+    if !extra.is_empty() {
+        // The kernel's unpacker skips zero padding between archives.
+        let pad = &[0u8; 3][..(extra_at - file_size) as usize];
+        mem.write_slice(pad, GuestAddress(start + file_size))
+            .map_err(load_err)?;
+        mem.write_slice(extra, GuestAddress(start + extra_at))
+            .map_err(load_err)?;
+    }
     Ok((GuestAddress(start), len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_has_dirs_files_and_trailer() {
+        let a = initrd_archive(&[InitrdFile {
+            path: "perfvisor/command".into(),
+            data: b"echo hi\n".to_vec(),
+        }])
+        .unwrap();
+        let text = String::from_utf8_lossy(&a);
+        assert!(a.starts_with(b"070701"));
+        let dir = text.find("perfvisor\0").unwrap();
+        let file = text.find("perfvisor/command\0").unwrap();
+        assert!(dir < file);
+        assert!(text.contains("echo hi\n"));
+        assert!(text.contains("TRAILER!!!"));
+        assert_eq!(a.len() % 4, 0);
+    }
 }

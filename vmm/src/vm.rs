@@ -24,7 +24,7 @@ use devices::legacy::{
 };
 
 use crate::arch::{cpuid, layout, mptable, regs};
-use crate::boot::{self, BootError};
+use crate::boot::{self, BootError, InitrdFile};
 use crate::console::{self, ConsoleInput, Serial};
 use crate::exit::{ExitState, VmOutcome};
 use crate::vcpu::{Vcpu, VcpuError, VcpuHandle, VcpuHook};
@@ -36,6 +36,8 @@ pub struct VmConfig {
     pub kernel: PathBuf,
     /// Optional initramfs.
     pub initrd: Option<PathBuf>,
+    /// Files appended to the initramfs (the guest command, for one).
+    pub initrd_files: Vec<InitrdFile>,
     /// Kernel command line.
     pub cmdline: String,
     /// Guest RAM in bytes.
@@ -215,11 +217,21 @@ impl Vm {
         let ram = layout::ram_ranges(config.mem_size);
         let vm = create_vm(&kvm, &mem)?;
 
+        if !config.initrd_files.is_empty() && config.initrd.is_none() {
+            return Err(BootError::NoInitrd.into());
+        }
+        let extra = if config.initrd_files.is_empty() {
+            Vec::new()
+        } else {
+            boot::initrd_archive(&config.initrd_files)
+                .map_err(io_err("building the initrd archive"))?
+        };
         let boot = boot::load(
             &mem,
             &ram,
             &config.kernel,
             config.initrd.as_deref(),
+            &extra,
             &config.cmdline,
         )?;
         regs::write_boot_tables(&mem)?;
