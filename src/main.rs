@@ -243,35 +243,20 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
 /// kernel, initrd and options, streaming its console.
 fn run_in_sandbox(args: &RunArgs) -> Result<ExitCode, CliError> {
     let (kernel, initrd, _) = resolve(args)?;
-    let exe = std::env::current_exe().map_err(|source| CliError::Unreadable {
-        path: "/proc/self/exe".into(),
-        source,
-    })?;
-    let mut job = sandbox::Job::new();
-    job.binary(&exe, "/perfvisor/perfvisor");
-    job.file(&kernel, "/perfvisor/kernel");
-    let mut argv: Vec<String> = vec![
-        "/perfvisor/perfvisor".into(),
-        "run".into(),
-        "--kvm".into(),
-        "host".into(),
-    ];
-    argv.extend(["--kernel".into(), "/perfvisor/kernel".into()]);
-    if let Some(i) = &initrd {
-        job.file(i, "/perfvisor/initrd");
+    let exe = std::env::current_exe()
+        .map_err(|source| CliError::Unreadable { path: "/proc/self/exe".into(), source })?;
+    let mut argv: Vec<String> = ["/perfvisor/perfvisor", "run", "--kvm", "host", "--kernel", "/perfvisor/kernel"]
+        .map(String::from)
+        .to_vec();
+    if initrd.is_some() {
         argv.extend(["--initrd".into(), "/perfvisor/initrd".into()]);
     }
-    argv.extend([
-        "--memory".into(),
-        format!("{}K", args.memory >> 10),
-        "--cpus".into(),
-        args.cpus.to_string(),
-    ]);
-    if let Some(c) = &args.cmdline {
-        argv.extend(["--cmdline".into(), c.clone()]);
-    }
-    if let Some(a) = &args.append {
-        argv.extend(["--append".into(), a.clone()]);
+    argv.extend(["--memory".into(), format!("{}K", args.memory >> 10)]);
+    argv.extend(["--cpus".into(), args.cpus.to_string()]);
+    for (flag, value) in [("--cmdline", &args.cmdline), ("--append", &args.append)] {
+        if let Some(v) = value {
+            argv.extend([flag.into(), v.clone()]);
+        }
     }
     if let Some(t) = args.timeout {
         argv.extend(["--timeout".into(), t.to_string()]);
@@ -280,16 +265,40 @@ fn run_in_sandbox(args: &RunArgs) -> Result<ExitCode, CliError> {
         argv.push("--".into());
         argv.extend(args.guest_command.iter().cloned());
     }
-    job.argv(argv);
-    let sb = sandbox::Sandbox::locate()?
-        .memory_mib(((args.memory >> 20) as u32).saturating_add(768))
-        .cpus(u32::from(args.cpus).max(2));
+    let mut job = sandbox::Job::new(argv).binary(&exe, "/perfvisor/perfvisor").file(&kernel, "/perfvisor/kernel");
+    if let Some(i) = &initrd {
+        job = job.file(i, "/perfvisor/initrd");
+    }
+    let l1_mib = u32::try_from(args.memory >> 20).unwrap_or(u32::MAX).saturating_add(1024);
+    let sb = sandbox::Sandbox::locate()?.memory_mib(l1_mib).cpus(u32::from(args.cpus).max(2));
     let outcome = sb.run(&job, &mut |line: &str| println!("{line}"))?;
     Ok(exit_code(outcome.status))
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = e.print();
+                    ExitCode::SUCCESS
+                }
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    ExitCode::from(2)
+                }
+                _ => {
+                    // One line: clap's first line, without its own "error: " prefix.
+                    let text = e.to_string();
+                    let first = text.lines().next().unwrap_or("invalid arguments");
+                    eprintln!("perfvisor: {} (see perfvisor --help)", first.trim_start_matches("error: "));
+                    ExitCode::from(2)
+                }
+            };
+        }
+    };
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",

@@ -113,9 +113,16 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> VmError {
     move |source| VmError::Io { what, source }
 }
 
-/// Open /dev/kvm with errors a user can act on.
+/// Open /dev/kvm (or `$PERFVISOR_KVM_DEVICE`, for tests) with errors a user
+/// can act on.
 pub fn open_kvm() -> Result<Kvm> {
-    Kvm::new().map_err(|e| match e.errno() {
+    let opened = match std::env::var("PERFVISOR_KVM_DEVICE") {
+        Ok(path) => std::ffi::CString::new(path)
+            .map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))
+            .and_then(|p| Kvm::new_with_path(&p)),
+        Err(_) => Kvm::new(),
+    };
+    opened.map_err(|e| match e.errno() {
         libc::ENOENT | libc::ENODEV | libc::ENXIO => VmError::NoKvm,
         libc::EACCES | libc::EPERM => VmError::KvmPermission,
         _ => VmError::KvmOpen(e),
