@@ -1,1 +1,847 @@
-//! L1 sandbox.
+//! The L1 sandbox: a QEMU TCG virtual machine (`-cpu EPYC,+svm`) running Debian's
+//! 6.1 kernel with `kvm-amd` loaded, which gives a capable, nested `/dev/kvm` on
+//! machines whose own `/dev/kvm` cannot run Linux user space (see
+//! docs/sandbox.md and shared/platform-notes.md).
+//!
+//! ```no_run
+//! use sandbox::{Job, Sandbox};
+//! let sb = Sandbox::locate()?;
+//! let job = Job::shell("echo hello; exit 3");
+//! let out = sb.run(&job, &mut |line| println!("{line}"))?;
+//! assert_eq!(out.status, 3);
+//! # Ok::<(), sandbox::Error>(())
+//! ```
+//!
+//! [`Sandbox::run`] packs busybox, the kvm modules, the job's files and an `/init`
+//! into an uncompressed cpio in a temporary directory, boots QEMU on it, streams the
+//! console, and returns the job's exit status parsed from a marker line.
+
+mod cpio;
+mod ldd;
+
+pub use cpio::CpioWriter;
+pub use ldd::{ldd_closure, parse_ldd_output, LddReport};
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, BufWriter, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The one error type of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("sandbox artefacts missing in {dir}: {what}; run scripts/fetch-sandbox.sh (on a fresh machine first scripts/setup.sh as root), or point PERFVISOR_SANDBOX_DIR at a directory it produced")]
+    ArtefactsMissing { dir: PathBuf, what: String },
+    #[error("{qemu} not found: run scripts/setup.sh as root (or apt-get install --no-install-recommends qemu-system-x86), or set PERFVISOR_QEMU to a qemu-system-x86_64 binary")]
+    QemuMissing { qemu: String },
+    #[error("invalid sandbox job: {0}")]
+    InvalidJob(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+    #[error("ldd {path}: {msg}")]
+    Ldd { path: PathBuf, msg: String },
+    #[error("no /dev/kvm inside the L1 sandbox after loading the kvm modules (QEMU must run with -cpu EPYC,+svm); console tail:\n{tail}")]
+    NoKvm { tail: String },
+    #[error("sandbox job timed out after {timeout:?} (QEMU killed); console tail:\n{tail}")]
+    Timeout { timeout: Duration, tail: String },
+    #[error("QEMU exited ({status}) before the job reported its exit status; console tail:\n{tail}{stderr}")]
+    NoExitMarker {
+        status: String,
+        tail: String,
+        stderr: String,
+    },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Io { context, source }
+}
+
+/// The result of a job that ran to completion (whatever its exit status).
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The job's exit status (0-255, as the L1 shell saw it).
+    pub status: i32,
+    /// The job's console output (stdout and stderr interleaved), one line per `\n`.
+    pub output: String,
+    /// From starting QEMU to the job starting (L1 boot + module loading).
+    pub l1_boot: Duration,
+    /// From starting QEMU to QEMU exiting.
+    pub total: Duration,
+    /// The whole console, L1 kernel messages included.
+    pub console: String,
+}
+
+/// What to run in the sandbox, and what to copy in first.
+#[derive(Debug, Clone)]
+pub struct Job {
+    argv: Vec<String>,
+    files: Vec<(PathBuf, String)>,
+    binaries: Vec<(PathBuf, String)>,
+    dirs: Vec<(PathBuf, String)>,
+    env: Vec<(String, String)>,
+    workdir: String,
+}
+
+impl Job {
+    /// Runs `argv` (argv[0] looked up in PATH: /usr/local/bin, /usr/bin, /bin, ...).
+    pub fn new<I, S>(argv: I) -> Job
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Job {
+            argv: argv.into_iter().map(Into::into).collect(),
+            files: Vec::new(),
+            binaries: Vec::new(),
+            dirs: Vec::new(),
+            env: Vec::new(),
+            workdir: "/".into(),
+        }
+    }
+
+    /// Runs `sh -c script` (busybox sh).
+    pub fn shell(script: &str) -> Job {
+        Job::new(["sh", "-c", script])
+    }
+
+    /// Copies host file `host` (symlinks followed, mode kept) to `guest` (absolute).
+    pub fn file(mut self, host: impl Into<PathBuf>, guest: &str) -> Job {
+        self.files.push((host.into(), guest.into()));
+        self
+    }
+
+    /// Copies executable `host` to `guest` and its shared libraries (`ldd` closure,
+    /// loader included) to their host paths.
+    pub fn binary(mut self, host: impl Into<PathBuf>, guest: &str) -> Job {
+        self.binaries.push((host.into(), guest.into()));
+        self
+    }
+
+    /// Copies directory `host` recursively to `guest` (symlinks kept as symlinks),
+    /// e.g. `/usr/share/qemu`.
+    pub fn dir(mut self, host: impl Into<PathBuf>, guest: &str) -> Job {
+        self.dirs.push((host.into(), guest.into()));
+        self
+    }
+
+    /// Exports `key=value` to the job.
+    pub fn env(mut self, key: &str, value: &str) -> Job {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// The job's working directory (created if missing; default `/`).
+    pub fn workdir(mut self, dir: &str) -> Job {
+        self.workdir = dir.into();
+        self
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::InvalidJob(m));
+        if self.argv.is_empty() {
+            return bad("empty argv".into());
+        }
+        for (_, g) in self.files.iter().chain(&self.binaries).chain(&self.dirs) {
+            if !g.starts_with('/') || g.split('/').any(|c| c == "..") {
+                return bad(format!("guest path {g:?} must be absolute, without '..'"));
+            }
+        }
+        if !self.workdir.starts_with('/') {
+            return bad(format!("workdir {:?} must be absolute", self.workdir));
+        }
+        for (k, _) in &self.env {
+            let ok = !k.is_empty()
+                && !k.starts_with(|c: char| c.is_ascii_digit())
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return bad(format!("environment variable name {k:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A located sandbox: artefacts directory, QEMU binary and VM settings.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    dir: PathBuf,
+    kernel: PathBuf,
+    qemu: PathBuf,
+    memory_mib: u32,
+    cpus: u32,
+    timeout: Duration,
+    kernel_args: String,
+}
+
+/// Kernel command line of the L1 (console and speed options; see docs/sandbox.md).
+const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 mitigations=off nokaslr \
+     tsc=reliable no_timer_check i8042.noaux i8042.nokbd i8042.nopnp audit=0 \
+     random.trust_cpu=on cryptomgr.notests";
+
+/// The artefacts directory when `PERFVISOR_SANDBOX_DIR` is not set.
+pub fn default_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/sandbox")
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin"));
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+impl Sandbox {
+    /// Finds the artefacts (`$PERFVISOR_SANDBOX_DIR`, else `<workspace>/build/sandbox`)
+    /// and QEMU (`$PERFVISOR_QEMU`, else `qemu-system-x86_64` in PATH).
+    pub fn locate() -> Result<Sandbox, Error> {
+        let dir = std::env::var_os("PERFVISOR_SANDBOX_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(default_dir);
+        let dir = dir.canonicalize().unwrap_or(dir);
+        let qemu = match std::env::var_os("PERFVISOR_QEMU") {
+            Some(q) => Some(PathBuf::from(q)).filter(|p| p.is_file()),
+            None => find_in_path("qemu-system-x86_64"),
+        }
+        .ok_or_else(|| Error::QemuMissing {
+            qemu: std::env::var("PERFVISOR_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into()),
+        })?;
+        Sandbox::with_paths(dir, qemu)
+    }
+
+    /// A sandbox over an explicit artefacts directory and QEMU binary.
+    pub fn with_paths(dir: PathBuf, qemu: PathBuf) -> Result<Sandbox, Error> {
+        let missing = |what: &str| Error::ArtefactsMissing {
+            dir: dir.clone(),
+            what: what.into(),
+        };
+        if !dir.is_dir() {
+            return Err(missing("no such directory"));
+        }
+        // The ELF vmlinux boots through its PVH note with no in-guest decompression
+        // (~3 s faster under TCG); the bzImage is the fallback.
+        let kernel = ["vmlinux", "vmlinuz"]
+            .iter()
+            .map(|k| dir.join(k))
+            .find(|p| p.is_file())
+            .ok_or_else(|| missing("no vmlinux or vmlinuz"))?;
+        for f in ["busybox", "modules/order"] {
+            if !dir.join(f).is_file() {
+                return Err(missing(&format!("no {f}")));
+            }
+        }
+        for m in read_order(&dir)? {
+            if !dir.join("modules").join(&m).is_file() {
+                return Err(missing(&format!("modules/order lists {m}, not present")));
+            }
+        }
+        if !qemu.is_file() {
+            return Err(Error::QemuMissing {
+                qemu: qemu.display().to_string(),
+            });
+        }
+        Ok(Sandbox {
+            dir,
+            kernel,
+            qemu,
+            memory_mib: 2048,
+            cpus: 2,
+            timeout: Duration::from_secs(600),
+            kernel_args: String::new(),
+        })
+    }
+
+    /// L1 memory (default 2048 MiB). The initramfs (job files included) lives in it.
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    /// L1 vCPUs (default 2).
+    pub fn cpus(mut self, cpus: u32) -> Self {
+        self.cpus = cpus.max(1);
+        self
+    }
+
+    /// Wall-clock limit for one run, boot included (default 600 s); QEMU is killed then.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Extra L1 kernel command-line arguments (e.g. `kvm-amd.npt=0`, `loglevel=7`).
+    pub fn kernel_args(mut self, args: &str) -> Self {
+        self.kernel_args = args.into();
+        self
+    }
+
+    /// The artefacts directory in use.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The QEMU binary in use.
+    pub fn qemu(&self) -> &Path {
+        &self.qemu
+    }
+
+    /// Boots the L1, runs `job` in it, and returns its exit status and output. Every
+    /// console line of the job (and the sandbox's own `sandbox:` messages) is passed to
+    /// `console` as it arrives; L1 kernel messages before the job goes to `log::debug`.
+    pub fn run(&self, job: &Job, console: &mut dyn FnMut(&str)) -> Result<Outcome, Error> {
+        job.validate()?;
+        let tmp = TempDir::new()?;
+        let nonce = format!("{:016x}", unique());
+        let cpio_path = tmp.path.join("l1-initramfs.cpio");
+        self.write_initramfs(job, &nonce, &cpio_path)?;
+        let markers = Markers::new(&nonce);
+
+        let mut cmd = Command::new(&self.qemu);
+        cmd.args(self.qemu_args(&cpio_path));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        log::debug!("sandbox: {cmd:?}");
+        let start = Instant::now();
+        let child = cmd
+            .spawn()
+            .map_err(io_err(format!("starting {}", self.qemu.display())))?;
+        let mut child = KillOnDrop(child);
+        let (tx, rx) = mpsc::channel::<Event>();
+        let stdout = child.0.stdout.take().expect("piped stdout");
+        let stderr = child.0.stderr.take().expect("piped stderr");
+        let tx2 = tx.clone();
+        let out_thread =
+            thread::spawn(move || read_lines(stdout, |l| tx.send(Event::Out(l)).is_ok()));
+        let err_thread =
+            thread::spawn(move || read_lines(stderr, |l| tx2.send(Event::Err(l)).is_ok()));
+
+        let deadline = start + self.timeout;
+        let mut all = String::new();
+        let mut output = String::new();
+        let mut tail: VecDeque<String> = VecDeque::new();
+        let mut stderr_text = String::new();
+        let mut l1_boot = None;
+        let mut status = None;
+        let mut no_kvm = false;
+        let mut timed_out = false;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                timed_out = true;
+                break;
+            }
+            match rx.recv_timeout(deadline - now) {
+                Ok(Event::Out(raw)) => {
+                    let line = clean_line(&raw);
+                    all.push_str(&line);
+                    all.push('\n');
+                    tail.push_back(line.clone());
+                    if tail.len() > 40 {
+                        tail.pop_front();
+                    }
+                    if status.is_some() {
+                        log::debug!("L1: {line}");
+                    } else if let Some((before, st)) = markers.exit(&line) {
+                        if !before.is_empty() {
+                            console(before);
+                            output.push_str(before);
+                            output.push('\n');
+                        }
+                        status = Some(st);
+                    } else if line.contains(&markers.no_kvm) {
+                        no_kvm = true;
+                    } else if let Some(before) = markers.start(&line) {
+                        l1_boot = Some(start.elapsed());
+                        if !before.is_empty() {
+                            console(before);
+                        }
+                    } else if l1_boot.is_some() {
+                        console(&line);
+                        output.push_str(&line);
+                        output.push('\n');
+                    } else if line.starts_with("sandbox:") {
+                        console(&line);
+                    } else {
+                        log::debug!("L1: {line}");
+                    }
+                }
+                Ok(Event::Err(line)) => {
+                    log::warn!("qemu: {line}");
+                    stderr_text.push_str(&line);
+                    stderr_text.push('\n');
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let exit = if timed_out {
+            child.kill();
+            None
+        } else {
+            Some(
+                child.wait(
+                    deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_secs(5)),
+                ),
+            )
+        };
+        let total = start.elapsed();
+        drop(child);
+        let _ = out_thread.join();
+        let _ = err_thread.join();
+        let tail_text = || tail.iter().cloned().collect::<Vec<_>>().join("\n");
+
+        if no_kvm {
+            return Err(Error::NoKvm { tail: tail_text() });
+        }
+        match (status, exit) {
+            (Some(status), _) => Ok(Outcome {
+                status,
+                output,
+                l1_boot: l1_boot.unwrap_or(total),
+                total,
+                console: all,
+            }),
+            (None, None) => Err(Error::Timeout {
+                timeout: self.timeout,
+                tail: tail_text(),
+            }),
+            (None, Some(exit)) => Err(Error::NoExitMarker {
+                status: exit
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "did not exit, killed".into()),
+                tail: tail_text(),
+                stderr: if stderr_text.is_empty() {
+                    String::new()
+                } else {
+                    format!("\nQEMU stderr:\n{stderr_text}")
+                },
+            }),
+        }
+    }
+
+    fn qemu_args(&self, cpio: &Path) -> Vec<OsString> {
+        let mut append = BASE_CMDLINE.to_string();
+        if !self.kernel_args.is_empty() {
+            append.push(' ');
+            append.push_str(&self.kernel_args);
+        }
+        let mut a: Vec<OsString> = [
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "EPYC,+svm",
+            "-machine",
+            "pc",
+            "-smp",
+            &self.cpus.to_string(),
+            "-m",
+            &self.memory_mib.to_string(),
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-chardev",
+            "stdio,id=con,signal=off",
+            "-serial",
+            "chardev:con",
+            "-no-reboot",
+            "-append",
+            &append,
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        a.push("-kernel".into());
+        a.push(self.kernel.clone().into());
+        a.push("-initrd".into());
+        a.push(cpio.into());
+        a
+    }
+
+    /// Writes the L1 initramfs for `job` to `path` and returns the QEMU command that
+    /// boots it (stdin/stdout not set up). For debugging and boot-time measurements;
+    /// [`Sandbox::run`] does this in a temporary directory.
+    pub fn prepare(&self, job: &Job, path: &Path) -> Result<Command, Error> {
+        job.validate()?;
+        self.write_initramfs(job, &format!("{:016x}", unique()), path)?;
+        let mut cmd = Command::new(&self.qemu);
+        cmd.args(self.qemu_args(path));
+        Ok(cmd)
+    }
+
+    fn write_initramfs(&self, job: &Job, nonce: &str, path: &Path) -> Result<(), Error> {
+        let f = File::create(path).map_err(io_err(format!("creating {}", path.display())))?;
+        let mut w = CpioWriter::new(BufWriter::with_capacity(1 << 20, f));
+        let ctx = |what: &str| io_err(format!("writing the L1 initramfs ({what})"));
+        w.char_dev("dev/console", 0o600, 5, 1)
+            .map_err(ctx("dev/console"))?;
+        for d in [
+            "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "root", "etc", "run",
+        ] {
+            w.dir(d, 0o755).map_err(ctx(d))?;
+        }
+        w.dir("tmp", 0o1777).map_err(ctx("tmp"))?;
+        w.file_from("bin/busybox", Some(0o755), &self.dir.join("busybox"))
+            .map_err(ctx("busybox"))?;
+        let modules = read_order(&self.dir)?;
+        for m in &modules {
+            w.file_from(
+                &format!("lib/modules/sandbox/{m}"),
+                Some(0o644),
+                &self.dir.join("modules").join(m),
+            )
+            .map_err(ctx(m))?;
+        }
+        for (host, guest) in &job.files {
+            w.file_from(guest, None, host)
+                .map_err(io_err(format!("packing {} as {guest}", host.display())))?;
+        }
+        for (host, guest) in &job.binaries {
+            w.file_from(guest, None, host)
+                .map_err(io_err(format!("packing {} as {guest}", host.display())))?;
+            for lib in ldd_closure(host)? {
+                let g = lib.to_string_lossy().into_owned();
+                if !w.contains(&g) {
+                    w.file_from(&g, None, &lib)
+                        .map_err(io_err(format!("packing {}", lib.display())))?;
+                }
+            }
+        }
+        for (host, guest) in &job.dirs {
+            add_tree(&mut w, host, guest)?;
+        }
+        let init = init_script(job, &modules, nonce);
+        w.file_bytes("init", 0o755, init.as_bytes())
+            .map_err(ctx("init"))?;
+        w.finish().map_err(ctx("finish"))?;
+        Ok(())
+    }
+}
+
+fn read_order(dir: &Path) -> Result<Vec<String>, Error> {
+    let p = dir.join("modules/order");
+    let text = fs::read_to_string(&p).map_err(|_| Error::ArtefactsMissing {
+        dir: dir.to_path_buf(),
+        what: "no readable modules/order".into(),
+    })?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+/// Adds host directory `host` recursively as `guest`.
+fn add_tree<W: io::Write>(w: &mut CpioWriter<W>, host: &Path, guest: &str) -> Result<(), Error> {
+    let meta = fs::symlink_metadata(host).map_err(io_err(format!("reading {}", host.display())))?;
+    let ctx = || io_err(format!("packing {} as {guest}", host.display()));
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        let target = fs::read_link(host).map_err(ctx())?;
+        w.symlink(guest, &target.to_string_lossy()).map_err(ctx())?;
+    } else if ft.is_dir() {
+        use std::os::unix::fs::PermissionsExt;
+        w.dir(guest, meta.permissions().mode()).map_err(ctx())?;
+        let mut entries: Vec<_> = fs::read_dir(host)
+            .map_err(ctx())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ctx())?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name();
+            let g = format!("{}/{}", guest.trim_end_matches('/'), name.to_string_lossy());
+            add_tree(w, &e.path(), &g)?;
+        }
+    } else if ft.is_file() {
+        w.file_from(guest, None, host).map_err(ctx())?;
+    } else {
+        log::debug!("sandbox: skipping special file {}", host.display());
+    }
+    Ok(())
+}
+
+/// Single-quotes `s` for sh.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn init_script(job: &Job, modules: &[String], nonce: &str) -> String {
+    let m = Markers::new(nonce);
+    let exports: String = job
+        .env
+        .iter()
+        .map(|(k, v)| format!("export {k}={}\n", shell_quote(v)))
+        .collect();
+    let argv: Vec<String> = job.argv.iter().map(|a| shell_quote(a)).collect();
+    let modules: Vec<String> = modules.iter().map(|a| shell_quote(a)).collect();
+    format!(
+        r#"#!/bin/busybox sh
+# L1 sandbox /init, generated by the sandbox crate.
+/bin/busybox --install -s
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+ln -s /proc/self/fd /dev/fd 2>/dev/null
+for m in {modules}; do
+    out=$(insmod /lib/modules/sandbox/"$m" 2>&1) || echo "sandbox: insmod $m failed: $out"
+done
+if [ ! -c /dev/kvm ]; then
+    echo "sandbox: /dev/kvm is missing after loading the kvm modules; kernel log:"
+    dmesg | grep -i -E 'kvm|svm|ccp' | sed 's/^/sandbox:   /'
+    grep -q -w svm /proc/cpuinfo || echo "sandbox: the L1 CPU has no svm flag"
+    echo "{no_kvm}"
+    poweroff -f
+fi
+mkdir -p {workdir} && cd {workdir} || {{ echo "{exit_prefix}126@@"; poweroff -f; }}
+{exports}echo "{start}"
+{argv} </dev/null
+status=$?
+echo "{exit_prefix}$status@@"
+poweroff -f
+"#,
+        modules = modules.join(" "),
+        no_kvm = m.no_kvm,
+        workdir = shell_quote(&job.workdir),
+        exit_prefix = m.exit_prefix,
+        start = m.start,
+        argv = argv.join(" "),
+    )
+}
+
+/// Marker lines printed by the L1 /init; the nonce keeps job output from forging them.
+struct Markers {
+    start: String,
+    exit_prefix: String,
+    no_kvm: String,
+}
+
+impl Markers {
+    fn new(nonce: &str) -> Markers {
+        Markers {
+            start: format!("@@sandbox-{nonce}-start@@"),
+            exit_prefix: format!("@@sandbox-{nonce}-exit="),
+            no_kvm: format!("@@sandbox-{nonce}-no-kvm@@"),
+        }
+    }
+
+    /// Text before the start marker, if `line` has it.
+    fn start<'a>(&self, line: &'a str) -> Option<&'a str> {
+        line.find(&self.start).map(|i| &line[..i])
+    }
+
+    /// (text before the marker, status) if `line` has the exit marker.
+    fn exit<'a>(&self, line: &'a str) -> Option<(&'a str, i32)> {
+        let i = line.find(&self.exit_prefix)?;
+        let rest = &line[i + self.exit_prefix.len()..];
+        let status = rest
+            .strip_suffix("@@")
+            .or_else(|| rest.split("@@").next())?
+            .trim()
+            .parse()
+            .ok()?;
+        Some((&line[..i], status))
+    }
+}
+
+/// Drops `\r` and terminal control sequences from a console line.
+fn clean_line(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                // CSI: ESC [ params final-byte; other escapes: ESC + one char.
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            '\t' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+enum Event {
+    Out(String),
+    Err(String),
+}
+
+/// Reads `r` line by line (lossy UTF-8) until EOF or `f` returns false.
+fn read_lines(r: impl Read, mut f: impl FnMut(String) -> bool) {
+    let mut r = BufReader::new(r);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match r.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf);
+                if !f(line.trim_end_matches(['\n', '\r']).to_string()) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Kills and reaps QEMU if `run` returns early.
+struct KillOnDrop(Child);
+
+impl KillOnDrop {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// Waits up to `limit` for QEMU to exit by itself, then kills it.
+    fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let until = Instant::now() + limit;
+        loop {
+            match self.0.try_wait() {
+                Ok(Some(s)) => return Some(s),
+                Ok(None) if Instant::now() < until => thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    self.kill();
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.kill();
+        }
+    }
+}
+
+fn unique() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ (u64::from(std::process::id()) << 40)
+        ^ COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// A private temporary directory, removed on drop.
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new() -> Result<TempDir, Error> {
+        let path = std::env::temp_dir().join(format!(
+            "perfvisor-sandbox-{}-{:x}",
+            std::process::id(),
+            unique()
+        ));
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(io_err(format!("creating {}", path.display())))?;
+        Ok(TempDir { path })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_parse_and_survive_missing_newlines() {
+        let m = Markers::new("abc");
+        assert_eq!(m.exit("@@sandbox-abc-exit=3@@"), Some(("", 3)));
+        assert_eq!(
+            m.exit("partial line@@sandbox-abc-exit=0@@"),
+            Some(("partial line", 0))
+        );
+        assert_eq!(m.exit("@@sandbox-xyz-exit=3@@"), None);
+        assert_eq!(m.start("x@@sandbox-abc-start@@"), Some("x"));
+    }
+
+    #[test]
+    fn console_lines_lose_control_sequences() {
+        assert_eq!(clean_line("\x1b[2J\x1b[01;01Hhello\r"), "hello");
+        assert_eq!(clean_line("a\tb\x07"), "a\tb");
+        assert_eq!(clean_line("\x1bcplain"), "plain");
+    }
+
+    #[test]
+    fn shell_quoting() {
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("$HOME; rm"), "'$HOME; rm'");
+    }
+
+    #[test]
+    fn init_script_runs_the_job_quoted() {
+        let job = Job::new(["/bin/t", "a b", "c'd"])
+            .env("RUST_LOG", "debug x")
+            .workdir("/work dir");
+        let s = init_script(&job, &["kvm.ko".into()], "n");
+        assert!(s.contains("'/bin/t' 'a b' 'c'\\''d' </dev/null\n"), "{s}");
+        assert!(s.contains("export RUST_LOG='debug x'\n"), "{s}");
+        assert!(s.contains("mkdir -p '/work dir' && cd '/work dir'"), "{s}");
+        assert!(s.contains("for m in 'kvm.ko'; do"), "{s}");
+        assert!(s.contains("@@sandbox-n-exit=$status@@"), "{s}");
+    }
+
+    #[test]
+    fn jobs_are_validated() {
+        assert!(Job::new(Vec::<String>::new()).validate().is_err());
+        assert!(Job::shell("true")
+            .file("/etc/hostname", "relative")
+            .validate()
+            .is_err());
+        assert!(Job::shell("true")
+            .file("/etc/hostname", "/a/../b")
+            .validate()
+            .is_err());
+        assert!(Job::shell("true").env("1X", "v").validate().is_err());
+        assert!(Job::shell("true").env("A-B", "v").validate().is_err());
+        assert!(Job::shell("true")
+            .env("RUST_BACKTRACE", "1")
+            .file("/x", "/y")
+            .validate()
+            .is_ok());
+    }
+
+    #[test]
+    fn missing_artefacts_say_what_to_run() {
+        let e = Sandbox::with_paths("/nonexistent/sandbox".into(), "/bin/true".into()).unwrap_err();
+        assert!(e.to_string().contains("scripts/fetch-sandbox.sh"), "{e}");
+    }
+}

@@ -1,0 +1,75 @@
+//! Boots the real L1 sandbox. Needs the artefacts (scripts/fetch-sandbox.sh) and
+//! qemu-system-x86_64 (scripts/setup.sh): without them these tests fail, saying so.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use sandbox::{Job, Sandbox};
+
+/// One L1 at a time: two TCG guests on a 2-core machine only slow each other down.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn sandbox() -> Sandbox {
+    match Sandbox::locate() {
+        Ok(s) => s.timeout(Duration::from_secs(300)),
+        Err(e) => panic!("the L1 sandbox is not available: {e}"),
+    }
+}
+
+fn run(job: &Job) -> sandbox::Outcome {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sb = sandbox();
+    let out = sb
+        .run(job, &mut |line| eprintln!("  | {line}"))
+        .unwrap_or_else(|e| panic!("sandbox run failed: {e}"));
+    eprintln!(
+        "L1 boot to job: {:.2?}, total: {:.2?}, status {}",
+        out.l1_boot, out.total, out.status
+    );
+    out
+}
+
+#[test]
+fn trivial_job_reports_output_and_status() {
+    let out = run(&Job::shell("echo hello; exit 3"));
+    assert_eq!(out.status, 3, "console:\n{}", out.console);
+    assert_eq!(out.output, "hello\n", "console:\n{}", out.console);
+    assert!(out.l1_boot <= out.total);
+}
+
+#[test]
+fn dev_kvm_works_inside_with_nested_svm() {
+    let out = run(&Job::shell(
+        "ls -l /dev/kvm && dmesg | grep -i -E 'nested|kvm' && grep -c -w svm /proc/cpuinfo",
+    ));
+    assert_eq!(out.status, 0, "console:\n{}", out.console);
+    assert!(out.output.contains("/dev/kvm"), "{}", out.output);
+    assert!(
+        out.output.contains("Nested Virtualization enabled"),
+        "{}",
+        out.output
+    );
+}
+
+#[test]
+fn packs_files_binaries_env_and_workdir() {
+    let host_file = std::env::temp_dir().join(format!("sandbox-it-{}", std::process::id()));
+    std::fs::write(&host_file, "payload-42\n").unwrap();
+    // /bin/sh on the host is a dynamic executable (dash or bash): its ldd closure must
+    // come along for it to run under a busybox-only root.
+    let job = Job::shell(
+        "cat /data/in.txt; echo \"$GREETING\"; pwd; /opt/hostsh -c 'echo host-shell-ok'",
+    )
+    .file(&host_file, "/data/in.txt")
+    .binary("/bin/sh", "/opt/hostsh")
+    .env("GREETING", "hi there")
+    .workdir("/work/dir");
+    let out = run(&job);
+    let _ = std::fs::remove_file(&host_file);
+    assert_eq!(out.status, 0, "console:\n{}", out.console);
+    assert_eq!(
+        out.output, "payload-42\nhi there\n/work/dir\nhost-shell-ok\n",
+        "console:\n{}",
+        out.console
+    );
+}

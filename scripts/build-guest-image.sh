@@ -1,0 +1,360 @@
+#!/usr/bin/env bash
+# Build perfvisor's L2 guest image: an ELF vmlinux (+ System.map, bzImage, the built
+# kernel tree for out-of-tree modules) from Debian's linux-source-6.1 and the config
+# fragment guest-image/kernel.config, and an uncompressed cpio initramfs with
+# busybox-static, the guest-tools binaries, guest-image/rootfs/ and (by default)
+# Debian's perf with its shared libraries.
+#
+# Cached under ${PERFVISOR_CACHE:-$HOME/.cache/perfvisor}: the kernel by a key over
+# its inputs, the initramfs by a separate key over its inputs. Published at
+# <repo>/build/guest-image/. See docs/guest-image.md.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() {
+    cat <<EOF
+usage: scripts/build-guest-image.sh [options]
+  --with-perf        put Debian's /usr/bin/perf and its libraries into the initramfs (default)
+  --without-perf     leave perf out (smaller, ~3 MB initramfs)
+  --extra DIR        copy DIR's contents into the initramfs root (repeatable); also
+                     \$PERFVISOR_GUEST_EXTRA, a colon-separated list of directories
+  --rebuild          ignore cached results and rebuild the kernel and the initramfs
+  -h, --help         this text
+environment: PERFVISOR_CACHE (cache root), JOBS (make -j, default 2)
+EOF
+}
+
+WITH_PERF=1
+REBUILD=0
+EXTRA_DIRS=()
+if [[ -n "${PERFVISOR_GUEST_EXTRA:-}" ]]; then
+    IFS=: read -r -a EXTRA_DIRS <<<"$PERFVISOR_GUEST_EXTRA"
+fi
+while (($#)); do
+    case "$1" in
+    --with-perf) WITH_PERF=1 ;;
+    --without-perf | --no-perf) WITH_PERF=0 ;;
+    --extra)
+        [[ $# -ge 2 ]] || pv_die "--extra needs a directory"
+        EXTRA_DIRS+=("$2")
+        shift
+        ;;
+    --rebuild) REBUILD=1 ;;
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    *) pv_die "unknown option '$1' (see --help)" ;;
+    esac
+    shift
+done
+for d in "${EXTRA_DIRS[@]}"; do
+    [[ -d "$d" ]] || pv_die "extra directory '$d' does not exist"
+done
+
+FRAGMENT="$REPO_ROOT/guest-image/kernel.config"
+ROOTFS_SRC="$REPO_ROOT/guest-image/rootfs"
+OUT="$REPO_ROOT/build/guest-image"
+LINUX_TARBALL=/usr/src/linux-source-6.1.tar.xz
+BUSYBOX=/bin/busybox
+GUEST_TARGET_DIR="$REPO_ROOT/target/guest"
+GUEST_TRIPLE=x86_64-unknown-linux-gnu
+
+# ---------------------------------------------------------------------------
+# Kernel recipe. Everything the kernel build does is in these functions: their
+# text is part of the kernel's cache key, so editing them rebuilds the kernel.
+
+# kernel_extract DIR: unpack linux-source-6.1 into DIR/linux.
+kernel_extract() {
+    local dir="$1"
+    rm -rf "$dir/src.tmp" "$dir/linux"
+    mkdir -p "$dir/src.tmp"
+    tar -C "$dir/src.tmp" -xf "$LINUX_TARBALL" --use-compress-program='xz -T2'
+    mv "$dir/src.tmp/linux-source-6.1" "$dir/linux"
+    rmdir "$dir/src.tmp"
+}
+
+# kernel_make TREE LOG ARGS...: make in TREE with reproducible build identity.
+kernel_make() {
+    local tree="$1" log="$2"
+    shift 2
+    pv_run_logged "$log" "make $*" env KBUILD_BUILD_USER=perfvisor KBUILD_BUILD_HOST=perfvisor \
+        KBUILD_BUILD_TIMESTAMP="2000-01-01 00:00:00 UTC" make -C "$tree" -j"$JOBS" "$@"
+}
+
+# kernel_configure TREE LOG: tinyconfig + fragment + olddefconfig.
+kernel_configure() {
+    local tree="$1" log="$2"
+    kernel_make "$tree" "$log" tinyconfig
+    pv_run_logged "$log" "merge_config" bash -c \
+        "cd '$tree' && scripts/kconfig/merge_config.sh -m .config '$FRAGMENT'"
+    kernel_make "$tree" "$log" olddefconfig
+}
+
+# kernel_compile TREE LOG: vmlinux, bzImage, and what out-of-tree modules need.
+kernel_compile() {
+    local tree="$1" log="$2"
+    kernel_make "$tree" "$log" bzImage
+    kernel_make "$tree" "$log" modules_prepare
+    kernel_make "$tree" "$log" modules
+}
+
+# verify_kernel_config FRAGMENT CONFIG: every fragment line must hold in CONFIG.
+verify_kernel_config() {
+    local frag="$1" config="$2" line sym val bad=()
+    while IFS= read -r line || [[ -n "$line" ]]; do
+        if [[ "$line" =~ ^#\ (CONFIG_[A-Za-z0-9_]+)\ is\ not\ set ]]; then
+            sym="${BASH_REMATCH[1]}"
+            if grep -q "^$sym=" "$config"; then
+                bad+=("$sym: wanted off, got $(grep "^$sym=" "$config" | cut -d= -f2-)")
+            fi
+        elif [[ "$line" =~ ^(CONFIG_[A-Za-z0-9_]+)=(.*)$ ]]; then
+            sym="${BASH_REMATCH[1]}"
+            val="${BASH_REMATCH[2]}"
+            if ! grep -qxF "$sym=$val" "$config"; then
+                if grep -q "^$sym=" "$config"; then
+                    bad+=("$sym: wanted $val, got $(grep "^$sym=" "$config" | cut -d= -f2-)")
+                else
+                    bad+=("$sym: wanted $val, got off (a dependency is missing?)")
+                fi
+            fi
+        fi
+    done <"$frag"
+    if ((${#bad[@]})); then
+        printf '%s: error: the kernel config does not match %s:\n' "$_PV_PROG" "$frag" >&2
+        printf '    %s\n' "${bad[@]}" >&2
+        pv_die "${#bad[@]} fragment option(s) did not survive olddefconfig; fix their dependencies in guest-image/kernel.config (inspect with: make -C <tree> menuconfig)"
+    fi
+}
+
+# ---------------------------------------------------------------------------
+# Initramfs recipe (its text is part of the initramfs cache key).
+
+# ldd_closure BINARY: print the shared libraries BINARY loads, and the loader, one
+# path a line. Nothing for a static binary. Fails on a library "not found".
+ldd_closure() {
+    local bin="$1" out
+    if ! out=$(LC_ALL=C ldd "$bin" 2>&1); then
+        [[ "$out" == *"not a dynamic executable"* || "$out" == *"statically linked"* ]] && return 0
+        pv_die "ldd $bin failed: $out"
+    fi
+    if grep -q "not found" <<<"$out"; then
+        pv_die "ldd $bin: missing libraries: $(grep 'not found' <<<"$out" | tr -s ' \t\n' ' ')"
+    fi
+    # "libx.so.1 => /lib/x86_64-linux-gnu/libx.so.1 (0x...)" and "/lib64/ld-linux-x86-64.so.2 (0x...)"
+    awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' <<<"$out" | LC_ALL=C sort -u
+}
+
+# add_binary_with_libs STAGE BINARY [DEST]: copy a (dynamic) binary to STAGE/DEST
+# (default: its own path) and its ldd closure, including the loader, each to the
+# path the loader resolved it at on this host (symlinks dereferenced).
+add_binary_with_libs() {
+    local stage="$1" bin="$2" dest="${3:-$2}" lib
+    install -D -m 0755 "$bin" "$stage$dest"
+    while IFS= read -r lib; do
+        [[ -e "$stage$lib" ]] || install -D -m 0755 "$(readlink -f "$lib")" "$stage$lib"
+    done < <(ldd_closure "$bin")
+}
+
+# cpio_newc_node NAME MODE_OCTAL RDEV_MAJOR RDEV_MINOR INO: one newc header for a
+# device node (no data). Lets a non-root build put /dev/console in the archive.
+cpio_newc_node() {
+    local name="$1" mode=$((8#$2)) maj="$3" min="$4" ino="$5" namesize pad
+    namesize=$((${#name} + 1))
+    printf '070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X' \
+        "$ino" "$mode" 0 0 1 0 0 0 0 "$maj" "$min" "$namesize" 0
+    printf '%s\0' "$name"
+    pad=$(((4 - (110 + namesize) % 4) % 4))
+    ((pad == 0)) || head -c "$pad" /dev/zero
+}
+
+# stage_initramfs STAGE: assemble the initramfs tree.
+stage_initramfs() {
+    local stage="$1" applet exe d
+    mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,root,etc,lib/modules/perfvisor,run,var}
+    chmod 1777 "$stage/tmp"
+    install -m 0755 "$BUSYBOX" "$stage/bin/busybox"
+    while IFS= read -r applet; do
+        [[ -e "$stage/$applet" || -L "$stage/$applet" ]] || ln -s /bin/busybox "$stage/$applet"
+    done < <("$BUSYBOX" --list-full)
+    for exe in "${GUEST_EXES[@]}"; do
+        install -m 0755 "$exe" "$stage/bin/$(basename "$exe")"
+    done
+    if ((WITH_PERF)); then
+        add_binary_with_libs "$stage" /usr/bin/perf
+    fi
+    cp -a "$ROOTFS_SRC/." "$stage/"
+    for d in "${EXTRA_DIRS[@]}"; do
+        cp -a "$d/." "$stage/"
+    done
+    chmod 0755 "$stage/init"
+}
+
+# write_cpio STAGE OUT: uncompressed newc archive, root-owned, fixed mtimes, sorted,
+# followed by a second archive with /dev/console (the kernel opens it before /init).
+write_cpio() {
+    local stage="$1" out="$2"
+    find "$stage" -exec touch -h -d @946684800 {} +
+    (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort |
+        cpio -o -H newc -R 0:0 --reproducible --quiet) >"$out"
+    {
+        cpio_newc_node dev/console 020600 5 1 900001
+        cpio_newc_node TRAILER!!! 0 0 0 0
+    } >>"$out"
+}
+
+# ---------------------------------------------------------------------------
+
+pv_need_cmd make build-essential
+pv_need_cmd gcc build-essential
+pv_need_cmd flex flex
+pv_need_cmd bison bison
+pv_need_cmd bc bc
+pv_need_cmd cpio cpio
+pv_need_cmd xz xz-utils
+pv_need_cmd lz4 lz4
+pv_need_cmd flock util-linux
+pv_need_cmd cargo "a Rust toolchain (rustup)"
+[[ -f /usr/include/libelf.h ]] || pv_die "libelf headers missing: run scripts/setup.sh as root (or apt-get install libelf-dev)"
+[[ -f /usr/include/openssl/ssl.h ]] || pv_die "OpenSSL headers missing: run scripts/setup.sh as root (or apt-get install libssl-dev)"
+[[ -f "$LINUX_TARBALL" ]] || pv_die "$LINUX_TARBALL missing: run scripts/setup.sh as root (or apt-get install linux-source-6.1)"
+[[ -x "$BUSYBOX" ]] || pv_die "$BUSYBOX missing: run scripts/setup.sh as root (or apt-get install busybox-static)"
+((WITH_PERF == 0)) || [[ -x /usr/bin/perf ]] ||
+    pv_die "/usr/bin/perf missing: run scripts/setup.sh as root (or apt-get install linux-perf), or pass --without-perf"
+[[ -f "$ROOTFS_SRC/init" ]] || pv_die "$ROOTFS_SRC/init missing (the repository is incomplete)"
+
+LINUX_SRC_VERSION=$(pv_pkg_version linux-source-6.1)
+BUSYBOX_VERSION=$(pv_pkg_version busybox-static)
+GCC_VERSION=$(gcc -dumpfullversion)
+pv_lock "$CACHE_ROOT/guest-image.lock"
+pv_say "cache: $CACHE_ROOT; output: $OUT; make -j$JOBS"
+
+# ----- kernel -----
+KERNEL_KEY=$({
+    echo "recipe-v1"
+    echo "linux-source-6.1 $LINUX_SRC_VERSION"
+    echo "gcc $GCC_VERSION"
+    cat "$FRAGMENT"
+    declare -f kernel_extract kernel_make kernel_configure kernel_compile
+} | pv_hash)
+KDIR="$CACHE_ROOT/kernel/$LINUX_SRC_VERSION-$KERNEL_KEY"
+KTREE="$KDIR/linux"
+KLOG="$KDIR/build.log"
+((REBUILD == 0)) || rm -rf "$KDIR"
+
+if [[ -f "$KDIR/.complete" ]]; then
+    pv_say "kernel: cached ($KDIR)"
+else
+    mkdir -p "$KDIR"
+    pv_say "kernel: building in $KDIR (log: $KLOG)"
+    if [[ ! -f "$KTREE/Makefile" || ! -f "$KDIR/.extracted" ]]; then
+        pv_phase "extract linux-source-6.1 $LINUX_SRC_VERSION"
+        kernel_extract "$KDIR"
+        touch "$KDIR/.extracted"
+    fi
+    pv_phase "configure (tinyconfig + guest-image/kernel.config + olddefconfig)"
+    kernel_configure "$KTREE" "$KLOG"
+    verify_kernel_config "$FRAGMENT" "$KTREE/.config"
+    pv_say "    all $(grep -c '^CONFIG_\|^# CONFIG_' "$FRAGMENT") fragment options verified"
+    pv_phase "compile (bzImage, vmlinux, modules_prepare; make -j$JOBS)"
+    kernel_compile "$KTREE" "$KLOG"
+    for f in vmlinux System.map arch/x86/boot/bzImage Module.symvers scripts/module.lds; do
+        [[ -f "$KTREE/$f" ]] || pv_die "kernel build finished but $KTREE/$f is missing; see $KLOG"
+    done
+    make -s -C "$KTREE" kernelrelease >"$KDIR/kernelrelease"
+    pv_phase_end
+    touch "$KDIR/.complete"
+fi
+KERNEL_RELEASE=$(cat "$KDIR/kernelrelease")
+
+# ----- guest tools -----
+pv_phase "guest tools (cargo build -p guest-tools, static)"
+GT_LOG="$CACHE_ROOT/guest-tools-build.log"
+: >"$GT_LOG"
+GT_JSON="$CACHE_ROOT/guest-tools-build.json"
+pv_run_logged "$GT_LOG" "cargo build -p guest-tools" bash -c '
+    cd "$1" && CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static -C force-frame-pointers=yes" \
+    cargo build -p guest-tools --release --target "$2" --target-dir "$3" --message-format=json-render-diagnostics >"$4"' \
+    _ "$REPO_ROOT" "$GUEST_TRIPLE" "$GUEST_TARGET_DIR" "$GT_JSON"
+mapfile -t GUEST_EXES < <(grep -o '"executable":"[^"]*"' "$GT_JSON" | cut -d'"' -f4 | LC_ALL=C sort -u)
+((${#GUEST_EXES[@]})) || pv_die "cargo built no executables for guest-tools; see $GT_LOG"
+for exe in "${GUEST_EXES[@]}"; do
+    if readelf -l "$exe" | grep -q 'Requesting program interpreter'; then
+        pv_die "$exe is dynamically linked; guest tools must be static (+crt-static)"
+    fi
+done
+pv_say "    guest tools: $(for e in "${GUEST_EXES[@]}"; do basename "$e"; done | tr '\n' ' ')"
+
+# ----- initramfs -----
+PERF_VERSION=none
+PERF_CLOSURE_HASH=none
+if ((WITH_PERF)); then
+    PERF_VERSION=$(pv_pkg_version linux-perf)
+    PERF_CLOSURE_HASH=$({
+        echo /usr/bin/perf
+        ldd_closure /usr/bin/perf
+    } | while IFS= read -r f; do echo "$f $(sha256sum <"$(readlink -f "$f")")"; done | pv_hash)
+fi
+INITRAMFS_KEY=$({
+    echo "recipe-v1"
+    echo "busybox-static $BUSYBOX_VERSION"
+    echo "perf $WITH_PERF $PERF_VERSION $PERF_CLOSURE_HASH"
+    for exe in "${GUEST_EXES[@]}"; do echo "$(basename "$exe") $(sha256sum <"$exe")"; done
+    echo "rootfs $(pv_hash_tree "$ROOTFS_SRC")"
+    for d in "${EXTRA_DIRS[@]}"; do echo "extra $(pv_hash_tree "$d")"; done
+    declare -f ldd_closure add_binary_with_libs cpio_newc_node stage_initramfs write_cpio
+} | pv_hash)
+IDIR="$CACHE_ROOT/initramfs/$INITRAMFS_KEY"
+((REBUILD == 0)) || rm -rf "$IDIR"
+if [[ -f "$IDIR/initramfs.cpio" ]]; then
+    pv_phase_end
+    pv_say "initramfs: cached ($IDIR)"
+else
+    pv_phase "initramfs (busybox, guest tools, rootfs$( ((WITH_PERF)) && echo ', perf + libraries')$( ((${#EXTRA_DIRS[@]})) && echo ", ${#EXTRA_DIRS[@]} extra dir(s)"))"
+    mkdir -p "$CACHE_ROOT/initramfs"
+    STAGE=$(mktemp -d "$CACHE_ROOT/initramfs/stage.XXXXXX")
+    trap 'rm -rf "$STAGE"' EXIT
+    stage_initramfs "$STAGE"
+    mkdir -p "$IDIR"
+    write_cpio "$STAGE" "$IDIR/initramfs.cpio.tmp"
+    (cd "$STAGE" && find . -mindepth 1 -printf '%M %8s %p\n' | LC_ALL=C sort -k3) >"$IDIR/contents.txt"
+    mv "$IDIR/initramfs.cpio.tmp" "$IDIR/initramfs.cpio"
+    rm -rf "$STAGE"
+    trap - EXIT
+    pv_phase_end
+fi
+
+# ----- publish -----
+pv_phase "publish $OUT"
+mkdir -p "$OUT"
+pv_publish "$KTREE/vmlinux" "$OUT/vmlinux"
+pv_publish "$KTREE/System.map" "$OUT/System.map"
+pv_publish "$KTREE/arch/x86/boot/bzImage" "$OUT/bzImage"
+pv_publish "$KTREE" "$OUT/kernel-tree"
+pv_publish "$IDIR/initramfs.cpio" "$OUT/initramfs.cpio"
+pv_publish "$IDIR/contents.txt" "$OUT/initramfs-contents.txt"
+size() { stat -L -c %s "$1"; }
+# A kernel tree is ~1.5 GB: keep the current and the 2 most recently used others.
+pv_prune "$CACHE_ROOT/kernel" 3 "$KDIR"
+pv_prune "$CACHE_ROOT/initramfs" 6 "$IDIR"
+{
+    echo "# perfvisor guest image (scripts/build-guest-image.sh)"
+    echo "kernel_release=$KERNEL_RELEASE"
+    echo "linux_source_version=$LINUX_SRC_VERSION"
+    echo "gcc_version=$GCC_VERSION"
+    echo "kernel_key=$KERNEL_KEY"
+    echo "kernel_dir=$KDIR"
+    echo "initramfs_key=$INITRAMFS_KEY"
+    echo "initramfs_dir=$IDIR"
+    echo "busybox_version=$BUSYBOX_VERSION"
+    echo "perf=$WITH_PERF perf_version=$PERF_VERSION"
+    echo "guest_tools=$(for e in "${GUEST_EXES[@]}"; do basename "$e"; done | tr '\n' ' ' | sed 's/ $//')"
+    echo "extra_dirs=${EXTRA_DIRS[*]:-}"
+    echo "vmlinux_bytes=$(size "$OUT/vmlinux")"
+    echo "bzImage_bytes=$(size "$OUT/bzImage")"
+    echo "initramfs_bytes=$(size "$OUT/initramfs.cpio")"
+} >"$OUT/manifest.txt"
+pv_phase_end
+pv_say "guest image ready: Linux $KERNEL_RELEASE, vmlinux $(($(size "$OUT/vmlinux") / 1024)) KiB, initramfs $(($(size "$OUT/initramfs.cpio") / 1024)) KiB"
+pv_say "  $OUT/{vmlinux,System.map,bzImage,initramfs.cpio,kernel-tree,manifest.txt}"
