@@ -118,10 +118,13 @@ struct InnerResult {
 fn collect(console: &str) -> HashMap<String, InnerResult> {
     let mut results = HashMap::new();
     let mut current: Option<(String, String)> = None;
+    // libtest prints "test NAME ... " without a newline before the test's
+    // own output, so markers may sit anywhere in a line.
+    let after = |line: &str, marker: &str| line.find(marker).map(|i| line[i + marker.len()..].to_string());
     for line in console.lines() {
-        if let Some(name) = line.strip_prefix(BEGIN) {
+        if let Some(name) = after(line, BEGIN) {
             current = Some((name.trim().to_string(), String::new()));
-        } else if let Some(rest) = line.strip_prefix(END) {
+        } else if let Some(rest) = after(line, END) {
             let mut parts = rest.splitn(2, ' ');
             let name = parts.next().unwrap_or("").to_string();
             let passed = parts.next().map(|v| v.trim() == "PASS").unwrap_or(false);
