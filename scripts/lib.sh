@@ -5,7 +5,9 @@
 #   CACHE_ROOT   ${PERFVISOR_CACHE:-$HOME/.cache/perfvisor}
 #   JOBS         make parallelism (${JOBS:-2}; the machines have 2 cores)
 
+# shellcheck disable=SC2034 # used by the scripts that source this file
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck disable=SC2034
 CACHE_ROOT="${PERFVISOR_CACHE:-${HOME:-/root}/.cache/perfvisor}"
 JOBS="${JOBS:-2}"
 _PV_T0=$(date +%s)
@@ -90,7 +92,7 @@ pv_hash_tree() {
         return
     fi
     (
-        cd "$dir"
+        cd "$dir" || exit 1
         find . -mindepth 1 -printf '%P %y %m %l\n' | LC_ALL=C sort
         find . -type f -print0 | LC_ALL=C sort -z | xargs -0r sha256sum
     ) | pv_hash

@@ -13,7 +13,8 @@ PACKAGES=(
     build-essential # gcc, make, binutils (readelf)
     flex bison bc
     libelf-dev  # objtool
-    libssl-dev  # certificate / signing tools built by kbuild
+    libssl-dev  # kbuild's sign-file/extract-cert; unused while MODULE_SIG and
+                # SYSTEM_TRUSTED_KEYRING stay off in guest-image/kernel.config
     linux-source-6.1
     xz-utils    # unpacks linux-source, Debian .debs
     lz4         # bzImage compression
@@ -24,7 +25,6 @@ PACKAGES=(
     qemu-system-x86
     kmod        # depmod/modprobe resolve the kvm-amd module closure
     util-linux  # flock
-    ca-certificates
 )
 
 export DEBIAN_FRONTEND=noninteractive

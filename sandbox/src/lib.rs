@@ -185,6 +185,9 @@ const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 mitigations=off nokaslr
      tsc=reliable no_timer_check i8042.noaux i8042.nokbd i8042.nopnp audit=0 \
      random.trust_cpu=on cryptomgr.notests";
 
+/// How long QEMU may take to power off after the job's exit marker before it is killed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// The artefacts directory when `PERFVISOR_SANDBOX_DIR` is not set.
 pub fn default_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/sandbox")
@@ -322,7 +325,7 @@ impl Sandbox {
         let err_thread =
             thread::spawn(move || read_lines(stderr, |l| tx2.send(Event::Err(l)).is_ok()));
 
-        let deadline = start + self.timeout;
+        let mut deadline = start + self.timeout;
         let mut all = String::new();
         let mut output = String::new();
         let mut tail: VecDeque<String> = VecDeque::new();
@@ -334,7 +337,8 @@ impl Sandbox {
         loop {
             let now = Instant::now();
             if now >= deadline {
-                timed_out = true;
+                // After the exit marker this is only the shutdown grace period.
+                timed_out = status.is_none() && !no_kvm;
                 break;
             }
             match rx.recv_timeout(deadline - now) {
@@ -355,8 +359,10 @@ impl Sandbox {
                             output.push('\n');
                         }
                         status = Some(st);
+                        deadline = deadline.min(Instant::now() + SHUTDOWN_GRACE);
                     } else if line.contains(&markers.no_kvm) {
                         no_kvm = true;
+                        deadline = deadline.min(Instant::now() + SHUTDOWN_GRACE);
                     } else if let Some(before) = markers.start(&line) {
                         l1_boot = Some(start.elapsed());
                         if !before.is_empty() {
@@ -389,7 +395,7 @@ impl Sandbox {
                 child.wait(
                     deadline
                         .saturating_duration_since(Instant::now())
-                        .max(Duration::from_secs(5)),
+                        .max(Duration::from_secs(1)),
                 ),
             )
         };

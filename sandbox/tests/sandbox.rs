@@ -73,3 +73,33 @@ fn packs_files_binaries_env_and_workdir() {
         out.console
     );
 }
+
+#[test]
+fn timeout_kills_qemu_and_says_so() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sb = sandbox().timeout(Duration::from_secs(8));
+    let t0 = std::time::Instant::now();
+    let err = sb
+        .run(&Job::shell("echo sleeping; sleep 600"), &mut |_| {})
+        .unwrap_err();
+    assert!(matches!(err, sandbox::Error::Timeout { .. }), "{err}");
+    assert!(
+        err.to_string().contains("sleeping"),
+        "the console tail is in the error: {err}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn vm_ending_without_the_marker_is_an_error() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let err = sandbox()
+        .run(&Job::shell("echo going down; poweroff -f"), &mut |_| {})
+        .unwrap_err();
+    assert!(matches!(err, sandbox::Error::NoExitMarker { .. }), "{err}");
+    assert!(err.to_string().contains("going down"), "{err}");
+}

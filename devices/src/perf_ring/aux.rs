@@ -274,6 +274,12 @@ impl<R: RingMemory> Producer<R> {
         } else {
             None
         };
+        // Kernel order: the PERF_RECORD_AUX is published before aux_head
+        // moves, and a wakeup is never raised before the head covering its
+        // record. Inside a batch that means publishing the data head now.
+        if record.is_some() {
+            self.publish_now();
+        }
         // The AUX bytes were copied before this point, and the
         // PERF_RECORD_AUX (if any) is already published. This Release pairs
         // with the consumer's Acquire load of aux_head: a reader that sees

@@ -109,6 +109,8 @@ impl CtrlField {
 #[derive(Debug)]
 pub struct RingPages {
     page_shift: u32,
+    /// `data_size - 1`.
+    data_mask: usize,
     control: NonNull<u8>,
     data: Box<[NonNull<u8>]>,
     aux: Box<[NonNull<u8>]>,
@@ -218,6 +220,7 @@ impl RingPages {
         check_disjoint(all, page_size)?;
         Ok(RingPages {
             page_shift,
+            data_mask: (data.len() << page_shift) - 1,
             control,
             data,
             aux,
@@ -370,48 +373,98 @@ impl RingPages {
         copy_out(&self.aux, self.page_shift, off, dst)
     }
 
-    /// Copies 8-byte words into the data ring at the 8-aligned offset
-    /// `off`: aligned word stores when the run stays in one page (the
-    /// common case), the byte copy otherwise.
-    #[inline]
-    pub(crate) fn write_data_words(&self, off: u64, words: &[u64]) {
-        match self.data_run(off, words.len() * 8) {
+    /// Writes a record of `1 + n` 8-byte native words at data offset
+    /// `off`: `first`, then `src[idx_k]` for k in 0..n, where `idx_k` is
+    /// bits `3k..3k+3` of `idx`. `n` is at most 9 (larger is treated as 9).
+    ///
+    /// When the record does not cross a page end (the common case) and
+    /// `off` is 8-aligned, the words are stored straight into the page with
+    /// a loop unrolled for `n`: no intermediate buffer, one page lookup.
+    /// Otherwise the words are assembled on the stack and copied across the
+    /// page end.
+    #[inline(always)]
+    pub(crate) fn write_data_gather(
+        &self,
+        off: u64,
+        first: u64,
+        src: &[u64; 8],
+        idx: u32,
+        n: usize,
+    ) {
+        let n = n.min(9);
+        match self.data_run(off, (1 + n) * 8) {
             Some(dst) if off.is_multiple_of(8) => {
                 let dst = dst.cast::<u64>();
-                for (i, w) in words.iter().enumerate() {
-                    // SAFETY: data_run checked that the whole run lies in one
-                    // page; the page pointer is 8-aligned and `off` is a
-                    // multiple of 8, so each word store is aligned and in
-                    // bounds.
-                    unsafe { dst.add(i).write(*w) };
+                // SAFETY (every arm): data_run checked that all (1 + n) * 8
+                // bytes at `dst` lie in one data page, which is valid for
+                // writes (constructor invariants); the page pointer is
+                // 8-aligned and `off` is a multiple of 8, so every word
+                // store is aligned and in bounds.
+                unsafe {
+                    match n {
+                        0 => gather::<0>(dst, first, src, idx),
+                        1 => gather::<1>(dst, first, src, idx),
+                        2 => gather::<2>(dst, first, src, idx),
+                        3 => gather::<3>(dst, first, src, idx),
+                        4 => gather::<4>(dst, first, src, idx),
+                        5 => gather::<5>(dst, first, src, idx),
+                        6 => gather::<6>(dst, first, src, idx),
+                        7 => gather::<7>(dst, first, src, idx),
+                        8 => gather::<8>(dst, first, src, idx),
+                        _ => gather::<9>(dst, first, src, idx),
+                    }
                 }
             }
-            _ => {
-                let mut bytes = [0u8; 80];
-                let mut n = 0;
-                for (chunk, w) in bytes.chunks_exact_mut(8).zip(words) {
-                    chunk.copy_from_slice(&w.to_ne_bytes());
-                    n += 8;
-                }
-                self.write_data(off, bytes.get(..n).unwrap_or(&[]));
-            }
+            _ => self.write_data_gather_split(off, first, src, idx, n),
         }
     }
 
-    /// Host pointer and length of the run of `len` bytes at data offset
-    /// `off`, if the run does not cross a page end.
-    #[inline]
+    /// The page-crossing (or unaligned) case of
+    /// [`RingPages::write_data_gather`].
+    #[inline(never)]
+    fn write_data_gather_split(&self, off: u64, first: u64, src: &[u64; 8], idx: u32, n: usize) {
+        let mut bytes = [0u8; 80];
+        let mut chunks = bytes.chunks_exact_mut(8);
+        if let Some(c) = chunks.next() {
+            c.copy_from_slice(&first.to_ne_bytes());
+        }
+        for (k, c) in chunks.take(n).enumerate() {
+            let w = src[((idx >> (3 * k)) & 7) as usize];
+            c.copy_from_slice(&w.to_ne_bytes());
+        }
+        self.write_data(off, bytes.get(..(1 + n) * 8).unwrap_or(&[]));
+    }
+
+    /// Host pointer to the run of `len` bytes at data offset `off` (reduced
+    /// modulo the ring size), if the run does not cross a page end.
+    #[inline(always)]
     fn data_run(&self, off: u64, len: usize) -> Option<*mut u8> {
-        let mask = (self.data.len() << self.page_shift) - 1;
-        let off = (off as usize) & mask;
-        let in_page = off & ((1 << self.page_shift) - 1);
-        if in_page + len > (1 << self.page_shift) {
+        let off = (off as usize) & self.data_mask;
+        let page_size = 1usize << self.page_shift;
+        let in_page = off & (page_size - 1);
+        if len > page_size - in_page {
             return None;
         }
         let page = self.data.get(off >> self.page_shift)?;
         // SAFETY: in_page + len <= page size, so the result stays inside the
         // page (or one past its end for len 0).
         Some(unsafe { page.as_ptr().add(in_page) })
+    }
+}
+
+/// Stores `first` then `N` words picked from `src` by 3-bit indexes.
+///
+/// # Safety
+///
+/// `dst` must be 8-aligned and valid for writes of `(1 + N) * 8` bytes.
+#[inline(always)]
+unsafe fn gather<const N: usize>(dst: *mut u64, first: u64, src: &[u64; 8], idx: u32) {
+    // SAFETY: word 0 is in bounds by the caller's contract.
+    unsafe { dst.write(first) };
+    for k in 0..N {
+        let w = src[((idx >> (3 * k)) & 7) as usize];
+        // SAFETY: 1 + k <= N, in bounds by the caller's contract.
+        unsafe { dst.add(1 + k).write(w) };
     }
 }
 

@@ -29,7 +29,7 @@ pub use checker::{Checker, CheckerConfig, Violation};
 pub use consumer::{Batch, Consumer, ConsumerStats, ReadError, ReadMode};
 pub use decode::{decode, Body, DecodeError, Header, ReadOwned, Record, SampleRecord};
 pub use memory::{Area, CtrlField, GuestRing, GuestRingLayout, RingMemory, RingPages};
-pub use producer::{Output, Producer, ProducerConfig, ProducerStats, Wakeup};
+pub use producer::{Output, Producer, ProducerConfig, ProducerStats, SamplesOutput, Wakeup};
 pub use records::{Event, ReadData, ReadValue, Sample, SampleFormat, SampleId};
 
 pub use crate::rate_limited::RateLimiter;

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 
 use super::abi::record;
 use super::memory::{CtrlField, RingMemory, RingPages};
-use super::records::{Event, FixedSample, Sample, SampleFormat, SampleId};
+use super::records::{Event, FixedLayout, Sample, SampleFormat, SampleId};
 use super::Error;
 use crate::rate_limited::RateLimiter;
 use crate::warn_rate_limited;
@@ -70,6 +70,25 @@ pub struct Output {
     pub needs_wakeup: bool,
 }
 
+/// What [`Producer::write_samples`] did.
+#[must_use]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SamplesOutput {
+    /// Samples written.
+    pub written: u64,
+    /// Samples dropped for lack of room or while paused (counted lost,
+    /// reported by a later PERF_RECORD_LOST).
+    pub dropped: u64,
+    /// Raise the reader wakeup (guest interrupt). The head covering the
+    /// samples is published when `write_samples` returns, unless it was
+    /// called inside a [`Producer::begin_batch`] batch: then raise it after
+    /// that batch ends.
+    pub needs_wakeup: bool,
+    /// The first sample that could not be laid out (its index in the
+    /// iterator, and why). Nothing of it, and nothing after it, was written.
+    pub error: Option<(usize, Error)>,
+}
+
 /// Counters. All are monotonic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ProducerStats {
@@ -117,6 +136,9 @@ pub struct Producer<R: RingMemory> {
     size: u64,
     /// `rb->head`: the next write position (moves down in backward mode).
     head: u64,
+    /// The data_head value last stored to the control page (differs from
+    /// `head` only inside a batch).
+    published: u64,
     /// The last data_tail that passed validation. Only a conservative
     /// bound: a sane tail never moves backwards, so space computed from it
     /// is never larger than the real space.
@@ -130,9 +152,17 @@ pub struct Producer<R: RingMemory> {
     wakeup: u64,
     /// `rb->events`.
     events: u32,
+    /// `attr.wakeup_events` (0: not counting samples).
+    wakeup_events: u32,
+    /// Layout of the format's samples, if they have no variable-length
+    /// fields (the fast path of `write_sample`).
+    fixed: Option<FixedLayout>,
+    /// Length of a PERF_RECORD_LOST with its trailer.
+    lost_len: u64,
     scratch: Vec<u8>,
     batching: bool,
-    unpublished: bool,
+    /// A record inside the current batch asked for a wakeup.
+    batch_wakeup: bool,
     pub(super) stats: ProducerStats,
     pub(super) log: RateLimiter,
     pub(super) aux: AuxState,
@@ -173,15 +203,22 @@ impl<R: RingMemory> Producer<R> {
             cfg: ProducerConfig { format, ..cfg },
             size,
             head: 0,
+            published: 0,
             tail: 0,
             lost: 0,
             paused: false,
             watermark,
             wakeup: 0,
             events: 0,
+            wakeup_events: match cfg.wakeup {
+                Wakeup::Events(n) => n,
+                Wakeup::Watermark(_) => 0,
+            },
+            fixed: FixedLayout::new(&format),
+            lost_len: format.lost_record_len() as u64,
             scratch: Vec::with_capacity(256),
             batching: false,
-            unpublished: false,
+            batch_wakeup: false,
             stats: ProducerStats::default(),
             log: RateLimiter::default(),
             aux: AuxState {
@@ -211,9 +248,21 @@ impl<R: RingMemory> Producer<R> {
         self.lost
     }
 
-    /// The current (unpublished is impossible: always published) head.
+    /// The current head: where the next record goes. Inside a batch it may
+    /// be ahead of the published data_head ([`Producer::published_head`]).
     pub fn head(&self) -> u64 {
         self.head
+    }
+
+    /// The data_head value last published to the control page. Equal to
+    /// [`Producer::head`] outside a batch.
+    pub fn published_head(&self) -> u64 {
+        self.published
+    }
+
+    /// Whether a batch is open ([`Producer::begin_batch`]).
+    pub fn is_batching(&self) -> bool {
+        self.batching
     }
 
     /// PERF_EVENT_IOC_PAUSE_OUTPUT: while paused every record is lost.
@@ -231,6 +280,9 @@ impl<R: RingMemory> Producer<R> {
     /// current head as the consumer's starting point if the tail is not
     /// sane.
     pub fn set_overwrite(&mut self, overwrite: bool) {
+        // A remap is a batch boundary: everything written so far is
+        // published before the tail may be reset to the head.
+        self.publish_now();
         if self.cfg.overwrite && !overwrite {
             // The reader of an overwrite ring does not maintain data_tail:
             // start the normal-mode window empty.
@@ -248,47 +300,133 @@ impl<R: RingMemory> Producer<R> {
 
     /// Writes a PERF_RECORD_SAMPLE.
     ///
-    /// Samples without variable-length fields (no READ, CALLCHAIN, RAW or
-    /// AUX) take a fast path: encoded on the stack, copied once, no LOST
-    /// pending. Everything else goes through [`Producer::output`]; the
-    /// bytes are identical.
+    /// Formats without variable-length fields (no READ, CALLCHAIN, RAW or
+    /// AUX) take a fast path when no LOST is pending: the layout was
+    /// computed at setup, the words are stored straight into the page when
+    /// the record does not cross a page end, and data_tail is only read
+    /// when the cached tail says the ring may be full. Everything else goes
+    /// through [`Producer::output`]; the bytes are identical.
     #[inline]
     pub fn write_sample(&mut self, sample: &Sample<'_>, ids: &SampleId) -> Result<Output, Error> {
-        if self.lost == 0 && !self.paused {
-            if let Some(fixed) = FixedSample::encode(&self.cfg.format, ids, sample) {
-                let wakeup_before = self.wakeup;
-                let len = 8 * fixed.words().len() as u64;
-                let Some(offset) = self.reserve(len) else {
+        if let Some(layout) = self.fixed {
+            if !self.paused {
+                if self.lost == 0 {
+                    // Decide the direction once; both copies are inlined.
+                    return Ok(if self.cfg.write_backward {
+                        self.write_fixed(&layout, sample, ids, true)
+                    } else {
+                        self.write_fixed(&layout, sample, ids, false)
+                    });
+                }
+                // A LOST is pending and goes in front of this sample if both
+                // fit. While the ring stays full, dropping must stay cheap:
+                // only a record that fits takes the general path.
+                if !self.room_for(layout.len() + self.lost_len, self.cfg.write_backward) {
                     self.drop_record();
                     return Ok(Output::default());
-                };
-                self.mem.pages().write_data_words(offset, fixed.words());
-                self.stats.records_written += 1;
-                self.stats.bytes_written += len;
-                self.count_sample_wakeup();
-                self.publish_head();
-                return Ok(self.finish(wakeup_before));
+                }
             }
         }
         self.output(&Event::Sample(*sample), ids)
     }
 
-    /// Defers publishing data_head until [`Producer::end_batch`]: one
-    /// Release store per batch instead of one per record, which keeps the
-    /// control page's cache line from bouncing to a polling reader. Wakeups
-    /// reported inside the batch should be raised after `end_batch`.
+    #[inline(always)]
+    fn write_fixed(
+        &mut self,
+        layout: &FixedLayout,
+        sample: &Sample<'_>,
+        ids: &SampleId,
+        backward: bool,
+    ) -> Output {
+        let len = layout.len();
+        if !self.room_for(len, backward) {
+            self.drop_record();
+            return Output::default();
+        }
+        let wakeup_before = self.wakeup;
+        let offset = self.advance(len, backward);
+        let src = FixedLayout::sources(ids, sample);
+        self.mem.pages().write_data_gather(
+            offset,
+            layout.header(sample.misc),
+            &src,
+            layout.body_index(),
+            layout.body_words(),
+        );
+        self.stats.records_written += 1;
+        self.stats.bytes_written += len;
+        self.count_sample_wakeup();
+        self.publish_head();
+        self.finish(wakeup_before)
+    }
+
+    /// Writes a batch of PERF_RECORD_SAMPLEs and publishes data_head once,
+    /// after all of them: the fast path for a device that hands over the
+    /// samples of one tick (or one VM exit) together. The records, the LOST
+    /// injection and the wakeup accounting are exactly those of calling
+    /// [`Producer::write_sample`] for each sample inside
+    /// [`Producer::begin_batch`] / [`Producer::end_batch_wakeup`].
+    ///
+    /// Stops at the first sample that cannot be laid out (reported in
+    /// [`SamplesOutput::error`]); the samples before it are written and
+    /// published.
+    pub fn write_samples<'s, I>(&mut self, samples: I) -> SamplesOutput
+    where
+        I: IntoIterator<Item = (Sample<'s>, SampleId)>,
+    {
+        let outer = self.batching;
+        self.batching = true;
+        let wakeups = self.stats.wakeups;
+        let mut out = SamplesOutput::default();
+        for (i, (sample, ids)) in samples.into_iter().enumerate() {
+            match self.write_sample(&sample, &ids) {
+                Ok(o) if o.written => out.written += 1,
+                Ok(_) => out.dropped += 1,
+                Err(e) => {
+                    out.error = Some((i, e));
+                    break;
+                }
+            }
+        }
+        out.needs_wakeup = self.stats.wakeups != wakeups;
+        if !outer {
+            let _ = self.end_batch_wakeup();
+        }
+        out
+    }
+
+    /// Starts a batch: data_head is published once, by
+    /// [`Producer::end_batch`] (or [`Producer::end_batch_wakeup`]), instead
+    /// of after every record. This is the fast path for a device that
+    /// writes the samples of one tick (or one VM exit) together: the
+    /// control page's cache line, which a polling reader also touches, is
+    /// written once per batch.
+    ///
+    /// Rules (docs/perf-ring.md, "Batched publication"): records in a batch
+    /// are invisible to the reader until the batch ends, so keep batches
+    /// well below the ring size; a wakeup reported by a record inside the
+    /// batch must not be raised before the batch ends (use
+    /// [`Producer::end_batch_wakeup`], which collects them). Nested
+    /// `begin_batch` calls are one batch.
     pub fn begin_batch(&mut self) {
         self.batching = true;
     }
 
-    /// Publishes the head if records were written since
-    /// [`Producer::begin_batch`] and returns to per-record publishing.
+    /// Ends the batch: publishes data_head (one Release store, after every
+    /// record byte of the batch) if anything was written, and returns to
+    /// per-record publishing.
     pub fn end_batch(&mut self) {
+        let _ = self.end_batch_wakeup();
+    }
+
+    /// [`Producer::end_batch`], returning whether any record of the batch
+    /// asked for a reader wakeup. The head covering those records is
+    /// published when this returns, so the wakeup may be raised now.
+    #[must_use = "raise the reader wakeup (guest interrupt) when this returns true"]
+    pub fn end_batch_wakeup(&mut self) -> bool {
         self.batching = false;
-        if self.unpublished {
-            self.unpublished = false;
-            self.publish_head();
-        }
+        self.publish_head();
+        std::mem::take(&mut self.batch_wakeup)
     }
 
     /// Writes any record. PERF_RECORD_LOST is refused: the producer injects
@@ -303,40 +441,38 @@ impl<R: RingMemory> Producer<R> {
             self.drop_record();
             return Ok(Output::default());
         }
-        // Encode first: a record that cannot be laid out is the caller's
-        // bug and must not change any ring state.
-        let lost_len = if self.lost != 0 {
-            fmt.lost_record_len()
-        } else {
-            0
-        };
-        self.scratch.clear();
-        self.scratch.resize(lost_len, 0);
-        ev.encode(&fmt, ids, &mut self.scratch)?;
-        let total = self.scratch.len() as u64;
-
-        let wakeup_before = self.wakeup;
-        let Some(offset) = self.reserve(total) else {
+        // A record that cannot be laid out is the caller's bug and must not
+        // change any ring state: validate (and size) it first. Then check
+        // the room before encoding, so dropping records while the ring is
+        // full costs no encoding.
+        let len = ev.encoded_len(&fmt)? as u64;
+        let lost_len = if self.lost != 0 { self.lost_len } else { 0 };
+        let total = lost_len + len;
+        let backward = self.cfg.write_backward;
+        if !self.room_for(total, backward) {
             self.drop_record();
             return Ok(Output::default());
-        };
-
+        }
+        self.scratch.clear();
         if lost_len != 0 {
             // Same reservation: PERF_RECORD_LOST {id, lost} + sample_id,
             // in front of the record, as __perf_output_begin does.
-            let mut lost_rec = Vec::with_capacity(lost_len);
-            let lost = std::mem::take(&mut self.lost);
             Event::Lost {
                 id: self.cfg.event_id,
-                lost,
+                lost: self.lost,
             }
-            .encode(&fmt, ids, &mut lost_rec)?;
-            if let Some(dst) = self.scratch.get_mut(..lost_len) {
-                dst.copy_from_slice(&lost_rec);
-            }
+            .encode(&fmt, ids, &mut self.scratch)?;
+        }
+        ev.encode(&fmt, ids, &mut self.scratch)?;
+        debug_assert_eq!(self.scratch.len() as u64, total);
+        // Nothing below can fail: commit.
+        if lost_len != 0 {
+            let lost = std::mem::take(&mut self.lost);
             self.stats.lost_records += 1;
             self.stats.lost_reported += lost;
         }
+        let wakeup_before = self.wakeup;
+        let offset = self.advance(total, backward);
         self.mem.pages().write_data(offset, &self.scratch);
         self.stats.records_written += 1;
         self.stats.bytes_written += total;
@@ -356,13 +492,12 @@ impl<R: RingMemory> Producer<R> {
     /// The end of perf_output_sample(): wakeup_events counting.
     #[inline]
     fn count_sample_wakeup(&mut self) {
-        if let Wakeup::Events(n) = self.cfg.wakeup {
-            if n != 0 {
-                self.events += 1;
-                if self.events >= n {
-                    self.events -= n;
-                    self.wakeup += 1;
-                }
+        let n = self.wakeup_events;
+        if n != 0 {
+            self.events += 1;
+            if self.events >= n {
+                self.events -= n;
+                self.wakeup += 1;
             }
         }
     }
@@ -374,6 +509,7 @@ impl<R: RingMemory> Producer<R> {
         let needs_wakeup = self.wakeup != wakeup_before;
         if needs_wakeup {
             self.stats.wakeups += 1;
+            self.batch_wakeup |= self.batching;
         }
         Output {
             written: true,
@@ -381,12 +517,21 @@ impl<R: RingMemory> Producer<R> {
         }
     }
 
-    #[inline]
+    /// perf_output_put_handle: publishes `head` unless a batch is open.
+    #[inline(always)]
     fn publish_head(&mut self) {
-        if self.batching {
-            self.unpublished = true;
+        if !self.batching {
+            self.publish_now();
+        }
+    }
+
+    /// Stores data_head if it moved since the last store.
+    #[inline(always)]
+    pub(super) fn publish_now(&mut self) {
+        if self.published == self.head {
             return;
         }
+        self.published = self.head;
         // Kernel (producer)                User (consumer)
         //
         //   if (LOAD ->data_tail) {          LOAD ->data_head
@@ -396,22 +541,22 @@ impl<R: RingMemory> Producer<R> {
         //     STORE ->data_head              STORE ->data_tail
         //   }
         //
-        // (B): this Release orders the record bytes copied above before
-        // the new head; it pairs with the consumer's Acquire load of
-        // data_head (C). (A) is the Acquire load of data_tail in
-        // `refresh_tail`, pairing with the consumer's full barrier before
-        // its tail store (D).
+        // (B): this Release orders every record byte copied before it (all
+        // the records of a batch) before the new head; it pairs with the
+        // consumer's Acquire load of data_head (C). (A) is the Acquire load
+        // of data_tail in `refresh_tail`, pairing with the consumer's full
+        // barrier before its tail store (D).
         self.pages()
             .store(CtrlField::DataHead, self.head, Ordering::Release);
     }
 
     #[inline]
-    fn has_space(&self, len: u64) -> bool {
+    fn has_space(&self, len: u64, backward: bool) -> bool {
         let mask = self.size - 1;
         // CIRC_SPACE(head, tail, size) forward; CIRC_SPACE(tail, head, size)
         // backward. Both leave 8 bytes (one byte, rounded up by alignment)
         // free, so at most size - 8 bytes are unread.
-        let space = if self.cfg.write_backward {
+        let space = if backward {
             self.head.wrapping_sub(self.tail).wrapping_sub(1) & mask
         } else {
             self.tail.wrapping_sub(self.head).wrapping_sub(1) & mask
@@ -421,6 +566,7 @@ impl<R: RingMemory> Producer<R> {
 
     /// Reads data_tail and adopts it if it is sane. Returns false (and
     /// counts an error) if it is not.
+    #[inline(never)]
     fn refresh_tail(&mut self) -> bool {
         // (A): Acquire pairs with the consumer's barrier (D) before its
         // data_tail store: once we see the new tail, its reads of the freed
@@ -430,22 +576,29 @@ impl<R: RingMemory> Producer<R> {
         if tail == self.tail {
             return true;
         }
-        // Unread bytes as the consumer claims them, and as they were with
-        // the last sane tail. A sane tail only ever frees bytes: its unread
-        // count is at most the previous one and at most size - 8, and it
-        // is 8-aligned like every record boundary.
-        let (unread, prev_unread) = if self.cfg.write_backward {
+        // Published bytes the consumer claims are unread, and as they were
+        // with the last sane tail. A sane tail only ever frees bytes the
+        // consumer could see: it lies between the last sane tail and the
+        // *published* head (never inside an unpublished batch), and it is
+        // 8-aligned like every record boundary. Then head - tail <= size - 8
+        // too, which the space computation needs.
+        let (unread, prev_unread, pending) = if self.cfg.write_backward {
             (
-                tail.wrapping_sub(self.head),
-                self.tail.wrapping_sub(self.head),
+                tail.wrapping_sub(self.published),
+                self.tail.wrapping_sub(self.published),
+                self.published.wrapping_sub(self.head),
             )
         } else {
             (
-                self.head.wrapping_sub(tail),
-                self.head.wrapping_sub(self.tail),
+                self.published.wrapping_sub(tail),
+                self.published.wrapping_sub(self.tail),
+                self.head.wrapping_sub(self.published),
             )
         };
-        if tail.is_multiple_of(8) && unread <= prev_unread && unread <= self.size - 8 {
+        if tail.is_multiple_of(8)
+            && unread <= prev_unread
+            && unread.saturating_add(pending) <= self.size - 8
+        {
             self.tail = tail;
             return true;
         }
@@ -461,19 +614,28 @@ impl<R: RingMemory> Producer<R> {
         false
     }
 
-    /// __perf_output_begin(): reserve `len` bytes, returning the ring
-    /// offset to write them at, or None if there is no room.
-    #[inline]
-    fn reserve(&mut self, len: u64) -> Option<u64> {
-        if !self.cfg.overwrite
-            && !self.has_space(len)
-            && (!self.refresh_tail() || !self.has_space(len))
-        {
-            return None;
-        }
+    /// The space check of __perf_output_begin(): whether `len` bytes fit.
+    /// data_tail is read (Acquire) only when the cached tail says they may
+    /// not. Changes nothing but the cached tail, which only grows the room
+    /// until the next [`Producer::advance`].
+    ///
+    /// `backward` must be `cfg.write_backward`; callers pass a constant
+    /// where they can, so the direction is decided once per record.
+    #[inline(always)]
+    fn room_for(&mut self, len: u64, backward: bool) -> bool {
+        self.cfg.overwrite
+            || self.has_space(len, backward)
+            || (self.refresh_tail() && self.has_space(len, backward))
+    }
+
+    /// The rest of __perf_output_begin(): takes `len` bytes that
+    /// [`Producer::room_for`] said fit, returning the ring offset to write
+    /// them at, and moves the wakeup watermark.
+    #[inline(always)]
+    fn advance(&mut self, len: u64, backward: bool) -> u64 {
         let offset;
         let progress;
-        if self.cfg.write_backward {
+        if backward {
             self.head = self.head.wrapping_sub(len);
             offset = self.head;
             progress = self.head.wrapping_neg();
@@ -485,7 +647,7 @@ impl<R: RingMemory> Producer<R> {
         if progress.wrapping_sub(self.wakeup) > self.watermark {
             self.wakeup = self.wakeup.wrapping_add(self.watermark);
         }
-        Some(offset)
+        offset
     }
 
     /// Bytes the control page claims are unread right now (for

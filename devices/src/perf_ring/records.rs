@@ -360,84 +360,126 @@ impl Event<'_> {
     }
 }
 
-/// A sample with only fixed-size fields, encoded on the stack (the
-/// producer's fast path). Same bytes as [`Event::encode`].
-pub(crate) struct FixedSample {
-    words: [u64; 10],
-    len: usize,
+/// The record layout of a sample format without variable-length fields
+/// (no READ, CALLCHAIN, RAW or AUX), computed once per [`SampleFormat`] so
+/// the producer's per-record path is a header word plus a gather of 8-byte
+/// words: no branches on `sample_type`, no length computation, no buffer.
+///
+/// Every fixed field of a PERF_RECORD_SAMPLE is one native-endian u64 (TID
+/// and CPU are two u32s that sit in memory as one u64), so the body is
+/// `n` words picked, in `perf_output_sample` order, from the eight values
+/// of [`FixedLayout::sources`]. The bytes are identical to
+/// [`Event::encode`]'s (tests/perf_ring_golden.rs checks every one of the
+/// 512 formats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FixedLayout {
+    /// Header word without `misc`: type and size.
+    header: u64,
+    /// For body word k, its index into [`FixedLayout::sources`] (< 8) in
+    /// bits `3k..3k+3`.
+    idx: u32,
+    /// Body words (0..=9).
+    n: u8,
 }
 
-impl FixedSample {
+/// Shift of `misc` within the native-endian header word
+/// (`{u32 type, u16 misc, u16 size}`).
+const MISC_SHIFT: u32 = if cfg!(target_endian = "little") {
+    32
+} else {
+    16
+};
+
+/// Two u32 fields as they sit in memory (first at the lower address), as one
+/// native-endian u64.
+#[inline(always)]
+const fn pair(first: u32, second: u32) -> u64 {
+    if cfg!(target_endian = "little") {
+        first as u64 | (second as u64) << 32
+    } else {
+        (first as u64) << 32 | second as u64
+    }
+}
+
+impl FixedLayout {
     const VARIABLE: u64 = st::READ | st::CALLCHAIN | st::RAW | st::AUX;
 
-    #[inline(always)]
-    fn put(&mut self, word: u64) {
-        if let Some(dst) = self.words.get_mut(self.len) {
-            *dst = word;
-        }
-        self.len += 1;
-    }
+    /// `perf_output_sample` order of the fixed fields, with the index of
+    /// each one's value in [`FixedLayout::sources`].
+    const ORDER: [(u64, u8); 9] = [
+        (st::IDENTIFIER, 0),
+        (st::IP, 1),
+        (st::TID, 2),
+        (st::TIME, 3),
+        (st::ADDR, 4),
+        (st::ID, 0),
+        (st::STREAM_ID, 5),
+        (st::CPU, 6),
+        (st::PERIOD, 7),
+    ];
 
-    /// Two u32 fields as they sit in memory, as one native u64.
-    #[inline(always)]
-    fn pair(a: u32, b: u32) -> u64 {
-        let mut out = [0u8; 8];
-        out[..4].copy_from_slice(&a.to_ne_bytes());
-        out[4..].copy_from_slice(&b.to_ne_bytes());
-        u64::from_ne_bytes(out)
-    }
-
-    /// `None` if the format has variable-length fields.
-    #[inline]
-    pub(crate) fn encode(fmt: &SampleFormat, ids: &SampleId, s: &Sample<'_>) -> Option<Self> {
+    /// The layout of `fmt`'s samples, or `None` if they have
+    /// variable-length fields.
+    pub(crate) fn new(fmt: &SampleFormat) -> Option<Self> {
         let t = fmt.sample_type;
         if t & Self::VARIABLE != 0 {
             return None;
         }
-        let size = HEADER_LEN + 8 * (t & (st::SUPPORTED & !Self::VARIABLE)).count_ones() as usize;
-        let mut f = FixedSample {
-            words: [0; 10],
-            len: 0,
+        let mut idx = 0u32;
+        let mut n = 0u8;
+        for (bit, src) in Self::ORDER {
+            if t & bit != 0 {
+                idx |= u32::from(src) << (3 * n);
+                n += 1;
+            }
+        }
+        let size = HEADER_LEN as u64 + 8 * u64::from(n);
+        let header = if cfg!(target_endian = "little") {
+            record::SAMPLE as u64 | size << 48
+        } else {
+            (record::SAMPLE as u64) << 32 | size
         };
-        let mut hdr = [0u8; 8];
-        hdr[..4].copy_from_slice(&record::SAMPLE.to_ne_bytes());
-        hdr[4..6].copy_from_slice(&s.misc.to_ne_bytes());
-        hdr[6..].copy_from_slice(&(size as u16).to_ne_bytes());
-        f.put(u64::from_ne_bytes(hdr));
-        if t & st::IDENTIFIER != 0 {
-            f.put(ids.id);
-        }
-        if t & st::IP != 0 {
-            f.put(s.ip);
-        }
-        if t & st::TID != 0 {
-            f.put(Self::pair(ids.pid, ids.tid));
-        }
-        if t & st::TIME != 0 {
-            f.put(ids.time);
-        }
-        if t & st::ADDR != 0 {
-            f.put(s.addr);
-        }
-        if t & st::ID != 0 {
-            f.put(ids.id);
-        }
-        if t & st::STREAM_ID != 0 {
-            f.put(ids.stream_id);
-        }
-        if t & st::CPU != 0 {
-            f.put(Self::pair(ids.cpu, 0));
-        }
-        if t & st::PERIOD != 0 {
-            f.put(s.period);
-        }
-        Some(f)
+        Some(FixedLayout { header, idx, n })
     }
 
-    /// The record as native-endian words.
-    #[inline]
-    pub(crate) fn words(&self) -> &[u64] {
-        self.words.get(..self.len).unwrap_or(&[])
+    /// `header.size` in bytes.
+    #[inline(always)]
+    pub(crate) fn len(&self) -> u64 {
+        HEADER_LEN as u64 + 8 * u64::from(self.n)
+    }
+
+    /// The header word of a sample with this `misc`.
+    #[inline(always)]
+    pub(crate) fn header(&self, misc: u16) -> u64 {
+        self.header | (misc as u64) << MISC_SHIFT
+    }
+
+    /// Number of body words (0..=9).
+    #[inline(always)]
+    pub(crate) fn body_words(&self) -> usize {
+        usize::from(self.n)
+    }
+
+    /// Indexes into [`FixedLayout::sources`] of the body words, 3 bits
+    /// each, word 0 in the low bits.
+    #[inline(always)]
+    pub(crate) fn body_index(&self) -> u32 {
+        self.idx
+    }
+
+    /// Every value a fixed field can take, indexed by [`FixedLayout::body`].
+    #[inline(always)]
+    pub(crate) fn sources(ids: &SampleId, s: &Sample<'_>) -> [u64; 8] {
+        [
+            ids.id,
+            s.ip,
+            pair(ids.pid, ids.tid),
+            ids.time,
+            s.addr,
+            ids.stream_id,
+            pair(ids.cpu, 0),
+            s.period,
+        ]
     }
 }
 
