@@ -243,11 +243,20 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
 /// kernel, initrd and options, streaming its console.
 fn run_in_sandbox(args: &RunArgs) -> Result<ExitCode, CliError> {
     let (kernel, initrd, _) = resolve(args)?;
-    let exe = std::env::current_exe()
-        .map_err(|source| CliError::Unreadable { path: "/proc/self/exe".into(), source })?;
-    let mut argv: Vec<String> = ["/perfvisor/perfvisor", "run", "--kvm", "host", "--kernel", "/perfvisor/kernel"]
-        .map(String::from)
-        .to_vec();
+    let exe = std::env::current_exe().map_err(|source| CliError::Unreadable {
+        path: "/proc/self/exe".into(),
+        source,
+    })?;
+    let mut argv: Vec<String> = [
+        "/perfvisor/perfvisor",
+        "run",
+        "--kvm",
+        "host",
+        "--kernel",
+        "/perfvisor/kernel",
+    ]
+    .map(String::from)
+    .to_vec();
     if initrd.is_some() {
         argv.extend(["--initrd".into(), "/perfvisor/initrd".into()]);
     }
@@ -265,12 +274,18 @@ fn run_in_sandbox(args: &RunArgs) -> Result<ExitCode, CliError> {
         argv.push("--".into());
         argv.extend(args.guest_command.iter().cloned());
     }
-    let mut job = sandbox::Job::new(argv).binary(&exe, "/perfvisor/perfvisor").file(&kernel, "/perfvisor/kernel");
+    let mut job = sandbox::Job::new(argv)
+        .binary(&exe, "/perfvisor/perfvisor")
+        .file(&kernel, "/perfvisor/kernel");
     if let Some(i) = &initrd {
         job = job.file(i, "/perfvisor/initrd");
     }
-    let l1_mib = u32::try_from(args.memory >> 20).unwrap_or(u32::MAX).saturating_add(1024);
-    let sb = sandbox::Sandbox::locate()?.memory_mib(l1_mib).cpus(u32::from(args.cpus).max(2));
+    let l1_mib = u32::try_from(args.memory >> 20)
+        .unwrap_or(u32::MAX)
+        .saturating_add(1024);
+    let sb = sandbox::Sandbox::locate()?
+        .memory_mib(l1_mib)
+        .cpus(u32::from(args.cpus).max(2));
     let outcome = sb.run(&job, &mut |line: &str| println!("{line}"))?;
     Ok(exit_code(outcome.status))
 }
@@ -293,7 +308,10 @@ fn main() -> ExitCode {
                     // One line: clap's first line, without its own "error: " prefix.
                     let text = e.to_string();
                     let first = text.lines().next().unwrap_or("invalid arguments");
-                    eprintln!("perfvisor: {} (see perfvisor --help)", first.trim_start_matches("error: "));
+                    eprintln!(
+                        "perfvisor: {} (see perfvisor --help)",
+                        first.trim_start_matches("error: ")
+                    );
                     ExitCode::from(2)
                 }
             };

@@ -10,7 +10,10 @@ fn default_image_prints_banner() {
     boot_test("default_image_prints_banner", || {
         let r = boot(&[]);
         r.check(r.status == 0, "a clean boot exits 0");
-        r.check(r.stdout.contains("perfvisor guest: Linux 6.1"), "the banner names the kernel");
+        r.check(
+            r.stdout.contains("perfvisor guest: Linux 6.1"),
+            "the banner names the kernel",
+        );
         r.check(r.stdout.contains(", 1 CPUs"), "one vCPU by default");
     });
 }
@@ -19,9 +22,18 @@ fn default_image_prints_banner() {
 fn guest_command_output_and_status() {
     boot_test("guest_command_output_and_status", || {
         // Shell syntax survives the trip: quotes, pipes, $?, a non-zero exit.
-        let r = boot(&["--", r#"echo "hello | from 'the' guest"; uname -r | tr a-z A-Z; exit 7"#]);
-        r.check(r.status == 7, "the guest command's exit status becomes perfvisor's");
-        r.check(r.stdout.contains("hello | from 'the' guest"), "quoted text arrives intact");
+        let r = boot(&[
+            "--",
+            r#"echo "hello | from 'the' guest"; uname -r | tr a-z A-Z; exit 7"#,
+        ]);
+        r.check(
+            r.status == 7,
+            "the guest command's exit status becomes perfvisor's",
+        );
+        r.check(
+            r.stdout.contains("hello | from 'the' guest"),
+            "quoted text arrives intact",
+        );
         r.check(r.stdout.contains("6.1.192-PERFVISOR"), "the pipe ran");
     });
 }
@@ -38,14 +50,20 @@ fn two_cpus_and_memory_size() {
             "echo online=$(cat /sys/devices/system/cpu/online); grep MemTotal /proc/meminfo",
         ]);
         r.check(r.status == 0, "boots with 2 vCPUs");
-        r.check(r.stdout.contains("online=0-1"), "the guest brought up both CPUs");
+        r.check(
+            r.stdout.contains("online=0-1"),
+            "the guest brought up both CPUs",
+        );
         let kb: u64 = r
             .stdout
             .lines()
             .find_map(|l| l.strip_prefix("MemTotal:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0);
-        r.check((400_000..=524_288).contains(&kb), "MemTotal is about 512 MiB");
+        r.check(
+            (400_000..=524_288).contains(&kb),
+            "MemTotal is about 512 MiB",
+        );
     });
 }
 
@@ -54,7 +72,11 @@ fn guest_panic_exits_nonzero() {
     boot_test("guest_panic_exits_nonzero", || {
         let r = boot(&["--", "echo c > /proc/sysrq-trigger"]);
         r.check(r.status == 125, "a guest kernel panic exits 125");
-        r.check(r.stderr.contains("guest kernel panic: Kernel panic - not syncing"), "the panic is named on stderr");
+        r.check(
+            r.stderr
+                .contains("guest kernel panic: Kernel panic - not syncing"),
+            "the panic is named on stderr",
+        );
     });
 }
 
@@ -63,8 +85,14 @@ fn reboot_and_poweroff_exit_zero() {
     boot_test("reboot_and_poweroff_exit_zero", || {
         for cmd in ["reboot -f", "poweroff -f"] {
             let r = boot(&["--", cmd]);
-            r.check(r.status == 0, &format!("`{cmd}` in the guest ends perfvisor with status 0"));
-            r.check(r.stderr.trim().is_empty(), "a clean end prints nothing on stderr");
+            r.check(
+                r.status == 0,
+                &format!("`{cmd}` in the guest ends perfvisor with status 0"),
+            );
+            r.check(
+                r.stderr.trim().is_empty(),
+                "a clean end prints nothing on stderr",
+            );
         }
     });
 }
@@ -74,9 +102,19 @@ fn bzimage_boots() {
     boot_test("bzimage_boots", || {
         let image = image_dir();
         let (k, i) = (image.join("bzImage"), image.join("initramfs.cpio"));
-        let r = boot(&["--kernel", k.to_str().unwrap(), "--initrd", i.to_str().unwrap(), "--", "uname -r"]);
+        let r = boot(&[
+            "--kernel",
+            k.to_str().unwrap(),
+            "--initrd",
+            i.to_str().unwrap(),
+            "--",
+            "uname -r",
+        ]);
         r.check(r.status == 0, "the bzImage boots");
-        r.check(r.stdout.contains("6.1.192-perfvisor"), "and runs the command");
+        r.check(
+            r.stdout.contains("6.1.192-perfvisor"),
+            "and runs the command",
+        );
     });
 }
 
@@ -85,9 +123,16 @@ fn console_output_arrives_in_full() {
     boot_test("console_output_arrives_in_full", || {
         let r = boot(&["--", "seq 1 4000"]);
         r.check(r.status == 0, "seq runs");
-        let nums: Vec<u32> = r.stdout.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let nums: Vec<u32> = r
+            .stdout
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
         let start = nums.iter().position(|&n| n == 1).unwrap_or(usize::MAX);
-        r.check(start != usize::MAX && nums[start..] == (1..=4000).collect::<Vec<_>>()[..], "all 4000 lines, in order");
+        r.check(
+            start != usize::MAX && nums[start..] == (1..=4000).collect::<Vec<_>>()[..],
+            "all 4000 lines, in order",
+        );
     });
 }
 
@@ -95,9 +140,21 @@ fn console_output_arrives_in_full() {
 fn timeout_stops_a_stuck_guest() {
     boot_test("timeout_stops_a_stuck_guest", || {
         let image = image_dir();
-        let mut args: Vec<String> = vec!["run".into(), "--kvm".into(), "host".into(), "--timeout".into(), "20".into()];
-        args.extend(["--kernel".into(), image.join("vmlinux").display().to_string()]);
-        args.extend(["--initrd".into(), image.join("initramfs.cpio").display().to_string()]);
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--kvm".into(),
+            "host".into(),
+            "--timeout".into(),
+            "20".into(),
+        ];
+        args.extend([
+            "--kernel".into(),
+            image.join("vmlinux").display().to_string(),
+        ]);
+        args.extend([
+            "--initrd".into(),
+            image.join("initramfs.cpio").display().to_string(),
+        ]);
         args.extend(["--".into(), "sleep 3600".into()]);
         let r = harness::perfvisor_cmd(&args.iter().map(String::as_str).collect::<Vec<_>>());
         r.check(r.status == 124, "--timeout exits 124");

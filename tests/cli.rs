@@ -9,9 +9,15 @@ fn one_line_error(r: &harness::Run, needle: &str) {
     r.check(r.status != 0, "fails");
     let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     r.check(lines.len() == 1, "exactly one line on stderr");
-    r.check(lines[0].starts_with("perfvisor: "), "prefixed with perfvisor:");
+    r.check(
+        lines[0].starts_with("perfvisor: "),
+        "prefixed with perfvisor:",
+    );
     r.check(lines[0].contains(needle), &format!("mentions {needle:?}"));
-    r.check(!r.stderr.contains("panicked") && !r.stderr.contains("RUST_BACKTRACE"), "no panic");
+    r.check(
+        !r.stderr.contains("panicked") && !r.stderr.contains("RUST_BACKTRACE"),
+        "no panic",
+    );
 }
 
 #[test]
@@ -34,7 +40,15 @@ fn bad_memory_size() {
         one_line_error(&r, "invalid size");
         assert_eq!(r.status, 2, "usage errors exit 2");
     }
-    let r = perfvisor_cmd(&["run", "--kvm", "host", "--memory", "8M", "--kernel", "/etc/hostname"]);
+    let r = perfvisor_cmd(&[
+        "run",
+        "--kvm",
+        "host",
+        "--memory",
+        "8M",
+        "--kernel",
+        "/etc/hostname",
+    ]);
     one_line_error(&r, "out of range");
 }
 
@@ -49,31 +63,44 @@ fn initrd_that_does_not_fit() {
     let image = image_dir();
     let k = image.join("vmlinux");
     let i = image.join("initramfs.cpio");
-    assert!(k.exists(), "no guest image in {}: build it with scripts/build-guest-image.sh", image.display());
-    let r = perfvisor_cmd(&["run", "--kvm", "host", "--memory", "40M", "--kernel", k.to_str().unwrap(), "--initrd", i.to_str().unwrap()]);
+    assert!(
+        k.exists(),
+        "no guest image in {}: build it with scripts/build-guest-image.sh",
+        image.display()
+    );
+    let r = perfvisor_cmd(&[
+        "run",
+        "--kvm",
+        "host",
+        "--memory",
+        "40M",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--initrd",
+        i.to_str().unwrap(),
+    ]);
     one_line_error(&r, "does not fit");
 }
 
 #[test]
 fn no_kvm_device() {
-    let out = std::process::Command::new(harness::perfvisor())
-        .args(["run", "--kvm", "host", "--kernel", "/etc/hostname"])
-        .env("PERFVISOR_KVM_DEVICE", "/nonexistent/kvm")
-        .output()
-        .unwrap();
-    let r = harness::Run {
-        status: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-        elapsed: Default::default(),
-    };
+    let r = harness::perfvisor_cmd_env(
+        &["run", "--kvm", "host", "--kernel", "/etc/hostname"],
+        &[("PERFVISOR_KVM_DEVICE", "/nonexistent/kvm")],
+    );
     one_line_error(&r, "no /dev/kvm");
 }
 
 #[test]
 fn probe_gives_a_verdict() {
     let r = perfvisor_cmd(&["probe"]);
-    r.check(r.status == 0 || r.status == 1, "probe exits 0 (capable) or 1 (not)");
-    r.check(r.stdout.starts_with("capable") || r.stdout.starts_with("not capable"), "prints its verdict");
+    r.check(
+        r.status == 0 || r.status == 1,
+        "probe exits 0 (capable) or 1 (not)",
+    );
+    r.check(
+        r.stdout.starts_with("capable") || r.stdout.starts_with("not capable"),
+        "prints its verdict",
+    );
     println!("probe: {}", r.stdout.trim());
 }

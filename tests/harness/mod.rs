@@ -29,7 +29,9 @@ const END: &str = ">>>perfvisor-test-end ";
 
 /// The perfvisor binary under test.
 pub fn perfvisor() -> PathBuf {
-    std::env::var_os("PERFVISOR_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_perfvisor")))
+    std::env::var_os("PERFVISOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_perfvisor")))
 }
 
 /// The default guest image directory.
@@ -51,22 +53,66 @@ pub struct Run {
 impl Run {
     /// Panic with the whole output unless `cond` holds.
     pub fn check(&self, cond: bool, what: &str) {
-        assert!(cond, "{what}\n--- status {} after {:?}\n--- stdout:\n{}\n--- stderr:\n{}", self.status, self.elapsed, self.stdout, self.stderr);
+        assert!(
+            cond,
+            "{what}\n--- status {} after {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.status, self.elapsed, self.stdout, self.stderr
+        );
     }
 }
 
-/// Run `perfvisor ARGS` and collect its output (stdin is /dev/null).
+/// Longest a single perfvisor invocation may take before the harness kills it.
+const RUN_LIMIT: Duration = Duration::from_secs(420);
+
+/// Run `perfvisor ARGS` and collect its output (stdin is /dev/null). A run
+/// that outlives [`RUN_LIMIT`] is killed and fails the test: a hang is a bug.
 pub fn perfvisor_cmd(args: &[&str]) -> Run {
+    perfvisor_cmd_env(args, &[])
+}
+
+/// [`perfvisor_cmd`] with extra environment variables.
+pub fn perfvisor_cmd_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    use std::io::Read;
+    use std::process::Stdio;
     let start = Instant::now();
-    let out = Command::new(perfvisor())
+    let mut child = Command::new(perfvisor())
         .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", perfvisor().display()));
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s.code().unwrap_or(-1),
+            Ok(None) if start.elapsed() > RUN_LIMIT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let so = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned();
+                let se = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
+                panic!("perfvisor {} did not exit within {RUN_LIMIT:?}; killed it\n--- stdout:\n{so}\n--- stderr:\n{se}", args.join(" "));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("waiting for perfvisor: {e}"),
+        }
+    };
     Run {
-        status: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        status,
+        stdout: String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned(),
+        stderr: String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned(),
         elapsed: start.elapsed(),
     }
 }
@@ -83,7 +129,12 @@ pub fn boot(args: &[&str]) -> Run {
     let mut all = vec!["run", "--kvm", "host", "--timeout", "300"];
     all.extend_from_slice(args);
     let r = perfvisor_cmd(&all);
-    println!("perfvisor {} -> status {} in {:.1}s", all.join(" "), r.status, r.elapsed.as_secs_f64());
+    println!(
+        "perfvisor {} -> status {} in {:.1}s",
+        all.join(" "),
+        r.status,
+        r.elapsed.as_secs_f64()
+    );
     r
 }
 
@@ -120,7 +171,10 @@ fn collect(console: &str) -> HashMap<String, InnerResult> {
     let mut current: Option<(String, String)> = None;
     // libtest prints "test NAME ... " without a newline before the test's
     // own output, so markers may sit anywhere in a line.
-    let after = |line: &str, marker: &str| line.find(marker).map(|i| line[i + marker.len()..].to_string());
+    let after = |line: &str, marker: &str| {
+        line.find(marker)
+            .map(|i| line[i + marker.len()..].to_string())
+    };
     for line in console.lines() {
         if let Some(name) = after(line, BEGIN) {
             current = Some((name.trim().to_string(), String::new()));
@@ -137,13 +191,20 @@ fn collect(console: &str) -> HashMap<String, InnerResult> {
     }
     // A test that began but never ended crashed the inner run.
     if let Some((name, output)) = current {
-        results.insert(name, InnerResult { passed: false, output: output + "\n(the test did not finish inside the sandbox)" });
+        results.insert(
+            name,
+            InnerResult {
+                passed: false,
+                output: output + "\n(the test did not finish inside the sandbox)",
+            },
+        );
     }
     results
 }
 
 fn sandbox_results() -> &'static Result<(HashMap<String, InnerResult>, String), String> {
-    static RESULTS: OnceLock<Result<(HashMap<String, InnerResult>, String), String>> = OnceLock::new();
+    static RESULTS: OnceLock<Result<(HashMap<String, InnerResult>, String), String>> =
+        OnceLock::new();
     RESULTS.get_or_init(|| {
         let image = image_dir();
         for f in ["vmlinux", "initramfs.cpio", "bzImage"] {
@@ -170,8 +231,13 @@ fn sandbox_results() -> &'static Result<(HashMap<String, InnerResult>, String), 
         eprintln!("boot tests: host /dev/kvm cannot run guest user space; booting the L1 sandbox (QEMU TCG + kvm-amd) to run them");
         let start = Instant::now();
         let mut console = String::new();
+        // PERFVISOR_TEST_VERBOSE=1 streams the sandbox console as it runs.
+        let verbose = std::env::var_os("PERFVISOR_TEST_VERBOSE").is_some();
         let outcome = sb
             .run(&job, &mut |line| {
+                if verbose {
+                    eprintln!("L1| {line}");
+                }
                 console.push_str(line);
                 console.push('\n');
             })
@@ -210,11 +276,14 @@ pub fn boot_test(name: &str, body: impl FnOnce()) {
                 Err(e) => panic!("[{name}] {e}"),
             };
             println!("[{name}] {summary}");
-            let r = results
-                .get(name)
-                .unwrap_or_else(|| panic!("[{name}] the test did not run inside the sandbox (its run ended early?)"));
+            let r = results.get(name).unwrap_or_else(|| {
+                panic!("[{name}] the test did not run inside the sandbox (its run ended early?)")
+            });
             println!("--- output inside the sandbox:\n{}", r.output);
-            assert!(r.passed, "[{name}] failed inside the L1 sandbox; its output is above");
+            assert!(
+                r.passed,
+                "[{name}] failed inside the L1 sandbox; its output is above"
+            );
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct VmConfig {
     pub console_input: bool,
 }
 
+/// How long stopping waits for vCPU threads to leave KVM_RUN.
+const STOP_LIMIT: Duration = Duration::from_secs(5);
+
 /// Smallest guest RAM perfvisor accepts.
 pub const MIN_MEM_SIZE: u64 = 16 << 20;
 /// Largest guest RAM perfvisor accepts (1 TiB).
@@ -94,6 +97,8 @@ pub enum VmError {
     Vcpu(#[from] VcpuError),
     #[error("device setup: {0}")]
     Bus(#[from] BusError),
+    #[error("vCPU(s) {0:?} did not stop within 5 s of the VM ending")]
+    StuckVcpus(Vec<u8>),
     #[error("event loop: {0}")]
     EventLoop(String),
     #[error("{what}: {source}")]
@@ -398,16 +403,27 @@ impl Vm {
             }
         }
 
-        // Kick every vCPU before waiting on any, then re-kick stragglers.
+        // Kick every vCPU before waiting on any, then re-kick stragglers,
+        // for at most STOP_LIMIT: a vCPU thread that never comes back is
+        // reported, not waited for (the process exits without it).
         for h in &self.handles {
             let _ = h.kick();
         }
+        let deadline = std::time::Instant::now() + STOP_LIMIT;
+        let mut stuck = Vec::new();
         for (h, t) in self.handles.iter().zip(threads) {
-            while !t.is_finished() {
+            while !t.is_finished() && std::time::Instant::now() < deadline {
                 let _ = h.kick();
                 std::thread::sleep(Duration::from_millis(1));
             }
-            let _ = t.join();
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                stuck.push(h.index());
+            }
+        }
+        if !stuck.is_empty() {
+            return Err(VmError::StuckVcpus(stuck));
         }
         let _ = self
             .serial
