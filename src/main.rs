@@ -1,1 +1,369 @@
-fn main() {}
+//! The `perfvisor` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use thiserror::Error;
+
+use vmm::probe::probe;
+use vmm::{Vm, VmConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "perfvisor",
+    version,
+    about = "A small KVM VMM that gives Linux guests a host-produced sampling PMU"
+)]
+struct Cli {
+    /// More log output (-v info, -vv debug); PERFVISOR_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a guest. With no --kernel, boots the project's default guest image.
+    Run(RunArgs),
+    /// Check whether this host's /dev/kvm can run guest user space.
+    Probe,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+enum KvmChoice {
+    /// Use /dev/kvm when the probe passes, else the L1 sandbox.
+    Auto,
+    /// Always use this host's /dev/kvm.
+    Host,
+    /// Always run inside the L1 sandbox (QEMU TCG with nested kvm-amd).
+    Sandbox,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct RunArgs {
+    /// Kernel image: ELF vmlinux or bzImage [default: the default guest image's vmlinux].
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs [default: the default guest image's, when --kernel is not given].
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line, replacing the default one.
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Extra kernel command-line arguments, appended to the default or --cmdline.
+    #[arg(long)]
+    append: Option<String>,
+    /// Guest RAM, e.g. 256M or 1G (a bare number is MiB).
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u8,
+    /// Stop the guest after this many seconds (exit status 124).
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Which KVM runs the guest.
+    #[arg(long, value_enum, default_value_t = KvmChoice::Auto)]
+    kvm: KvmChoice,
+    /// Command for the guest's /init to run (default image); its exit status becomes perfvisor's.
+    #[arg(last = true)]
+    guest_command: Vec<String>,
+}
+
+/// Where the guest image's /init finds the command to run.
+const GUEST_COMMAND_PATH: &str = "perfvisor/command";
+
+/// Default kernel command line: serial console, reboot through the i8042,
+/// reboot at once on panic, quiet boot.
+const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
+
+#[derive(Debug, Error)]
+enum CliError {
+    #[error("kernel image {0} not found: pass --kernel PATH, or build the default guest image with scripts/build-guest-image.sh")]
+    KernelMissing(PathBuf),
+    #[error("initrd {0} not found")]
+    InitrdMissing(PathBuf),
+    #[error("cannot read {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--cpus must be at least 1")]
+    NoCpus,
+    #[error(transparent)]
+    Vm(#[from] vmm::VmError),
+    #[error(transparent)]
+    Sandbox(#[from] sandbox::Error),
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || {
+        format!("invalid size {s:?}: use a number with an optional K, M, G or T suffix, e.g. 256M")
+    };
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (t, 1u64 << 20),
+        Some((i, _)) => {
+            let mult = match t[i..]
+                .to_ascii_uppercase()
+                .trim_end_matches("IB")
+                .trim_end_matches('B')
+            {
+                "K" => 1u64 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1 << 40,
+                _ => return Err(bad()),
+            };
+            (&t[..i], mult)
+        }
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let bytes = n.checked_mul(mult).ok_or_else(bad)?;
+    if bytes == 0 {
+        return Err(bad());
+    }
+    Ok(bytes)
+}
+
+/// The default guest image directory: $PERFVISOR_GUEST_IMAGE, else build/guest-image in the source tree.
+fn default_image_dir() -> PathBuf {
+    std::env::var_os("PERFVISOR_GUEST_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("build/guest-image"))
+}
+
+fn check_readable(path: &Path, missing: fn(PathBuf) -> CliError) -> Result<(), CliError> {
+    match std::fs::File::open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing(path.to_path_buf())),
+        Err(source) => Err(CliError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Resolve kernel, initrd and command line from the arguments.
+fn resolve(args: &RunArgs) -> Result<(PathBuf, Option<PathBuf>, String), CliError> {
+    let (kernel, initrd) = match &args.kernel {
+        Some(k) => (k.clone(), args.initrd.clone()),
+        None => {
+            let dir = default_image_dir();
+            (
+                dir.join("vmlinux"),
+                Some(
+                    args.initrd
+                        .clone()
+                        .unwrap_or_else(|| dir.join("initramfs.cpio")),
+                ),
+            )
+        }
+    };
+    check_readable(&kernel, CliError::KernelMissing)?;
+    if let Some(i) = &initrd {
+        check_readable(i, CliError::InitrdMissing)?;
+    }
+    let mut cmdline = args
+        .cmdline
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+    if let Some(extra) = &args.append {
+        cmdline.push(' ');
+        cmdline.push_str(extra);
+    }
+    Ok((kernel, initrd, cmdline))
+}
+
+fn run_host(args: &RunArgs) -> Result<ExitCode, CliError> {
+    let (kernel, initrd, cmdline) = resolve(args)?;
+    // The command travels as a file appended to the initramfs, so any shell
+    // text survives (the kernel command line would split and unquote it).
+    let initrd_files = if args.guest_command.is_empty() {
+        Vec::new()
+    } else {
+        let mut data = args.guest_command.join(" ").into_bytes();
+        data.push(b'\n');
+        vec![vmm::boot::InitrdFile {
+            path: GUEST_COMMAND_PATH.into(),
+            data,
+        }]
+    };
+    let config = VmConfig {
+        kernel,
+        initrd,
+        initrd_files,
+        cmdline,
+        mem_size: args.memory,
+        cpus: args.cpus,
+        timeout: args.timeout.map(Duration::from_secs),
+        console_input: true,
+    };
+    let vm = Vm::new(config, Box::new(std::io::stdout()))?;
+    let outcome = vm.run()?;
+    if let Some(msg) = outcome.describe() {
+        eprintln!("perfvisor: {msg}");
+    }
+    Ok(exit_code(outcome.exit_code()))
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn run(args: RunArgs) -> Result<ExitCode, CliError> {
+    if args.cpus == 0 {
+        return Err(CliError::NoCpus);
+    }
+    let use_sandbox = match args.kvm {
+        KvmChoice::Host => false,
+        KvmChoice::Sandbox => true,
+        KvmChoice::Auto => {
+            let p = probe(Duration::from_secs(5))?;
+            if !p.capable {
+                eprintln!(
+                    "perfvisor: this host's /dev/kvm cannot run guest user space ({}); running the guest inside the L1 sandbox (QEMU TCG with nested kvm-amd)",
+                    p.detail
+                );
+            }
+            !p.capable
+        }
+    };
+    if use_sandbox {
+        run_in_sandbox(&args)
+    } else {
+        run_host(&args)
+    }
+}
+
+/// Run `perfvisor run --kvm host ...` inside the L1 sandbox with the same
+/// kernel, initrd and options, streaming its console.
+fn run_in_sandbox(args: &RunArgs) -> Result<ExitCode, CliError> {
+    let (kernel, initrd, _) = resolve(args)?;
+    let exe = std::env::current_exe().map_err(|source| CliError::Unreadable {
+        path: "/proc/self/exe".into(),
+        source,
+    })?;
+    let mut argv: Vec<String> = [
+        "/perfvisor/perfvisor",
+        "run",
+        "--kvm",
+        "host",
+        "--kernel",
+        "/perfvisor/kernel",
+    ]
+    .map(String::from)
+    .to_vec();
+    if initrd.is_some() {
+        argv.extend(["--initrd".into(), "/perfvisor/initrd".into()]);
+    }
+    argv.extend(["--memory".into(), format!("{}K", args.memory >> 10)]);
+    argv.extend(["--cpus".into(), args.cpus.to_string()]);
+    for (flag, value) in [("--cmdline", &args.cmdline), ("--append", &args.append)] {
+        if let Some(v) = value {
+            argv.extend([flag.into(), v.clone()]);
+        }
+    }
+    if let Some(t) = args.timeout {
+        argv.extend(["--timeout".into(), t.to_string()]);
+    }
+    if !args.guest_command.is_empty() {
+        argv.push("--".into());
+        argv.extend(args.guest_command.iter().cloned());
+    }
+    let mut job = sandbox::Job::new(argv)
+        .binary(&exe, "/perfvisor/perfvisor")
+        .file(&kernel, "/perfvisor/kernel");
+    if let Some(i) = &initrd {
+        job = job.file(i, "/perfvisor/initrd");
+    }
+    let l1_mib = u32::try_from(args.memory >> 20)
+        .unwrap_or(u32::MAX)
+        .saturating_add(1024);
+    let sb = sandbox::Sandbox::locate()?
+        .memory_mib(l1_mib)
+        .cpus(u32::from(args.cpus).max(2));
+    let outcome = sb.run(&job, &mut |line: &str| println!("{line}"))?;
+    Ok(exit_code(outcome.status))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = e.print();
+                    ExitCode::SUCCESS
+                }
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    ExitCode::from(2)
+                }
+                _ => {
+                    // One line: clap's first line, without its own "error: " prefix.
+                    let text = e.to_string();
+                    let first = text.lines().next().unwrap_or("invalid arguments");
+                    eprintln!(
+                        "perfvisor: {} (see perfvisor --help)",
+                        first.trim_start_matches("error: ")
+                    );
+                    ExitCode::from(2)
+                }
+            };
+        }
+    };
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("PERFVISOR_LOG", level))
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Probe => match probe(Duration::from_secs(5)) {
+            Ok(p) => {
+                println!(
+                    "{}: {} ({} ms)",
+                    if p.capable { "capable" } else { "not capable" },
+                    p.detail,
+                    p.elapsed.as_millis()
+                );
+                Ok(ExitCode::from(if p.capable { 0 } else { 1 }))
+            }
+            Err(e) => Err(e.into()),
+        },
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("perfvisor: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("512"), Ok(512 << 20));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("2048k"), Ok(2 << 20));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}

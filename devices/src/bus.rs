@@ -48,7 +48,10 @@ impl Bus {
 
     /// Put `device` at `[base, base + len)`.
     pub fn insert(&self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
-        let end = base.checked_add(len).filter(|_| len > 0).ok_or(BusError::BadRange { base, len })?;
+        let end = base
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or(BusError::BadRange { base, len })?;
         let mut map = self.devices.write().unwrap_or_else(|e| e.into_inner());
         // The closest device at or below the new range's last byte is the only one that can overlap.
         if let Some((&other, &(other_len, _))) = map.range(..end).next_back() {
@@ -77,7 +80,9 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.resolve(addr, data.len()) {
             Some((dev, offset)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read(offset, data);
                 true
             }
             None => false,
@@ -88,7 +93,9 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.resolve(addr, data.len()) {
             Some((dev, offset)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write(offset, data);
                 true
             }
             None => false,
@@ -117,16 +124,30 @@ mod tests {
         bus.insert(dev.clone(), 0x3f8, 8).unwrap();
         assert_eq!(
             bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0x3f0, 9),
-            Err(BusError::Overlap { base: 0x3f0, len: 9, other: 0x3f8 })
+            Err(BusError::Overlap {
+                base: 0x3f0,
+                len: 9,
+                other: 0x3f8
+            })
         );
         assert_eq!(
             bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0x3ff, 1),
-            Err(BusError::Overlap { base: 0x3ff, len: 1, other: 0x3f8 })
+            Err(BusError::Overlap {
+                base: 0x3ff,
+                len: 1,
+                other: 0x3f8
+            })
         );
-        bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0x400, 1).unwrap();
-        bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0x3f7, 1).unwrap();
-        assert!(bus.insert(Arc::new(Mutex::new(Echo(vec![]))), u64::MAX, 2).is_err());
-        assert!(bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0x10, 0).is_err());
+        bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0x400, 1)
+            .unwrap();
+        bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0x3f7, 1)
+            .unwrap();
+        assert!(bus
+            .insert(Arc::new(Mutex::new(Echo(vec![]))), u64::MAX, 2)
+            .is_err());
+        assert!(bus
+            .insert(Arc::new(Mutex::new(Echo(vec![]))), 0x10, 0)
+            .is_err());
 
         let mut b = [0u8; 1];
         assert!(bus.read(0x3fb, &mut b));

@@ -1,1 +1,22 @@
-//! perfvisor VMM.
+//! perfvisor's VMM: VM and vCPU setup, the boot path, the event loop, and
+//! the vCPU kick that samplers build on.
+//!
+//! The boot path, in order (see [`vm::Vm::new`]): open /dev/kvm and check its
+//! capabilities; allocate guest RAM around the 32-bit MMIO hole; create the
+//! in-kernel irqchip and PIT; load the kernel (ELF or bzImage), initrd and
+//! command line and write the zero page; write the GDT, identity page tables
+//! and MP table; add the legacy devices; configure each vCPU (CPUID, MSRs,
+//! FPU, LAPIC, and long-mode registers on the boot vCPU). [`vm::Vm::run`]
+//! starts one thread per vCPU and runs the event loop until the guest ends.
+
+pub mod arch;
+pub mod boot;
+pub mod console;
+pub mod exit;
+pub mod payload;
+pub mod probe;
+pub mod vcpu;
+pub mod vm;
+
+pub use exit::VmOutcome;
+pub use vm::{Vm, VmConfig, VmError};

@@ -40,7 +40,10 @@ pub struct Cmos {
 }
 
 fn host_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Default for Cmos {
@@ -61,7 +64,11 @@ impl Cmos {
         nvram[REG_A as usize] = A_DEFAULT;
         nvram[REG_B as usize] = B_24H;
         nvram[REG_D as usize] = D_VRT;
-        Self { index: 0, nvram, now }
+        Self {
+            index: 0,
+            nvram,
+            now,
+        }
     }
 
     fn encode(&self, v: u32) -> u8 {

@@ -15,7 +15,9 @@ pub struct I8042 {
 impl I8042 {
     /// A controller that signals `reset` when the guest asks for a CPU reset.
     pub fn new(reset: EventFd) -> Self {
-        Self { inner: I8042Device::new(EventFdTrigger(reset)) }
+        Self {
+            inner: I8042Device::new(EventFdTrigger(reset)),
+        }
     }
 }
 

@@ -47,7 +47,9 @@ impl<W: Write + Send> SerialDevice<W> {
     /// `input_space` is signalled whenever the guest empties the input FIFO.
     pub fn new(irq: EventFd, input_space: EventFd, out: W) -> Self {
         let flow = Arc::new(InputFlow { input_space });
-        Self { uart: Serial::with_events(EventFdTrigger(irq), flow, out) }
+        Self {
+            uart: Serial::with_events(EventFdTrigger(irq), flow, out),
+        }
     }
 
     /// Queue host input for the guest. Returns how many bytes fit; the rest
@@ -104,7 +106,11 @@ const MAX_LINE: usize = 4096;
 impl<W: Write, F: FnMut(&str)> LineTap<W, F> {
     /// Wrap `inner`.
     pub fn new(inner: W, on_line: F) -> Self {
-        Self { inner, line: Vec::with_capacity(256), on_line }
+        Self {
+            inner,
+            line: Vec::with_capacity(256),
+            on_line,
+        }
     }
 
     fn push(&mut self, byte: u8) {
@@ -188,10 +194,16 @@ mod tests {
     #[test]
     fn line_tap_sees_lines() {
         let lines = Mutex::new(Vec::new());
-        let mut tap = LineTap::new(Vec::new(), |l: &str| lines.lock().unwrap().push(l.to_string()));
-        tap.write_all(b"Kernel panic - not syncing: x\r\nab").unwrap();
+        let mut tap = LineTap::new(Vec::new(), |l: &str| {
+            lines.lock().unwrap().push(l.to_string())
+        });
+        tap.write_all(b"Kernel panic - not syncing: x\r\nab")
+            .unwrap();
         tap.write_all(b"c\n").unwrap();
         drop(tap);
-        assert_eq!(*lines.lock().unwrap(), vec!["Kernel panic - not syncing: x", "abc"]);
+        assert_eq!(
+            *lines.lock().unwrap(),
+            vec!["Kernel panic - not syncing: x", "abc"]
+        );
     }
 }

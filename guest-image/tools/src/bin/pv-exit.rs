@@ -23,7 +23,10 @@ fn main() -> ExitCode {
     // SAFETY: ioperm only changes this process's I/O permission bitmap; the
     // arguments name one port. It fails cleanly without CAP_SYS_RAWIO.
     if unsafe { libc::ioperm(DEBUG_EXIT_PORT as libc::c_ulong, 1, 1) } != 0 {
-        eprintln!("pv-exit: ioperm(0x{DEBUG_EXIT_PORT:x}): {}", std::io::Error::last_os_error());
+        eprintln!(
+            "pv-exit: ioperm(0x{DEBUG_EXIT_PORT:x}): {}",
+            std::io::Error::last_os_error()
+        );
         return ExitCode::from(1);
     }
     // SAFETY: the port was granted above; an OUT to it has no effect on this

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The test command: set up a fresh machine, build everything, run every test.
+#
+#   scripts/test.sh            (as root on a fresh Debian bookworm machine)
+#
+# 1. scripts/setup.sh           Debian packages (only what is missing)
+# 2. scripts/build-guest-image.sh  guest kernel, initramfs (cached by inputs)
+# 3. scripts/fetch-sandbox.sh   the L1 sandbox kernel and kvm-amd modules
+# 4. cargo test --workspace     unit, property, stress and KVM plumbing tests,
+#                               and the boot tests, which run on this host's
+#                               /dev/kvm if it can run guest user space, else
+#                               in the L1 sandbox (each test says which)
+# 5. scripts/fuzz.sh            every fuzz target for FUZZ_SECONDS (default 60)
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+pv_phase "packages (scripts/setup.sh)"
+if [[ $(id -u) -eq 0 ]]; then
+    scripts/setup.sh
+else
+    pv_say "not root: skipping package installation; run scripts/setup.sh as root if anything is missing"
+fi
+pv_phase "guest image (scripts/build-guest-image.sh)"
+scripts/build-guest-image.sh
+pv_phase "L1 sandbox (scripts/fetch-sandbox.sh)"
+scripts/fetch-sandbox.sh
+pv_phase "cargo test --workspace"
+# --nocapture: every boot test prints which KVM it used.
+set +e
+cargo test --workspace --locked -- --nocapture 2>&1 | tee "$CACHE_ROOT/last-test.log"
+rc=${PIPESTATUS[0]}
+set -e
+((rc == 0)) || pv_die "cargo test failed (status $rc); full log in $CACHE_ROOT/last-test.log"
+pv_phase "fuzz (scripts/fuzz.sh ${FUZZ_SECONDS:-60})"
+scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
+pv_phase_end
+pv_say "all tests passed"

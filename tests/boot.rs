@@ -1,0 +1,163 @@
+//! End-to-end boot tests: the default guest image through `perfvisor run`.
+//! They run on a capable KVM: this host's, or the L1 sandbox (see harness).
+
+mod harness;
+
+use harness::{boot, boot_test, image_dir};
+
+#[test]
+fn default_image_prints_banner() {
+    boot_test("default_image_prints_banner", || {
+        let r = boot(&[]);
+        r.check(r.status == 0, "a clean boot exits 0");
+        r.check(
+            r.stdout.contains("perfvisor guest: Linux 6.1"),
+            "the banner names the kernel",
+        );
+        r.check(r.stdout.contains(", 1 CPUs"), "one vCPU by default");
+    });
+}
+
+#[test]
+fn guest_command_output_and_status() {
+    boot_test("guest_command_output_and_status", || {
+        // Shell syntax survives the trip: quotes, pipes, $?, a non-zero exit.
+        let r = boot(&[
+            "--",
+            r#"echo "hello | from 'the' guest"; uname -r | tr a-z A-Z; exit 7"#,
+        ]);
+        r.check(
+            r.status == 7,
+            "the guest command's exit status becomes perfvisor's",
+        );
+        r.check(
+            r.stdout.contains("hello | from 'the' guest"),
+            "quoted text arrives intact",
+        );
+        r.check(r.stdout.contains("6.1.192-PERFVISOR"), "the pipe ran");
+    });
+}
+
+#[test]
+fn two_cpus_and_memory_size() {
+    boot_test("two_cpus_and_memory_size", || {
+        let r = boot(&[
+            "--cpus",
+            "2",
+            "--memory",
+            "512M",
+            "--",
+            "echo online=$(cat /sys/devices/system/cpu/online); grep MemTotal /proc/meminfo",
+        ]);
+        r.check(r.status == 0, "boots with 2 vCPUs");
+        r.check(
+            r.stdout.contains("online=0-1"),
+            "the guest brought up both CPUs",
+        );
+        let kb: u64 = r
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        r.check(
+            (400_000..=524_288).contains(&kb),
+            "MemTotal is about 512 MiB",
+        );
+    });
+}
+
+#[test]
+fn guest_panic_exits_nonzero() {
+    boot_test("guest_panic_exits_nonzero", || {
+        let r = boot(&["--", "echo c > /proc/sysrq-trigger"]);
+        r.check(r.status == 125, "a guest kernel panic exits 125");
+        r.check(
+            r.stderr
+                .contains("guest kernel panic: Kernel panic - not syncing"),
+            "the panic is named on stderr",
+        );
+    });
+}
+
+#[test]
+fn reboot_and_poweroff_exit_zero() {
+    boot_test("reboot_and_poweroff_exit_zero", || {
+        for cmd in ["reboot -f", "poweroff -f"] {
+            let r = boot(&["--", cmd]);
+            r.check(
+                r.status == 0,
+                &format!("`{cmd}` in the guest ends perfvisor with status 0"),
+            );
+            r.check(
+                r.stderr.trim().is_empty(),
+                "a clean end prints nothing on stderr",
+            );
+        }
+    });
+}
+
+#[test]
+fn bzimage_boots() {
+    boot_test("bzimage_boots", || {
+        let image = image_dir();
+        let (k, i) = (image.join("bzImage"), image.join("initramfs.cpio"));
+        let r = boot(&[
+            "--kernel",
+            k.to_str().unwrap(),
+            "--initrd",
+            i.to_str().unwrap(),
+            "--",
+            "uname -r",
+        ]);
+        r.check(r.status == 0, "the bzImage boots");
+        r.check(
+            r.stdout.contains("6.1.192-perfvisor"),
+            "and runs the command",
+        );
+    });
+}
+
+#[test]
+fn console_output_arrives_in_full() {
+    boot_test("console_output_arrives_in_full", || {
+        let r = boot(&["--", "seq 1 4000"]);
+        r.check(r.status == 0, "seq runs");
+        let nums: Vec<u32> = r
+            .stdout
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        let start = nums.iter().position(|&n| n == 1).unwrap_or(usize::MAX);
+        r.check(
+            start != usize::MAX && nums[start..] == (1..=4000).collect::<Vec<_>>()[..],
+            "all 4000 lines, in order",
+        );
+    });
+}
+
+#[test]
+fn timeout_stops_a_stuck_guest() {
+    boot_test("timeout_stops_a_stuck_guest", || {
+        let image = image_dir();
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--kvm".into(),
+            "host".into(),
+            "--timeout".into(),
+            "20".into(),
+        ];
+        args.extend([
+            "--kernel".into(),
+            image.join("vmlinux").display().to_string(),
+        ]);
+        args.extend([
+            "--initrd".into(),
+            image.join("initramfs.cpio").display().to_string(),
+        ]);
+        args.extend(["--".into(), "sleep 3600".into()]);
+        let r = harness::perfvisor_cmd(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        r.check(r.status == 124, "--timeout exits 124");
+        r.check(r.stderr.contains("--timeout 20s"), "and says why");
+    });
+}

@@ -1,0 +1,289 @@
+//! Harness for tests that boot Linux guests through `perfvisor run`.
+//!
+//! Booting a Linux guest with user space needs a capable KVM. Each boot test
+//! calls [`boot_test`], which picks where to run:
+//!
+//! - **host**: this host's /dev/kvm, when `perfvisor probe` (a tiny guest
+//!   making a user-mode SYSCALL) says it can run guest user space;
+//! - **L1 sandbox**: otherwise. The harness boots the QEMU TCG L1 with nested
+//!   kvm-amd once per test binary, copies this very test binary, perfvisor and
+//!   the guest image into it, runs the binary there (every boot test, one
+//!   thread), and hands each test the result of its own run inside.
+//!
+//! Every test prints which one it used. Nothing is skipped: a missing
+//! prerequisite (guest image, sandbox artefacts, QEMU) fails the test with
+//! what to run.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Set inside the sandbox: run boot tests directly on the L1's /dev/kvm.
+const INSIDE_ENV: &str = "PERFVISOR_TESTS_INSIDE_SANDBOX";
+const BEGIN: &str = "<<<perfvisor-test-begin ";
+const END: &str = ">>>perfvisor-test-end ";
+
+/// The perfvisor binary under test.
+pub fn perfvisor() -> PathBuf {
+    std::env::var_os("PERFVISOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_perfvisor")))
+}
+
+/// The default guest image directory.
+pub fn image_dir() -> PathBuf {
+    std::env::var_os("PERFVISOR_GUEST_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("build/guest-image"))
+}
+
+/// What one `perfvisor` invocation did.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    /// Panic with the whole output unless `cond` holds.
+    pub fn check(&self, cond: bool, what: &str) {
+        assert!(
+            cond,
+            "{what}\n--- status {} after {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.status, self.elapsed, self.stdout, self.stderr
+        );
+    }
+}
+
+/// Longest a single perfvisor invocation may take before the harness kills it.
+const RUN_LIMIT: Duration = Duration::from_secs(420);
+
+/// Run `perfvisor ARGS` and collect its output (stdin is /dev/null). A run
+/// that outlives [`RUN_LIMIT`] is killed and fails the test: a hang is a bug.
+pub fn perfvisor_cmd(args: &[&str]) -> Run {
+    perfvisor_cmd_env(args, &[])
+}
+
+/// [`perfvisor_cmd`] with extra environment variables.
+pub fn perfvisor_cmd_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    use std::io::Read;
+    use std::process::Stdio;
+    let start = Instant::now();
+    let mut child = Command::new(perfvisor())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", perfvisor().display()));
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s.code().unwrap_or(-1),
+            Ok(None) if start.elapsed() > RUN_LIMIT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let so = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned();
+                let se = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
+                panic!("perfvisor {} did not exit within {RUN_LIMIT:?}; killed it\n--- stdout:\n{so}\n--- stderr:\n{se}", args.join(" "));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("waiting for perfvisor: {e}"),
+        }
+    };
+    Run {
+        status,
+        stdout: String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned(),
+        stderr: String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned(),
+        elapsed: start.elapsed(),
+    }
+}
+
+/// Boot a guest with `perfvisor run --kvm host --timeout 300 ARGS` (on the
+/// KVM [`boot_test`] chose).
+pub fn boot(args: &[&str]) -> Run {
+    let image = image_dir();
+    assert!(
+        image.join("vmlinux").exists() && image.join("initramfs.cpio").exists(),
+        "no guest image in {}: build it with scripts/build-guest-image.sh",
+        image.display()
+    );
+    let mut all = vec!["run", "--kvm", "host", "--timeout", "300"];
+    all.extend_from_slice(args);
+    let r = perfvisor_cmd(&all);
+    println!(
+        "perfvisor {} -> status {} in {:.1}s",
+        all.join(" "),
+        r.status,
+        r.elapsed.as_secs_f64()
+    );
+    r
+}
+
+enum Place {
+    Host(String),
+    InsideSandbox,
+    Sandbox(String),
+}
+
+fn place() -> &'static Place {
+    static PLACE: OnceLock<Place> = OnceLock::new();
+    PLACE.get_or_init(|| {
+        if std::env::var_os(INSIDE_ENV).is_some() {
+            return Place::InsideSandbox;
+        }
+        let p = perfvisor_cmd(&["probe"]);
+        let verdict = p.stdout.trim().to_string();
+        match p.status {
+            0 => Place::Host(verdict),
+            1 if !verdict.is_empty() => Place::Sandbox(verdict),
+            _ => Place::Sandbox(format!("probe failed: {}", p.stderr.trim())),
+        }
+    })
+}
+
+/// Result of one boot test inside the sandbox.
+struct InnerResult {
+    passed: bool,
+    output: String,
+}
+
+fn collect(console: &str) -> HashMap<String, InnerResult> {
+    let mut results = HashMap::new();
+    let mut current: Option<(String, String)> = None;
+    // libtest prints "test NAME ... " without a newline before the test's
+    // own output, so markers may sit anywhere in a line.
+    let after = |line: &str, marker: &str| {
+        line.find(marker)
+            .map(|i| line[i + marker.len()..].to_string())
+    };
+    for line in console.lines() {
+        if let Some(name) = after(line, BEGIN) {
+            current = Some((name.trim().to_string(), String::new()));
+        } else if let Some(rest) = after(line, END) {
+            let mut parts = rest.splitn(2, ' ');
+            let name = parts.next().unwrap_or("").to_string();
+            let passed = parts.next().map(|v| v.trim() == "PASS").unwrap_or(false);
+            let output = current.take().map(|(_, o)| o).unwrap_or_default();
+            results.insert(name, InnerResult { passed, output });
+        } else if let Some((_, out)) = current.as_mut() {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    // A test that began but never ended crashed the inner run.
+    if let Some((name, output)) = current {
+        results.insert(
+            name,
+            InnerResult {
+                passed: false,
+                output: output + "\n(the test did not finish inside the sandbox)",
+            },
+        );
+    }
+    results
+}
+
+fn sandbox_results() -> &'static Result<(HashMap<String, InnerResult>, String), String> {
+    static RESULTS: OnceLock<Result<(HashMap<String, InnerResult>, String), String>> =
+        OnceLock::new();
+    RESULTS.get_or_init(|| {
+        let image = image_dir();
+        for f in ["vmlinux", "initramfs.cpio", "bzImage"] {
+            if !image.join(f).exists() {
+                return Err(format!("no {f} in {}: build the guest image with scripts/build-guest-image.sh", image.display()));
+            }
+        }
+        let sb = sandbox::Sandbox::locate()
+            .map_err(|e| format!("boot tests need the L1 sandbox here, and it is not available: {e}"))?
+            .timeout(Duration::from_secs(40 * 60))
+            .memory_mib(3072)
+            .cpus(2);
+        let test_bin = std::env::current_exe().map_err(|e| e.to_string())?;
+        let job = sandbox::Job::new(["/tests/boot-tests", "--test-threads=1", "--nocapture"])
+            .binary(&test_bin, "/tests/boot-tests")
+            .binary(perfvisor(), "/perfvisor/perfvisor")
+            .file(image.join("vmlinux"), "/perfvisor/image/vmlinux")
+            .file(image.join("bzImage"), "/perfvisor/image/bzImage")
+            .file(image.join("initramfs.cpio"), "/perfvisor/image/initramfs.cpio")
+            .env(INSIDE_ENV, "1")
+            .env("PERFVISOR_BIN", "/perfvisor/perfvisor")
+            .env("PERFVISOR_GUEST_IMAGE", "/perfvisor/image")
+            .workdir("/tests");
+        eprintln!("boot tests: host /dev/kvm cannot run guest user space; booting the L1 sandbox (QEMU TCG + kvm-amd) to run them");
+        let start = Instant::now();
+        let mut console = String::new();
+        // PERFVISOR_TEST_VERBOSE=1 streams the sandbox console as it runs.
+        let verbose = std::env::var_os("PERFVISOR_TEST_VERBOSE").is_some();
+        let outcome = sb
+            .run(&job, &mut |line| {
+                if verbose {
+                    eprintln!("L1| {line}");
+                }
+                console.push_str(line);
+                console.push('\n');
+            })
+            .map_err(|e| format!("the L1 sandbox run failed: {e}"))?;
+        let summary = format!(
+            "L1 sandbox: boot {:.1}s, total {:.1}s, inner test binary exit status {}",
+            outcome.l1_boot.as_secs_f64(),
+            start.elapsed().as_secs_f64(),
+            outcome.status
+        );
+        eprintln!("{summary}");
+        Ok((collect(&console), summary))
+    })
+}
+
+/// Run one boot test `body` on a capable KVM (see the module docs).
+pub fn boot_test(name: &str, body: impl FnOnce()) {
+    match place() {
+        Place::Host(verdict) => {
+            println!("[{name}] KVM: this host's /dev/kvm (probe: {verdict})");
+            body();
+        }
+        Place::InsideSandbox => {
+            println!("{BEGIN}{name}");
+            println!("[{name}] KVM: the L1 sandbox's nested kvm-amd /dev/kvm");
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+            println!("{END}{name} {}", if r.is_ok() { "PASS" } else { "FAIL" });
+            if let Err(e) = r {
+                std::panic::resume_unwind(e);
+            }
+        }
+        Place::Sandbox(verdict) => {
+            println!("[{name}] KVM: L1 sandbox (QEMU TCG + nested kvm-amd), because this host's /dev/kvm failed the probe: {verdict}");
+            let (results, summary) = match sandbox_results() {
+                Ok(r) => r,
+                Err(e) => panic!("[{name}] {e}"),
+            };
+            println!("[{name}] {summary}");
+            let r = results.get(name).unwrap_or_else(|| {
+                panic!("[{name}] the test did not run inside the sandbox (its run ended early?)")
+            });
+            println!("--- output inside the sandbox:\n{}", r.output);
+            assert!(
+                r.passed,
+                "[{name}] failed inside the L1 sandbox; its output is above"
+            );
+        }
+    }
+}

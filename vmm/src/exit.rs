@@ -1,0 +1,228 @@
+//! How a VM ends: the first reason reported wins, every vCPU and the event
+//! loop are told to stop.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use vmm_sys_util::eventfd::EventFd;
+
+/// Why the VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmOutcome {
+    /// The guest wrote this status to the debug-exit port.
+    Status(u8),
+    /// The guest rebooted (i8042 reset, KVM reset event, or a triple fault
+    /// right after the kernel announced a restart).
+    Reboot,
+    /// The guest powered off.
+    PowerOff,
+    /// The guest halted the machine.
+    Halt,
+    /// The guest kernel panicked; the first panic line.
+    Panic(String),
+    /// A triple fault nobody announced.
+    TripleFault { vcpu: u8, rip: u64 },
+    /// `--timeout` expired.
+    Timeout(Duration),
+    /// The user typed the console escape (Ctrl-A x).
+    UserQuit,
+    /// A VMM error (unhandled exit, KVM failure).
+    Error(String),
+}
+
+impl VmOutcome {
+    /// perfvisor's exit status for this outcome (see README "Exit status").
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            VmOutcome::Status(s) => i32::from(*s),
+            VmOutcome::Reboot | VmOutcome::PowerOff | VmOutcome::Halt => 0,
+            VmOutcome::Panic(_) => GUEST_PANIC_EXIT,
+            VmOutcome::TripleFault { .. } => GUEST_FAULT_EXIT,
+            VmOutcome::Timeout(_) => TIMEOUT_EXIT,
+            VmOutcome::UserQuit => 130,
+            VmOutcome::Error(_) => 1,
+        }
+    }
+
+    /// A one-line description for the user, or None for a clean, quiet end.
+    pub fn describe(&self) -> Option<String> {
+        match self {
+            VmOutcome::Status(_) | VmOutcome::Reboot | VmOutcome::PowerOff | VmOutcome::Halt => {
+                None
+            }
+            VmOutcome::Panic(line) => Some(format!("guest kernel panic: {line}")),
+            VmOutcome::TripleFault { vcpu, rip } => Some(format!(
+                "guest triple fault (KVM_EXIT_SHUTDOWN) on vCPU {vcpu} at RIP 0x{rip:x}"
+            )),
+            VmOutcome::Timeout(d) => Some(format!(
+                "guest still running after --timeout {}s; stopped it",
+                d.as_secs()
+            )),
+            VmOutcome::UserQuit => Some("stopped by the console escape (Ctrl-A x)".into()),
+            VmOutcome::Error(e) => Some(e.clone()),
+        }
+    }
+}
+
+/// Exit status when the guest kernel panicked.
+pub const GUEST_PANIC_EXIT: i32 = 125;
+/// Exit status for an unannounced triple fault.
+pub const GUEST_FAULT_EXIT: i32 = 126;
+/// Exit status when `--timeout` expired (as timeout(1)).
+pub const TIMEOUT_EXIT: i32 = 124;
+
+/// Shared end-of-VM state.
+pub struct ExitState {
+    stopping: AtomicBool,
+    outcome: Mutex<Option<VmOutcome>>,
+    panic_line: Mutex<Option<String>>,
+    restart_announced: AtomicBool,
+    evt: EventFd,
+}
+
+impl ExitState {
+    /// Fresh state; `evt` becomes readable once an outcome is set.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            stopping: AtomicBool::new(false),
+            outcome: Mutex::new(None),
+            panic_line: Mutex::new(None),
+            restart_announced: AtomicBool::new(false),
+            evt: EventFd::new(libc::EFD_NONBLOCK)?,
+        })
+    }
+
+    /// The eventfd the event loop watches.
+    pub fn event(&self) -> &EventFd {
+        &self.evt
+    }
+
+    /// True once the VM is ending.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Report how the VM ends. The first report wins. A reboot or triple
+    /// fault after a logged kernel panic is the panic.
+    pub fn request(&self, outcome: VmOutcome) {
+        let outcome = match outcome {
+            VmOutcome::Reboot
+            | VmOutcome::TripleFault { .. }
+            | VmOutcome::Halt
+            | VmOutcome::PowerOff => {
+                match self
+                    .panic_line
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                {
+                    Some(line) => VmOutcome::Panic(line),
+                    None => match outcome {
+                        VmOutcome::TripleFault { .. }
+                            if self.restart_announced.load(Ordering::Acquire) =>
+                        {
+                            VmOutcome::Reboot
+                        }
+                        o => o,
+                    },
+                }
+            }
+            o => o,
+        };
+        let mut slot = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(outcome);
+        }
+        drop(slot);
+        self.stopping.store(true, Ordering::Release);
+        let _ = self.evt.write(1);
+    }
+
+    /// The outcome, once set.
+    pub fn outcome(&self) -> Option<VmOutcome> {
+        self.outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Look at one line of guest console output for kernel messages that
+    /// decide the outcome. Returns true when the line started a panic (the
+    /// caller arms a grace timer: a panicking kernel without `panic=` never
+    /// reboots by itself).
+    pub fn observe_console_line(&self, line: &str) -> bool {
+        if let Some(pos) = line.find("Kernel panic - not syncing") {
+            let mut p = self.panic_line.lock().unwrap_or_else(|e| e.into_inner());
+            if p.is_none() {
+                *p = Some(line[pos..].trim_end().to_string());
+                return true;
+            }
+        } else if line.contains("---[ end Kernel panic") {
+            self.request(VmOutcome::Halt); // mapped to the recorded panic
+        } else if line.contains("reboot: Power down") {
+            self.request(VmOutcome::PowerOff);
+        } else if line.contains("reboot: System halted") {
+            self.request(VmOutcome::Halt);
+        } else if line.contains("reboot: Restarting system") {
+            self.restart_announced.store(true, Ordering::Release);
+        }
+        false
+    }
+
+    /// The recorded panic line, if any.
+    pub fn panic_line(&self) -> Option<String> {
+        self.panic_line
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_outcome_wins() {
+        let s = ExitState::new().unwrap();
+        assert!(!s.stopping());
+        s.request(VmOutcome::Status(3));
+        s.request(VmOutcome::Reboot);
+        assert!(s.stopping());
+        assert_eq!(s.outcome(), Some(VmOutcome::Status(3)));
+        assert_eq!(s.event().read().unwrap(), 2);
+    }
+
+    #[test]
+    fn panic_then_reboot_is_panic() {
+        let s = ExitState::new().unwrap();
+        assert!(
+            s.observe_console_line("[    1.0] Kernel panic - not syncing: Attempted to kill init!")
+        );
+        assert!(!s.observe_console_line("[    1.0] Kernel panic - not syncing: again"));
+        s.request(VmOutcome::Reboot);
+        assert_eq!(
+            s.outcome(),
+            Some(VmOutcome::Panic(
+                "Kernel panic - not syncing: Attempted to kill init!".into()
+            ))
+        );
+        assert_eq!(s.outcome().unwrap().exit_code(), GUEST_PANIC_EXIT);
+    }
+
+    #[test]
+    fn console_messages() {
+        let s = ExitState::new().unwrap();
+        s.observe_console_line("[    2.0] reboot: Restarting system");
+        s.request(VmOutcome::TripleFault { vcpu: 0, rip: 1 });
+        assert_eq!(s.outcome(), Some(VmOutcome::Reboot));
+        let s = ExitState::new().unwrap();
+        s.request(VmOutcome::TripleFault { vcpu: 1, rip: 0x10 });
+        assert_eq!(s.outcome().unwrap().exit_code(), GUEST_FAULT_EXIT);
+        let s = ExitState::new().unwrap();
+        s.observe_console_line("reboot: Power down");
+        assert_eq!(s.outcome(), Some(VmOutcome::PowerOff));
+        assert_eq!(s.outcome().unwrap().exit_code(), 0);
+    }
+}

@@ -1,0 +1,493 @@
+//! Building and running a VM: KVM setup, guest memory, devices, vCPUs, and
+//! the event loop that waits for the VM to end.
+
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use thiserror::Error;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::terminal::Terminal;
+use vmm_sys_util::timerfd::TimerFd;
+
+use devices::bus::{Bus, BusDevice, BusError};
+use devices::legacy::{
+    Cmos, DebugExit, SerialDevice, CMOS_PORT, COM1_IRQ, COM1_PORT, DEBUG_EXIT_PORT, I8042,
+    I8042_PORT,
+};
+
+use crate::arch::{cpuid, layout, mptable, regs};
+use crate::boot::{self, BootError, InitrdFile};
+use crate::console::{self, ConsoleInput, Serial};
+use crate::exit::{ExitState, VmOutcome};
+use crate::vcpu::{Vcpu, VcpuError, VcpuHandle, VcpuHook};
+
+/// What to boot and how.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// ELF vmlinux or bzImage.
+    pub kernel: PathBuf,
+    /// Optional initramfs.
+    pub initrd: Option<PathBuf>,
+    /// Files appended to the initramfs (the guest command, for one).
+    pub initrd_files: Vec<InitrdFile>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Guest RAM in bytes.
+    pub mem_size: u64,
+    /// Number of vCPUs.
+    pub cpus: u8,
+    /// Stop the guest after this long.
+    pub timeout: Option<Duration>,
+    /// Forward the user's terminal to the guest console (only when stdin is a tty).
+    pub console_input: bool,
+}
+
+/// How long stopping waits for vCPU threads to leave KVM_RUN.
+const STOP_LIMIT: Duration = Duration::from_secs(5);
+
+/// Smallest guest RAM perfvisor accepts.
+pub const MIN_MEM_SIZE: u64 = 16 << 20;
+/// Largest guest RAM perfvisor accepts (1 TiB).
+pub const MAX_MEM_SIZE: u64 = 1 << 40;
+
+/// Errors building or running a VM.
+#[derive(Debug, Error)]
+pub enum VmError {
+    #[error("no /dev/kvm on this host: load the kvm_intel or kvm_amd module, or use a machine with KVM (perfvisor run --kvm auto falls back to the QEMU L1 sandbox)")]
+    NoKvm,
+    #[error("permission denied opening /dev/kvm: run as root or add your user to the 'kvm' group")]
+    KvmPermission,
+    #[error("cannot open /dev/kvm: {0}")]
+    KvmOpen(kvm_ioctls::Error),
+    #[error("this host's KVM lacks {0}, which perfvisor needs")]
+    MissingCap(&'static str),
+    #[error("KVM {what} failed: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error(
+        "guest memory size {0} bytes is out of range: use 16M to 1T (for example --memory 256M)"
+    )]
+    MemorySize(u64),
+    #[error("--cpus {cpus} is out of range: this host's KVM supports 1 to {max}")]
+    Cpus { cpus: u8, max: usize },
+    #[error("cannot allocate {size} bytes of guest memory: {source}")]
+    Memory {
+        size: u64,
+        source: vm_memory::mmap::FromRangesError,
+    },
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    #[error(transparent)]
+    Cpuid(#[from] cpuid::CpuidError),
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("device setup: {0}")]
+    Bus(#[from] BusError),
+    #[error("vCPU(s) {0:?} did not stop within 5 s of the VM ending")]
+    StuckVcpus(Vec<u8>),
+    #[error("event loop: {0}")]
+    EventLoop(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, VmError>;
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> VmError {
+    move |source| VmError::Io { what, source }
+}
+
+/// Open /dev/kvm (or `$PERFVISOR_KVM_DEVICE`, for tests) with errors a user
+/// can act on.
+pub fn open_kvm() -> Result<Kvm> {
+    let opened = match std::env::var("PERFVISOR_KVM_DEVICE") {
+        Ok(path) => std::ffi::CString::new(path)
+            .map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))
+            .and_then(|p| Kvm::new_with_path(&p)),
+        Err(_) => Kvm::new(),
+    };
+    opened.map_err(|e| match e.errno() {
+        libc::ENOENT | libc::ENODEV | libc::ENXIO => VmError::NoKvm,
+        libc::EACCES | libc::EPERM => VmError::KvmPermission,
+        _ => VmError::KvmOpen(e),
+    })
+}
+
+const REQUIRED_CAPS: &[(Cap, &str)] = &[
+    (Cap::Irqchip, "an in-kernel irqchip (KVM_CAP_IRQCHIP)"),
+    (Cap::Irqfd, "irqfd (KVM_CAP_IRQFD)"),
+    (Cap::Pit2, "the in-kernel PIT (KVM_CAP_PIT2)"),
+    (Cap::UserMemory, "user memory regions (KVM_CAP_USER_MEMORY)"),
+    (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+    (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+    (
+        Cap::ImmediateExit,
+        "immediate_exit (KVM_CAP_IMMEDIATE_EXIT), used to kick vCPUs",
+    ),
+];
+
+/// Create a VM fd with memory, irqchip and PIT; shared by the boot path and
+/// the probe.
+pub(crate) fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd> {
+    for (cap, name) in REQUIRED_CAPS {
+        if !kvm.check_extension(*cap) {
+            return Err(VmError::MissingCap(name));
+        }
+    }
+    let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
+    vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+        .map_err(kvm_err("set TSS address"))?;
+    vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
+        .map_err(kvm_err("set identity map address"))?;
+    vm.create_irq_chip().map_err(kvm_err("create irqchip"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("create PIT"))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|_| VmError::MissingCap("a host mapping"))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is a live mmap owned by `mem`, which outlives
+        // the VM fd in every caller (both are fields of the same owner,
+        // dropped after the vCPU threads are joined).
+        unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("set user memory region"))?;
+    }
+    Ok(vm)
+}
+
+/// Allocate guest RAM split around the MMIO hole.
+pub(crate) fn create_memory(size: u64) -> Result<GuestMemoryMmap> {
+    if !(MIN_MEM_SIZE..=MAX_MEM_SIZE).contains(&size) {
+        return Err(VmError::MemorySize(size));
+    }
+    let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(size)
+        .into_iter()
+        .map(|(s, l)| (GuestAddress(s), l as usize))
+        .collect();
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| VmError::Memory { size, source })
+}
+
+/// A VM ready to run.
+pub struct Vm {
+    config: VmConfig,
+    // Field order matters for drop: vCPUs (in `vcpus`) go before the VM fd
+    // and the memory they map.
+    vcpus: Vec<Vcpu>,
+    handles: Vec<Arc<VcpuHandle>>,
+    exit: Arc<ExitState>,
+    serial: Arc<Mutex<Serial>>,
+    serial_space: EventFd,
+    reset_evt: EventFd,
+    mmio: Bus,
+    vm: VmFd,
+    mem: GuestMemoryMmap,
+}
+
+impl Vm {
+    /// Create the VM, load the guest and configure every vCPU. Console
+    /// output goes to `console`.
+    pub fn new(config: VmConfig, console: Box<dyn Write + Send>) -> Result<Vm> {
+        let kvm = open_kvm()?;
+        let max = kvm.get_max_vcpus().min(usize::from(mptable::MAX_CPUS));
+        if config.cpus == 0 || usize::from(config.cpus) > max {
+            return Err(VmError::Cpus {
+                cpus: config.cpus,
+                max,
+            });
+        }
+        let mem = create_memory(config.mem_size)?;
+        let ram = layout::ram_ranges(config.mem_size);
+        let vm = create_vm(&kvm, &mem)?;
+
+        if !config.initrd_files.is_empty() && config.initrd.is_none() {
+            return Err(BootError::NoInitrd.into());
+        }
+        let extra = if config.initrd_files.is_empty() {
+            Vec::new()
+        } else {
+            boot::initrd_archive(&config.initrd_files)
+                .map_err(io_err("building the initrd archive"))?
+        };
+        let boot = boot::load(
+            &mem,
+            &ram,
+            &config.kernel,
+            config.initrd.as_deref(),
+            &extra,
+            &config.cmdline,
+        )?;
+        regs::write_boot_tables(&mem)?;
+        mptable::setup(&mem, config.cpus)?;
+
+        let exit = Arc::new(ExitState::new().map_err(io_err("eventfd"))?);
+        let pio = Bus::new();
+        let mmio = Bus::new();
+
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+        vm.register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(kvm_err("register serial irqfd"))?;
+        let serial_space = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            serial_irq,
+            serial_space.try_clone().map_err(io_err("eventfd"))?,
+            console::sink(console, exit.clone()),
+        )));
+        pio.insert(serial.clone(), COM1_PORT, 8)?;
+        let reset_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+        let i8042: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(I8042::new(
+            reset_evt.try_clone().map_err(io_err("eventfd"))?,
+        )));
+        pio.insert(i8042, I8042_PORT, 5)?;
+        pio.insert(Arc::new(Mutex::new(Cmos::new())), CMOS_PORT, 2)?;
+        let exit_for_port = exit.clone();
+        let debug_exit = DebugExit::new(Box::new(move |status| {
+            exit_for_port.request(VmOutcome::Status(status))
+        }));
+        pio.insert(Arc::new(Mutex::new(debug_exit)), DEBUG_EXIT_PORT, 1)?;
+
+        let base_cpuid = cpuid::supported(&kvm)?;
+        let sync_regs = kvm.check_extension(Cap::SyncRegs);
+        let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
+        for index in 0..config.cpus {
+            let fd = vm
+                .create_vcpu(u64::from(index))
+                .map_err(kvm_err("create vCPU"))?;
+            cpuid::setup(&fd, &base_cpuid, index, config.cpus)?;
+            regs::setup_msrs(&fd)?;
+            regs::setup_fpu(&fd)?;
+            regs::setup_lapic(&fd)?;
+            if index == 0 {
+                regs::setup_sregs(&fd)?;
+                regs::setup_regs(&fd, boot.entry)?;
+            }
+            vcpus.push(Vcpu::new(
+                index,
+                fd,
+                pio.clone(),
+                mmio.clone(),
+                exit.clone(),
+                sync_regs,
+            ));
+        }
+        let handles = vcpus.iter().map(Vcpu::handle).collect();
+        log::info!(
+            "VM ready: {} vCPU(s), {} MiB, kernel {:?} ({:?})",
+            config.cpus,
+            config.mem_size >> 20,
+            config.kernel,
+            boot.format
+        );
+        Ok(Vm {
+            config,
+            vcpus,
+            handles,
+            exit,
+            serial,
+            serial_space,
+            reset_evt,
+            mmio,
+            vm,
+            mem,
+        })
+    }
+
+    /// Handles to kick each vCPU (valid once [`Vm::run`] started the threads).
+    pub fn vcpu_handles(&self) -> &[Arc<VcpuHandle>] {
+        &self.handles
+    }
+
+    /// Install the hook for vCPU `index`.
+    pub fn set_vcpu_hook(&mut self, index: usize, hook: Box<dyn VcpuHook>) {
+        if let Some(v) = self.vcpus.get_mut(index) {
+            v.set_hook(hook);
+        }
+    }
+
+    /// The shared end-of-VM state (a sampler stops when it says so).
+    pub fn exit_state(&self) -> Arc<ExitState> {
+        self.exit.clone()
+    }
+
+    /// Guest memory, for devices that share pages with the guest.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// The MMIO bus, where devices such as pvpmu are inserted.
+    pub fn mmio_bus(&self) -> &Bus {
+        &self.mmio
+    }
+
+    /// The VM fd, to register irqfds for new devices.
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm
+    }
+
+    /// Run the guest until it ends; returns how it ended.
+    pub fn run(mut self) -> Result<VmOutcome> {
+        let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
+            .map_err(|e| VmError::EventLoop(e.to_string()))?;
+        let mut timer = TimerFd::new().map_err(|e| VmError::EventLoop(format!("timerfd: {e}")))?;
+        if let Some(t) = self.config.timeout {
+            timer
+                .reset(t, None)
+                .map_err(|e| VmError::EventLoop(format!("timerfd: {e}")))?;
+        }
+        let watcher = Arc::new(Mutex::new(EndWatcher {
+            exit: self.exit.clone(),
+            exit_evt: self.exit.event().try_clone().map_err(io_err("eventfd"))?,
+            reset_evt: self.reset_evt.try_clone().map_err(io_err("eventfd"))?,
+            timer,
+            timeout: self.config.timeout.unwrap_or_default(),
+        }));
+        em.add_subscriber(watcher);
+
+        let stdin = io::stdin();
+        let interactive = self.config.console_input && stdin.is_terminal();
+        let _raw = if interactive {
+            em.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
+                self.serial.clone(),
+                self.serial_space.try_clone().map_err(io_err("eventfd"))?,
+                self.exit.clone(),
+            ))));
+            RawTerminal::enter()
+        } else {
+            None
+        };
+
+        let mut threads = Vec::new();
+        for vcpu in self.vcpus.drain(..) {
+            match vcpu.spawn() {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    self.exit.request(VmOutcome::Error(e.to_string()));
+                    break;
+                }
+            }
+        }
+
+        while !self.exit.stopping() {
+            if let Err(e) = em.run_with_timeout(250) {
+                self.exit
+                    .request(VmOutcome::Error(format!("event loop: {e}")));
+            }
+        }
+
+        // Kick every vCPU before waiting on any, then re-kick stragglers,
+        // for at most STOP_LIMIT: a vCPU thread that never comes back is
+        // reported, not waited for (the process exits without it).
+        for h in &self.handles {
+            let _ = h.kick();
+        }
+        let deadline = std::time::Instant::now() + STOP_LIMIT;
+        let mut stuck = Vec::new();
+        for (h, t) in self.handles.iter().zip(threads) {
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                let _ = h.kick();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                stuck.push(h.index());
+            }
+        }
+        if !stuck.is_empty() {
+            return Err(VmError::StuckVcpus(stuck));
+        }
+        let _ = self
+            .serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .writer_mut()
+            .flush();
+        Ok(self
+            .exit
+            .outcome()
+            .unwrap_or(VmOutcome::Error("VM stopped without a reason".into())))
+    }
+}
+
+/// Watches the exit eventfd, the i8042 reset and the timeout.
+struct EndWatcher {
+    exit: Arc<ExitState>,
+    exit_evt: EventFd,
+    reset_evt: EventFd,
+    timer: TimerFd,
+    timeout: Duration,
+}
+
+impl MutEventSubscriber for EndWatcher {
+    fn init(&mut self, ops: &mut EventOps) {
+        for fd in [
+            self.exit_evt.as_raw_fd(),
+            self.reset_evt.as_raw_fd(),
+            self.timer.as_raw_fd(),
+        ] {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                self.exit
+                    .request(VmOutcome::Error(format!("event loop: {e}")));
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.reset_evt.as_raw_fd() {
+            let _ = self.reset_evt.read();
+            self.exit.request(VmOutcome::Reboot);
+        } else if fd == self.timer.as_raw_fd() {
+            let _ = self.timer.wait();
+            self.exit.request(VmOutcome::Timeout(self.timeout));
+        } else {
+            let _ = self.exit_evt.read();
+        }
+    }
+}
+
+/// Puts the terminal in raw mode while the guest owns it.
+struct RawTerminal;
+
+impl RawTerminal {
+    fn enter() -> Option<RawTerminal> {
+        io::stdin().lock().set_raw_mode().ok().map(|_| RawTerminal)
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = io::stdin().lock().set_canon_mode();
+    }
+}
+
+use std::io::IsTerminal;

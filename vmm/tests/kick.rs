@@ -1,0 +1,138 @@
+//! The vCPU kick, on this host's /dev/kvm, with user-mode payloads (they run
+//! at native speed even where guest kernel code does not).
+//!
+//! These tests need /dev/kvm and fail (they do not skip) without it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vmm::payload::{PayloadVm, USER_CODE};
+use vmm::vcpu::{VcpuContext, VcpuHook};
+use vmm::VmOutcome;
+
+fn require_kvm() {
+    assert!(
+        std::path::Path::new("/dev/kvm").exists(),
+        "these tests need /dev/kvm (KVM plumbing tests); run them on a host with KVM"
+    );
+}
+
+struct RecordRip {
+    rips: Arc<Mutex<Vec<u64>>>,
+    runs: Arc<AtomicU64>,
+}
+
+impl VcpuHook for RecordRip {
+    fn on_kick(&mut self, vcpu: &mut VcpuContext<'_>) {
+        let rip = vcpu.regs().map(|r| r.rip).unwrap_or(0);
+        self.rips.lock().unwrap().push(rip);
+        self.runs.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// `jmp $` forever.
+const SPIN: &[u8] = &[0xeb, 0xfe];
+
+#[test]
+fn every_kick_runs_the_hook_with_the_guest_rip() {
+    require_kvm();
+    let mut vm = PayloadVm::new(SPIN, &[]).unwrap();
+    let rips = Arc::new(Mutex::new(Vec::new()));
+    let runs = Arc::new(AtomicU64::new(0));
+    vm.set_hook(Box::new(RecordRip {
+        rips: rips.clone(),
+        runs: runs.clone(),
+    }));
+    vm.start().unwrap();
+    let h = vm.handle();
+    // Let the guest get going.
+    std::thread::sleep(Duration::from_millis(20));
+    for _ in 0..300 {
+        h.kick_and_wait(Duration::from_secs(5))
+            .expect("kick acknowledged");
+    }
+    assert!(h.kicks_served() >= 300);
+    let rips = rips.lock().unwrap();
+    assert_eq!(rips.len() as u64, runs.load(Ordering::Relaxed));
+    assert!(
+        rips.len() >= 300,
+        "one hook run per waited kick, got {}",
+        rips.len()
+    );
+    // After the first entry the guest is always at its loop.
+    assert!(
+        rips[1..].iter().all(|&r| r == USER_CODE),
+        "RIPs: {:x?}",
+        &rips[..rips.len().min(8)]
+    );
+    drop(rips);
+    assert_eq!(vm.stop(VmOutcome::Halt), VmOutcome::Halt);
+}
+
+#[test]
+fn kicks_do_not_disturb_a_finishing_payload() {
+    require_kvm();
+    // mov rcx, 200_000_000; 1: dec rcx; jnz 1b; mov al, 7; out 0xf4, al; jmp $
+    let mut code = vec![0x48, 0xc7, 0xc1];
+    code.extend_from_slice(&200_000_000u32.to_le_bytes());
+    code.extend_from_slice(&[
+        0x48, 0xff, 0xc9, 0x75, 0xfb, 0xb0, 0x07, 0xe6, 0xf4, 0xeb, 0xfe,
+    ]);
+    let mut vm = PayloadVm::new(&code, &[]).unwrap();
+    let runs = Arc::new(AtomicU64::new(0));
+    vm.set_hook(Box::new(RecordRip {
+        rips: Arc::new(Mutex::new(Vec::new())),
+        runs: runs.clone(),
+    }));
+    vm.start().unwrap();
+    let h = vm.handle();
+    let kicker = std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed() < Duration::from_secs(30) {
+            if h.kick().is_err() {
+                break; // the vCPU thread ended
+            }
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        sent
+    });
+    let outcome = vm.wait(Duration::from_secs(30));
+    assert_eq!(
+        outcome,
+        VmOutcome::Status(7),
+        "the payload ran to its end despite kicks"
+    );
+    let sent = kicker.join().unwrap();
+    assert!(runs.load(Ordering::Relaxed) > 0 && runs.load(Ordering::Relaxed) <= sent);
+}
+
+#[test]
+fn stop_interrupts_a_spinning_guest_promptly() {
+    require_kvm();
+    let mut vm = PayloadVm::new(SPIN, &[]).unwrap();
+    vm.start().unwrap();
+    std::thread::sleep(Duration::from_millis(10));
+    let t = Instant::now();
+    assert_eq!(vm.stop(VmOutcome::UserQuit), VmOutcome::UserQuit);
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "stop took {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn probe_reports_a_clear_verdict() {
+    require_kvm();
+    let p = vmm::probe::probe(Duration::from_secs(5)).unwrap();
+    println!(
+        "probe: capable={} ({}) in {:?}",
+        p.capable, p.detail, p.elapsed
+    );
+    assert!(
+        p.detail.contains("SYSCALL") || p.detail.contains("within") || p.detail.contains("vCPU")
+    );
+}
