@@ -7,4 +7,5 @@
 pub mod bus;
 pub mod legacy;
 pub mod perf_ring;
+pub mod pvpmu;
 pub mod rate_limited;
