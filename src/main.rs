@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use thiserror::Error;
 
 use vmm::probe::probe;
+use vmm::sampler::Backend;
+use vmm::vm::PmuOptions;
 use vmm::{Vm, VmConfig};
 
 #[derive(Parser)]
@@ -42,6 +44,23 @@ enum KvmChoice {
     Sandbox,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+enum PmuBackend {
+    /// Kick the vCPU out of KVM_RUN at each sample and read its registers.
+    Kick,
+    /// A host cpu-clock event with exclude_host; kicks only to deliver.
+    HostTimer,
+}
+
+impl From<PmuBackend> for Backend {
+    fn from(b: PmuBackend) -> Backend {
+        match b {
+            PmuBackend::Kick => Backend::Kick,
+            PmuBackend::HostTimer => Backend::HostTimer,
+        }
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 struct RunArgs {
     /// Kernel image: ELF vmlinux or bzImage [default: the default guest image's vmlinux].
@@ -68,6 +87,13 @@ struct RunArgs {
     /// Which KVM runs the guest.
     #[arg(long, value_enum, default_value_t = KvmChoice::Auto)]
     kvm: KvmChoice,
+    /// Highest host sampling rate of the pvpmu device, Hz; 0 leaves the device out.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pmu_freq: u32,
+    /// How the host takes pvpmu samples: kick the vCPU and read its registers,
+    /// or a host cpu-clock perf event with exclude_host on each vCPU thread.
+    #[arg(long, value_enum, default_value_t = PmuBackend::Kick)]
+    pmu_backend: PmuBackend,
     /// Command for the guest's /init to run (default image); its exit status becomes perfvisor's.
     #[arg(last = true)]
     guest_command: Vec<String>,
@@ -201,9 +227,34 @@ fn run_host(args: &RunArgs) -> Result<ExitCode, CliError> {
         cpus: args.cpus,
         timeout: args.timeout.map(Duration::from_secs),
         console_input: true,
+        pmu: (args.pmu_freq > 0).then(|| PmuOptions {
+            freq: args.pmu_freq,
+            backend: args.pmu_backend.into(),
+        }),
     };
     let vm = Vm::new(config, Box::new(std::io::stdout()))?;
+    let pvpmu = vm.pvpmu().cloned();
     let outcome = vm.run()?;
+    if let Some(dev) = pvpmu {
+        let c = dev.counters();
+        let errors = c.err_commands + c.err_pages + c.err_tails + c.err_state;
+        if c.samples + c.lost + c.aux_bytes + errors > 0 {
+            eprintln!(
+                "perfvisor: pvpmu: backend={} samples={} lost={} interrupts={} aux_bytes={} aux_records={} aux_dropped={} errors: commands={} pages={} tails={} state={}",
+                Backend::from(args.pmu_backend),
+                c.samples,
+                c.lost,
+                c.interrupts,
+                c.aux_bytes,
+                c.aux_records,
+                c.aux_dropped,
+                c.err_commands,
+                c.err_pages,
+                c.err_tails,
+                c.err_state
+            );
+        }
+    }
     if let Some(msg) = outcome.describe() {
         eprintln!("perfvisor: {msg}");
     }
@@ -270,6 +321,13 @@ fn run_in_sandbox(args: &RunArgs) -> Result<ExitCode, CliError> {
     if let Some(t) = args.timeout {
         argv.extend(["--timeout".into(), t.to_string()]);
     }
+    argv.extend(["--pmu-freq".into(), args.pmu_freq.to_string()]);
+    let backend = args
+        .pmu_backend
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default();
+    argv.extend(["--pmu-backend".into(), backend]);
     if !args.guest_command.is_empty() {
         argv.push("--".into());
         argv.extend(args.guest_command.iter().cloned());

@@ -202,9 +202,11 @@ fn collect(console: &str) -> HashMap<String, InnerResult> {
     results
 }
 
-fn sandbox_results() -> &'static Result<(HashMap<String, InnerResult>, String), String> {
-    static RESULTS: OnceLock<Result<(HashMap<String, InnerResult>, String), String>> =
-        OnceLock::new();
+/// Per-test results from the sandbox run, and a one-line summary of it.
+type SandboxResults = Result<(HashMap<String, InnerResult>, String), String>;
+
+fn sandbox_results() -> &'static SandboxResults {
+    static RESULTS: OnceLock<SandboxResults> = OnceLock::new();
     RESULTS.get_or_init(|| {
         let image = image_dir();
         for f in ["vmlinux", "initramfs.cpio", "bzImage"] {

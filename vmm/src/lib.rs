@@ -13,8 +13,10 @@ pub mod arch;
 pub mod boot;
 pub mod console;
 pub mod exit;
+pub mod host_timer;
 pub mod payload;
 pub mod probe;
+pub mod sampler;
 pub mod vcpu;
 pub mod vm;
 

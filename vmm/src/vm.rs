@@ -27,7 +27,9 @@ use crate::arch::{cpuid, layout, mptable, regs};
 use crate::boot::{self, BootError, InitrdFile};
 use crate::console::{self, ConsoleInput, Serial};
 use crate::exit::{ExitState, VmOutcome};
+use crate::sampler::{Backend, GuestClock, SampleHook, Sampler};
 use crate::vcpu::{Vcpu, VcpuError, VcpuHandle, VcpuHook};
+use devices::pvpmu::{self, Pvpmu, PvpmuConfig};
 
 /// What to boot and how.
 #[derive(Debug, Clone)]
@@ -48,6 +50,27 @@ pub struct VmConfig {
     pub timeout: Option<Duration>,
     /// Forward the user's terminal to the guest console (only when stdin is a tty).
     pub console_input: bool,
+    /// The pvpmu device and its host sampler; None leaves the device out.
+    pub pmu: Option<PmuOptions>,
+}
+
+/// pvpmu settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PmuOptions {
+    /// Highest sampling rate, Hz.
+    pub freq: u32,
+    /// Sampling mechanism.
+    pub backend: Backend,
+}
+
+/// The interrupt line pvpmu raises (an ISA line the MP table routes).
+pub const PVPMU_IRQ: u32 = 11;
+
+/// A running pvpmu: the device, the guest clock, the backend.
+struct PmuState {
+    dev: Pvpmu<GuestMemoryMmap>,
+    clock: Arc<GuestClock>,
+    backend: Backend,
 }
 
 /// How long stopping waits for vCPU threads to leave KVM_RUN.
@@ -116,6 +139,16 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> VmError {
     move |source| VmError::Io { what, source }
+}
+
+/// Insert `params` into a kernel command line before the ` -- ` that starts
+/// init's arguments, if any.
+fn with_kernel_params(cmdline: &str, params: &str) -> String {
+    match cmdline.find(" -- ") {
+        Some(i) => format!("{} {params}{}", &cmdline[..i], &cmdline[i..]),
+        None if cmdline.starts_with("-- ") => format!("{params} {cmdline}"),
+        None => format!("{cmdline} {params}"),
+    }
 }
 
 /// Open /dev/kvm (or `$PERFVISOR_KVM_DEVICE`, for tests) with errors a user
@@ -209,8 +242,9 @@ pub struct Vm {
     serial_space: EventFd,
     reset_evt: EventFd,
     mmio: Bus,
-    vm: VmFd,
-    mem: GuestMemoryMmap,
+    pmu: Option<PmuState>,
+    vm: Arc<VmFd>,
+    mem: Arc<GuestMemoryMmap>,
 }
 
 impl Vm {
@@ -225,9 +259,19 @@ impl Vm {
                 max,
             });
         }
-        let mem = create_memory(config.mem_size)?;
+        let mem = Arc::new(create_memory(config.mem_size)?);
         let ram = layout::ram_ranges(config.mem_size);
-        let vm = create_vm(&kvm, &mem)?;
+        let vm = Arc::new(create_vm(&kvm, &mem)?);
+        let cmdline = match config.pmu {
+            Some(_) => with_kernel_params(
+                &config.cmdline,
+                &format!(
+                    "pvpmu.base=0x{:x} pvpmu.irq={PVPMU_IRQ}",
+                    layout::MMIO_DEVICES_START
+                ),
+            ),
+            None => config.cmdline.clone(),
+        };
 
         if !config.initrd_files.is_empty() && config.initrd.is_none() {
             return Err(BootError::NoInitrd.into());
@@ -244,7 +288,7 @@ impl Vm {
             &config.kernel,
             config.initrd.as_deref(),
             &extra,
-            &config.cmdline,
+            &cmdline,
         )?;
         regs::write_boot_tables(&mem)?;
         mptable::setup(&mem, config.cpus)?;
@@ -275,6 +319,35 @@ impl Vm {
         }));
         pio.insert(Arc::new(Mutex::new(debug_exit)), DEBUG_EXIT_PORT, 1)?;
 
+        let pmu = match config.pmu {
+            Some(opts) => {
+                let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+                vm.register_irqfd(&irq, PVPMU_IRQ)
+                    .map_err(kvm_err("register pvpmu irqfd"))?;
+                let dev = Pvpmu::new(
+                    mem.clone(),
+                    PvpmuConfig {
+                        nr_vcpus: usize::from(config.cpus),
+                        max_freq: opts.freq,
+                        irq_line: PVPMU_IRQ,
+                        host_timer: opts.backend == Backend::HostTimer,
+                    },
+                    irq,
+                );
+                mmio.insert(
+                    Arc::new(Mutex::new(dev.mmio())),
+                    layout::MMIO_DEVICES_START,
+                    pvpmu::regs::MMIO_SIZE,
+                )?;
+                Some(PmuState {
+                    dev,
+                    clock: Arc::new(GuestClock::default()),
+                    backend: opts.backend,
+                })
+            }
+            None => None,
+        };
+
         let base_cpuid = cpuid::supported(&kvm)?;
         let sync_regs = kvm.check_extension(Cap::SyncRegs);
         let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
@@ -290,14 +363,25 @@ impl Vm {
                 regs::setup_sregs(&fd)?;
                 regs::setup_regs(&fd, boot.entry)?;
             }
-            vcpus.push(Vcpu::new(
+            let mut vcpu = Vcpu::new(
                 index,
                 fd,
                 pio.clone(),
                 mmio.clone(),
                 exit.clone(),
                 sync_regs,
-            ));
+            );
+            if let (Some(p), Some(opts)) = (&pmu, config.pmu) {
+                let hook = SampleHook::new(
+                    p.dev.clone(),
+                    usize::from(index),
+                    p.clock.clone(),
+                    p.backend,
+                    opts.freq,
+                );
+                vcpu.set_hook(Box::new(hook));
+            }
+            vcpus.push(vcpu);
         }
         let handles = vcpus.iter().map(Vcpu::handle).collect();
         log::info!(
@@ -316,6 +400,7 @@ impl Vm {
             serial_space,
             reset_evt,
             mmio,
+            pmu,
             vm,
             mem,
         })
@@ -326,7 +411,12 @@ impl Vm {
         &self.handles
     }
 
-    /// Install the hook for vCPU `index`.
+    /// The pvpmu device, when enabled.
+    pub fn pvpmu(&self) -> Option<&Pvpmu<GuestMemoryMmap>> {
+        self.pmu.as_ref().map(|p| &p.dev)
+    }
+
+    /// Install the hook for vCPU `index` (replacing the pvpmu sampler's).
     pub fn set_vcpu_hook(&mut self, index: usize, hook: Box<dyn VcpuHook>) {
         if let Some(v) = self.vcpus.get_mut(index) {
             v.set_hook(hook);
@@ -396,6 +486,26 @@ impl Vm {
             }
         }
 
+        let sampler = match &self.pmu {
+            Some(p) => match Sampler::start(
+                p.dev.clone(),
+                self.handles.clone(),
+                p.backend,
+                p.clock.clone(),
+                self.vm.clone(),
+                self.exit.clone(),
+            ) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.exit.request(VmOutcome::Error(format!(
+                        "cannot start the pvpmu sampler: {e}"
+                    )));
+                    None
+                }
+            },
+            None => None,
+        };
+
         while !self.exit.stopping() {
             if let Err(e) = em.run_with_timeout(250) {
                 self.exit
@@ -403,6 +513,7 @@ impl Vm {
             }
         }
 
+        drop(sampler);
         // Kick every vCPU before waiting on any, then re-kick stragglers,
         // for at most STOP_LIMIT: a vCPU thread that never comes back is
         // reported, not waited for (the process exits without it).

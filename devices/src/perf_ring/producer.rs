@@ -298,6 +298,26 @@ impl<R: RingMemory> Producer<R> {
         self.mem.pages()
     }
 
+    /// Hands the ring to another event: records from now on use `format`
+    /// and PERF_RECORD_LOST carries `event_id`. One ring serving successive
+    /// events is the pvpmu device's case (one event slot per vCPU); the
+    /// kernel never does this, each rb belongs to one event.
+    ///
+    /// Drops still pending (not yet reported in a PERF_RECORD_LOST) belong
+    /// to the previous event; they are returned and forgotten, so the new
+    /// event's LOST records count only its own drops. Must not be called
+    /// inside a batch.
+    pub fn set_format(&mut self, format: SampleFormat, event_id: u64) -> Result<u64, Error> {
+        let format =
+            SampleFormat::new(format.sample_type, format.read_format, format.sample_id_all)?;
+        debug_assert!(!self.batching, "set_format inside a batch");
+        self.cfg.format = format;
+        self.cfg.event_id = event_id;
+        self.fixed = FixedLayout::new(&format);
+        self.lost_len = format.lost_record_len() as u64;
+        Ok(std::mem::take(&mut self.lost))
+    }
+
     /// Writes a PERF_RECORD_SAMPLE.
     ///
     /// Formats without variable-length fields (no READ, CALLCHAIN, RAW or

@@ -1,0 +1,158 @@
+//! The host-timer sampling backend: a software `cpu-clock` perf event with
+//! `exclude_host` on a vCPU thread. The host kernel's hrtimer fires while
+//! the thread runs the guest and records the guest's IP and mode (misc
+//! GUEST_KERNEL / GUEST_USER) without an exit to user space; the vCPU thread
+//! drains the event's ring when it is kicked.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+
+use devices::perf_ring::abi::{misc, record};
+use devices::perf_ring::{Consumer, ReadMode, RingPages};
+
+const PERF_TYPE_SOFTWARE: u32 = 1;
+const PERF_COUNT_SW_CPU_CLOCK: u64 = 0;
+const PERF_SAMPLE_IP: u64 = 1 << 0;
+const PERF_SAMPLE_TIME: u64 = 1 << 2;
+const ATTR_EXCLUDE_HOST: u64 = 1 << 19;
+const ATTR_USE_CLOCKID: u64 = 1 << 25;
+const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
+/// Data pages of the host ring (32 KiB: 10 ms at 4 kHz is 40 records).
+const DATA_PAGES: usize = 8;
+const PAGE: usize = 4096;
+
+/// `struct perf_event_attr` up to PERF_ATTR_SIZE_VER7 (128 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct PerfEventAttr {
+    type_: u32,
+    size: u32,
+    config: u64,
+    sample_period: u64,
+    sample_type: u64,
+    read_format: u64,
+    flags: u64,
+    wakeup_events: u32,
+    bp_type: u32,
+    config1: u64,
+    config2: u64,
+    branch_sample_type: u64,
+    sample_regs_user: u64,
+    sample_stack_user: u32,
+    clockid: i32,
+    sample_regs_intr: u64,
+    aux_watermark: u32,
+    sample_max_stack: u16,
+    reserved_2: u16,
+    aux_sample_size: u32,
+    reserved_3: u32,
+    sig_data: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<PerfEventAttr>() == 128);
+
+/// One vCPU thread's host timer.
+pub struct HostTimer {
+    consumer: Consumer<RingPages>,
+    map: NonNull<libc::c_void>,
+    map_len: usize,
+    _fd: OwnedFd,
+}
+
+// SAFETY: the mapping is owned by this value and only touched through it;
+// moving it to another thread moves the whole ownership.
+unsafe impl Send for HostTimer {}
+
+impl HostTimer {
+    /// Open the event for the calling thread, sampling at `freq` Hz of
+    /// guest CPU time, with CLOCK_BOOTTIME timestamps.
+    pub fn open_for_current_thread(freq: u32) -> io::Result<HostTimer> {
+        let attr = PerfEventAttr {
+            type_: PERF_TYPE_SOFTWARE,
+            size: std::mem::size_of::<PerfEventAttr>() as u32,
+            config: PERF_COUNT_SW_CPU_CLOCK,
+            sample_period: 1_000_000_000 / u64::from(freq.max(1)),
+            sample_type: PERF_SAMPLE_IP | PERF_SAMPLE_TIME,
+            flags: ATTR_EXCLUDE_HOST | ATTR_USE_CLOCKID,
+            clockid: libc::CLOCK_BOOTTIME,
+            ..Default::default()
+        };
+        // SAFETY: perf_event_open reads `attr` (a valid, fully initialised
+        // struct of the size it says) and returns a new fd or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_perf_event_open,
+                &attr as *const PerfEventAttr,
+                0,
+                -1,
+                -1,
+                PERF_FLAG_FD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let map_len = (1 + DATA_PAGES) * PAGE;
+        // SAFETY: a fresh shared mapping of the perf fd; the kernel checks
+        // the length (1 + 2^n pages) and we check the result.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let map = NonNull::new(p).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        // SAFETY: the mapping is (1 + DATA_PAGES) pages, valid until the
+        // munmap in Drop, which runs after `consumer` (and its RingPages)
+        // is dropped: fields drop in declaration order.
+        let pages =
+            unsafe { RingPages::from_contiguous(map.as_ptr().cast(), PAGE, DATA_PAGES, None) }
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(HostTimer {
+            consumer: Consumer::new(pages, ReadMode::Forward),
+            map,
+            map_len,
+            _fd: fd,
+        })
+    }
+
+    /// Hand every guest sample since the last drain to `f(ip, user, boottime_ns)`.
+    pub fn drain(&mut self, mut f: impl FnMut(u64, bool, u64)) {
+        let _ = self.consumer.read_batch(None, |_, rec| {
+            if rec.len() < 24 {
+                return;
+            }
+            let ty = u32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]);
+            let cpumode = u16::from_le_bytes([rec[4], rec[5]]) & misc::CPUMODE_MASK;
+            if ty != record::SAMPLE {
+                return;
+            }
+            let user = match cpumode {
+                misc::GUEST_USER => true,
+                misc::GUEST_KERNEL => false,
+                _ => return,
+            };
+            let word = |i: usize| u64::from_le_bytes(rec[i..i + 8].try_into().unwrap_or([0; 8]));
+            f(word(8), user, word(16));
+        });
+    }
+}
+
+impl Drop for HostTimer {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping made in `open_for_current_thread`.
+        // The consumer still holds pointers into it but is never used again:
+        // it is dropped right after this, with no access in its Drop.
+        unsafe { libc::munmap(self.map.as_ptr(), self.map_len) };
+    }
+}

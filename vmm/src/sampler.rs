@@ -1,0 +1,283 @@
+//! Host-side sampling of guest vCPUs for the pvpmu device.
+//!
+//! Two backends produce the same samples:
+//!
+//! - **kick**: a sampler thread kicks each vCPU whose guest has a pvpmu
+//!   event active, at the event's rate (capped by `--pmu-freq`). The vCPU
+//!   thread's hook reads RIP and CS from kvm_run's sync registers and hands
+//!   a [`HostSample`] to the device, which formats and writes the record.
+//! - **host timer**: a software `cpu-clock` perf event with `exclude_host`
+//!   on each vCPU thread makes the host kernel sample the guest's IP and
+//!   mode with no exit to user space. A low-rate kick (every
+//!   [`HOST_TIMER_FLUSH`]) lets the vCPU thread move those samples from its
+//!   host ring into the guest's ring.
+//!
+//! Either way the guest's ring is written only on the vCPU's own thread,
+//! while the vCPU is outside guest mode (see devices::pvpmu).
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use devices::pvpmu::{HostSample, Pvpmu};
+use kvm_ioctls::VmFd;
+use vm_memory::GuestMemoryMmap;
+
+use crate::exit::ExitState;
+use crate::host_timer::HostTimer;
+use crate::vcpu::{ExitInfo, VcpuContext, VcpuHandle, VcpuHook};
+
+/// How often the host-timer backend moves samples into the guest.
+pub const HOST_TIMER_FLUSH: Duration = Duration::from_millis(10);
+/// How often the sampler re-reads the guest's kvm-clock offset.
+const CLOCK_RESYNC: Duration = Duration::from_secs(1);
+/// Poll period while no guest event is active.
+const IDLE_POLL: Duration = Duration::from_millis(10);
+
+/// Which mechanism takes samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Kick the vCPU out of KVM_RUN and read its registers.
+    Kick,
+    /// A host cpu-clock perf event with exclude_host on the vCPU thread.
+    HostTimer,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Kick => "kick",
+            Backend::HostTimer => "host-timer",
+        })
+    }
+}
+
+/// Host monotonic-since-boot nanoseconds (CLOCK_BOOTTIME, the time base
+/// kvm-clock follows).
+pub fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`, which we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
+
+/// kvm-clock = CLOCK_BOOTTIME + offset, refreshed from KVM_GET_CLOCK.
+#[derive(Debug, Default)]
+pub struct GuestClock {
+    offset: AtomicI64,
+}
+
+impl GuestClock {
+    /// Re-read the VM's kvm-clock and store its offset from CLOCK_BOOTTIME.
+    pub fn resync(&self, vm: &VmFd) {
+        let before = boottime_ns();
+        if let Ok(c) = vm.get_clock() {
+            let after = boottime_ns();
+            let host = before / 2 + after / 2;
+            self.offset
+                .store(c.clock as i64 - host as i64, Ordering::Relaxed);
+        }
+    }
+
+    /// kvm-clock at host boottime `boot_ns`.
+    pub fn kvmclock_at(&self, boot_ns: u64) -> u64 {
+        (boot_ns as i64).wrapping_add(self.offset.load(Ordering::Relaxed)) as u64
+    }
+}
+
+/// The per-vCPU hook: takes a sample on every kick (kick backend) or moves
+/// the host timer's samples (host-timer backend), and keeps the device's
+/// interrupt and AUX timers going.
+pub struct SampleHook {
+    dev: Pvpmu<GuestMemoryMmap>,
+    index: usize,
+    clock: Arc<GuestClock>,
+    backend: Backend,
+    freq: u32,
+    timer: Option<HostTimer>,
+    timer_failed: bool,
+    exits: Option<ExitTrace>,
+}
+
+/// Called on every exit with the device and vCPU index (the AUX exit trace).
+pub type ExitTrace = Box<dyn FnMut(&Pvpmu<GuestMemoryMmap>, usize, &ExitInfo) + Send>;
+
+impl SampleHook {
+    /// A hook for vCPU `index`. With the host-timer backend the event is
+    /// opened lazily on the first kick, because it must belong to the vCPU
+    /// thread.
+    pub fn new(
+        dev: Pvpmu<GuestMemoryMmap>,
+        index: usize,
+        clock: Arc<GuestClock>,
+        backend: Backend,
+        freq: u32,
+    ) -> Self {
+        Self {
+            dev,
+            index,
+            clock,
+            backend,
+            freq,
+            timer: None,
+            timer_failed: false,
+            exits: None,
+        }
+    }
+
+    /// Also run `f` on every exit.
+    pub fn with_exit_trace(mut self, f: ExitTrace) -> Self {
+        self.exits = Some(f);
+        self
+    }
+
+    fn host_timer(&mut self) -> Option<&mut HostTimer> {
+        if self.backend == Backend::HostTimer && self.timer.is_none() && !self.timer_failed {
+            match HostTimer::open_for_current_thread(self.freq) {
+                Ok(t) => self.timer = Some(t),
+                Err(e) => {
+                    self.timer_failed = true;
+                    log::warn!("pvpmu: vCPU {}: cannot open the host cpu-clock event ({e}); sampling with kicks", self.index);
+                }
+            }
+        }
+        self.timer.as_mut()
+    }
+}
+
+impl VcpuHook for SampleHook {
+    fn on_kick(&mut self, vcpu: &mut VcpuContext<'_>) {
+        let n = self.index;
+        let (dev, clock) = (self.dev.clone(), self.clock.clone());
+        if let Some(timer) = self.host_timer() {
+            timer.drain(|ip, user, boot_ns| {
+                let s = HostSample {
+                    ip,
+                    user,
+                    kvmclock_ns: clock.kvmclock_at(boot_ns),
+                    host_ns: boot_ns,
+                    callers: &[],
+                };
+                dev.record_sample(n, &s);
+            });
+        } else if let (Ok(regs), Ok(sregs)) = (vcpu.regs(), vcpu.sregs()) {
+            let now = boottime_ns();
+            let s = HostSample {
+                ip: regs.rip,
+                user: sregs.cs.dpl == 3,
+                kvmclock_ns: clock.kvmclock_at(now),
+                host_ns: now,
+                callers: &[],
+            };
+            dev.record_sample(n, &s);
+        }
+        dev.flush(n);
+    }
+
+    fn on_exit(&mut self, _vcpu: &mut VcpuContext<'_>, exit: &ExitInfo) {
+        if let Some(f) = self.exits.as_mut() {
+            f(&self.dev, self.index, exit);
+        }
+    }
+}
+
+/// The sampler thread: decides when each vCPU is kicked.
+pub struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sampler {
+    /// Start kicking `vcpus` for `dev` until `exit` says the VM is ending.
+    pub fn start(
+        dev: Pvpmu<GuestMemoryMmap>,
+        vcpus: Vec<Arc<VcpuHandle>>,
+        backend: Backend,
+        clock: Arc<GuestClock>,
+        vm: Arc<VmFd>,
+        exit: Arc<ExitState>,
+    ) -> std::io::Result<Sampler> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("pvpmu-sampler".into())
+            .spawn(move || {
+                run(dev, vcpus, backend, clock, vm, exit, stop2);
+            })?;
+        Ok(Sampler {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(
+    dev: Pvpmu<GuestMemoryMmap>,
+    vcpus: Vec<Arc<VcpuHandle>>,
+    backend: Backend,
+    clock: Arc<GuestClock>,
+    vm: Arc<VmFd>,
+    exit: Arc<ExitState>,
+    stop: Arc<AtomicBool>,
+) {
+    let start = Instant::now();
+    let mut next_due: Vec<Option<Instant>> = vec![None; vcpus.len()];
+    let mut last_resync = start;
+    clock.resync(&vm);
+    while !stop.load(Ordering::Acquire) && !exit.stopping() {
+        let now = Instant::now();
+        if now.duration_since(last_resync) >= CLOCK_RESYNC {
+            clock.resync(&vm);
+            last_resync = now;
+        }
+        let mut sleep_until = now + IDLE_POLL;
+        for (i, h) in vcpus.iter().enumerate() {
+            let interval = match backend {
+                Backend::Kick => dev.wanted_interval(i).map(Duration::from_nanos),
+                // The host timer samples by itself; the kick only moves them.
+                Backend::HostTimer => dev.wanted_interval(i).map(|_| HOST_TIMER_FLUSH),
+            };
+            let Some(interval) = interval else {
+                next_due[i] = None;
+                continue;
+            };
+            let due = *next_due[i].get_or_insert(now + interval);
+            if due <= now {
+                let _ = h.kick();
+                // Keep the cadence; if the thread fell behind, skip ahead
+                // rather than burst.
+                let mut next = due + interval;
+                if next <= now {
+                    next = now + interval;
+                }
+                next_due[i] = Some(next);
+            }
+            sleep_until = sleep_until.min(next_due[i].unwrap_or(sleep_until));
+        }
+        let now = Instant::now();
+        if sleep_until > now {
+            precise_sleep(sleep_until - now);
+        }
+    }
+}
+
+/// Sleep with sub-millisecond precision (the default timer slack of 50 us
+/// would skew a 4 kHz cadence).
+fn precise_sleep(d: Duration) {
+    std::thread::sleep(d);
+}
