@@ -198,10 +198,15 @@ impl PayloadVm {
         }
     }
 
-    /// Start the vCPU thread.
+    /// Start the vCPU thread; returns once it runs (so kicks reach it) or
+    /// has already ended.
     pub fn start(&mut self) -> Result<(), VmError> {
         if let Some(v) = self.vcpu.take() {
-            self.thread = Some(v.spawn()?);
+            let t = v.spawn()?;
+            while !self.handle.is_running() && !t.is_finished() {
+                std::thread::yield_now();
+            }
+            self.thread = Some(t);
         }
         Ok(())
     }

@@ -18,7 +18,7 @@
 use std::cell::Cell;
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
@@ -179,7 +179,10 @@ pub trait VcpuHook: Send {
 #[derive(Debug)]
 pub struct VcpuHandle {
     index: u8,
-    thread: OnceLock<libc::pthread_t>,
+    /// The vCPU thread while it runs; cleared by the thread itself just
+    /// before it exits, under the lock, so a signal is never sent to a
+    /// thread id that may have been reused.
+    thread: Mutex<Option<libc::pthread_t>>,
     requested: AtomicU64,
     served: AtomicU64,
 }
@@ -188,7 +191,7 @@ impl VcpuHandle {
     fn new(index: u8) -> Self {
         Self {
             index,
-            thread: OnceLock::new(),
+            thread: Mutex::new(None),
             requested: AtomicU64::new(0),
             served: AtomicU64::new(0),
         }
@@ -199,20 +202,25 @@ impl VcpuHandle {
         self.index
     }
 
+    /// True while the vCPU thread runs its loop (kicks can reach it).
+    pub fn is_running(&self) -> bool {
+        self.thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     /// How many kicks the vCPU thread has served (hook runs).
     pub fn kicks_served(&self) -> u64 {
         self.served.load(Ordering::Acquire)
     }
 
     fn signal(&self) -> Result<(), VcpuError> {
-        let tid = *self
-            .thread
-            .get()
-            .ok_or(VcpuError::NotRunning { vcpu: self.index })?;
-        // SAFETY: `tid` is the pthread id of this vCPU's thread, recorded by
-        // the thread itself; the VM joins its vCPU threads before dropping the
-        // handles' owner, and pthread_kill on an exited-but-unjoined thread is
-        // defined. The signal's handler only stores one byte.
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        let tid = thread.ok_or(VcpuError::NotRunning { vcpu: self.index })?;
+        // SAFETY: `tid` is the pthread id of this vCPU's thread, which is
+        // alive: it clears `thread` under this lock before it exits, and we
+        // hold the lock. The signal's handler only stores one byte.
         let r = unsafe { libc::pthread_kill(tid, kick_signal()) };
         if r != 0 {
             return Err(VcpuError::NotRunning { vcpu: self.index });
@@ -336,13 +344,14 @@ impl Vcpu {
     fn thread_main(mut self) {
         // SAFETY: pthread_self has no preconditions.
         let tid = unsafe { libc::pthread_self() };
-        let _ = self.handle.thread.set(tid);
+        *self.handle.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(tid);
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN.with(|r| r.set(run_ptr));
         if let Err(e) = self.run_loop() {
             self.exit.request(VmOutcome::Error(e.to_string()));
         }
         KVM_RUN.with(|r| r.set(null_mut()));
+        *self.handle.thread.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     fn serve_kick(&mut self) {

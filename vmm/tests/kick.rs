@@ -73,9 +73,10 @@ fn every_kick_runs_the_hook_with_the_guest_rip() {
 #[test]
 fn kicks_do_not_disturb_a_finishing_payload() {
     require_kvm();
-    // mov rcx, 200_000_000; 1: dec rcx; jnz 1b; mov al, 7; out 0xf4, al; jmp $
+    // mov rcx, 1_000_000_000; 1: dec rcx; jnz 1b; mov al, 7; out 0xf4, al; jmp $
+    // (about half a second at native speed)
     let mut code = vec![0x48, 0xc7, 0xc1];
-    code.extend_from_slice(&200_000_000u32.to_le_bytes());
+    code.extend_from_slice(&1_000_000_000u32.to_le_bytes());
     code.extend_from_slice(&[
         0x48, 0xff, 0xc9, 0x75, 0xfb, 0xb0, 0x07, 0xe6, 0xf4, 0xeb, 0xfe,
     ]);
@@ -92,7 +93,7 @@ fn kicks_do_not_disturb_a_finishing_payload() {
         let mut sent = 0u64;
         while start.elapsed() < Duration::from_secs(30) {
             if h.kick().is_err() {
-                break; // the vCPU thread ended
+                break; // the vCPU thread ended: the payload is done
             }
             sent += 1;
             std::thread::sleep(Duration::from_millis(1));
@@ -106,7 +107,13 @@ fn kicks_do_not_disturb_a_finishing_payload() {
         "the payload ran to its end despite kicks"
     );
     let sent = kicker.join().unwrap();
-    assert!(runs.load(Ordering::Relaxed) > 0 && runs.load(Ordering::Relaxed) <= sent);
+    // The hook ran for kicks served while the loop ran (and for the stop's
+    // own kicks); kicks that arrive before one is served coalesce.
+    assert!(
+        sent > 0 && runs.load(Ordering::Relaxed) > 0,
+        "sent {sent}, hook runs {}",
+        runs.load(Ordering::Relaxed)
+    );
 }
 
 #[test]
