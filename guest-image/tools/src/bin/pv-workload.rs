@@ -1,0 +1,159 @@
+//! `pv-workload [--seconds S] [--threads N] [--mode hot|syscall]`: a CPU
+//! burner with a known call structure, for profiling tests.
+//!
+//! Every thread runs `workload_a()` -> `workload_b()` -> `workload_hot()`.
+//! The three are `#[no_mangle]` and `#[inline(never)]`, so their symbols
+//! are stable and each is a real frame (the guest image builds with frame
+//! pointers forced). In the default `hot` mode `workload_hot` is a dependent
+//! integer loop and `workload_b` only checks the clock between calls of
+//! about a millisecond each, so nearly every user-mode sample lands in
+//! `workload_hot` and callchains read `...;workload_a;workload_b;workload_hot`.
+//! In `syscall` mode `workload_hot` makes cheap system calls instead, so
+//! most samples land in the kernel under it.
+
+use std::hint::black_box;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Hot,
+    Syscall,
+}
+
+/// Iterations of one `workload_hot` call (about 1 ms of work).
+const HOT_ITERS: u64 = 1 << 20;
+/// System calls of one `workload_hot` call in syscall mode.
+const SYSCALL_ITERS: u64 = 1 << 10;
+
+/// The hot function: `iters` steps of a dependent multiply-xorshift chain
+/// (or `iters` getppid() calls in syscall mode). Returns a checksum.
+#[no_mangle]
+#[inline(never)]
+pub fn workload_hot(iters: u64, seed: u64, syscalls: bool) -> u64 {
+    let mut x = seed | 1;
+    if syscalls {
+        for _ in 0..iters {
+            // SAFETY: getppid has no memory effects.
+            x = x.wrapping_add(unsafe { libc::getppid() } as u64);
+            x = black_box(x);
+        }
+        return x;
+    }
+    for i in 0..iters {
+        x = x.wrapping_mul(0x5851_f42d_4c95_7f2d).wrapping_add(i);
+        x ^= x >> 29;
+        x = black_box(x);
+    }
+    x
+}
+
+/// Calls `workload_hot` until `deadline`; returns (calls, checksum).
+#[no_mangle]
+#[inline(never)]
+pub fn workload_b(deadline_ns: u64, start: &Instant, syscalls: bool) -> [u64; 2] {
+    let iters = if syscalls { SYSCALL_ITERS } else { HOT_ITERS };
+    let mut calls = 0u64;
+    let mut sum = 0u64;
+    loop {
+        sum = sum.wrapping_add(workload_hot(iters, sum ^ calls, syscalls));
+        calls += 1;
+        if start.elapsed().as_nanos() as u64 >= deadline_ns {
+            return [calls, sum];
+        }
+    }
+}
+
+/// One thread's work.
+#[no_mangle]
+#[inline(never)]
+pub fn workload_a(deadline_ns: u64, syscalls: bool) -> [u64; 2] {
+    let start = Instant::now();
+    black_box(workload_b(deadline_ns, &start, syscalls))
+}
+
+fn parse() -> Result<(f64, usize, Mode), String> {
+    let mut secs = 5.0f64;
+    let mut threads = 1usize;
+    let mut mode = Mode::Hot;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let (name, inline) = match a.split_once('=') {
+            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+            None => (a.clone(), None),
+        };
+        let mut val = || {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match name.as_str() {
+            "--seconds" => {
+                let v = val()?;
+                secs = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| *s > 0.0 && *s < 1e6)
+                    .ok_or_else(|| format!("--seconds wants a positive number, got {v:?}"))?;
+            }
+            "--threads" => {
+                let v = val()?;
+                threads = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1024).contains(n))
+                    .ok_or_else(|| format!("--threads wants 1..1024, got {v:?}"))?;
+            }
+            "--mode" => {
+                mode = match val()?.as_str() {
+                    "hot" => Mode::Hot,
+                    "syscall" => Mode::Syscall,
+                    m => return Err(format!("--mode wants hot or syscall, got {m:?}")),
+                };
+            }
+            "-h" | "--help" => {
+                return Err(String::new());
+            }
+            _ => return Err(format!("unknown argument {a:?}")),
+        }
+    }
+    Ok((secs, threads, mode))
+}
+
+fn main() -> ExitCode {
+    let (secs, threads, mode) = match parse() {
+        Ok(v) => v,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("pv-workload: {e}");
+            }
+            eprintln!("usage: pv-workload [--seconds S (default 5)] [--threads N (default 1)] [--mode hot|syscall]");
+            return ExitCode::from(if e.is_empty() { 0 } else { 2 });
+        }
+    };
+    let deadline_ns = Duration::from_secs_f64(secs).as_nanos() as u64;
+    let syscalls = mode == Mode::Syscall;
+    let t0 = Instant::now();
+    // threads - 1 helpers; the main thread is the last worker, so with one
+    // thread the chain is main -> workload_a -> workload_b -> workload_hot.
+    let helpers: Vec<_> = (1..threads)
+        .map(|_| std::thread::spawn(move || workload_a(deadline_ns, syscalls)))
+        .collect();
+    let mut results = vec![workload_a(deadline_ns, syscalls)];
+    for h in helpers {
+        results.push(h.join().unwrap_or([0, 0]));
+    }
+    let calls: u64 = results.iter().map(|r| r[0]).sum();
+    let sum = results.iter().fold(0u64, |acc, r| acc ^ r[1]);
+    let elapsed = t0.elapsed().as_secs_f64();
+    let per_call = if syscalls { SYSCALL_ITERS } else { HOT_ITERS };
+    let iters = calls * per_call;
+    println!(
+        "pv-workload: mode {} threads {threads} seconds {elapsed:.2}: workload_a -> workload_b -> workload_hot, {calls} calls, {iters} {} ({:.1} M/s), checksum {sum:#018x}",
+        if syscalls { "syscall" } else { "hot" },
+        if syscalls { "getppid calls" } else { "iterations" },
+        iters as f64 / elapsed / 1e6
+    );
+    ExitCode::SUCCESS
+}
