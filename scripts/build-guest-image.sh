@@ -54,6 +54,7 @@ for d in "${EXTRA_DIRS[@]}"; do
 done
 
 FRAGMENT="$REPO_ROOT/guest-image/kernel.config"
+PATCH_DIR="$REPO_ROOT/guest-image/patches"
 ROOTFS_SRC="$REPO_ROOT/guest-image/rootfs"
 OUT="$REPO_ROOT/build/guest-image"
 LINUX_TARBALL=/usr/src/linux-source-6.1.tar.xz
@@ -73,6 +74,16 @@ kernel_extract() {
     tar -C "$dir/src.tmp" -xf "$LINUX_TARBALL" --use-compress-program='xz -T2'
     mv "$dir/src.tmp/linux-source-6.1" "$dir/linux"
     rmdir "$dir/src.tmp"
+}
+
+# kernel_patch TREE: apply every guest-image/patches/*.patch to TREE, in file-name
+# order (git format-patch files, -p1). Their text is part of the cache key.
+kernel_patch() {
+    local tree="$1" p
+    for p in "${KERNEL_PATCHES[@]}"; do
+        patch -d "$tree" -p1 --forward --batch --quiet <"$p" ||
+            pv_die "patch $p does not apply to linux-source-6.1 $LINUX_SRC_VERSION"
+    done
 }
 
 # kernel_make TREE LOG ARGS...: make in TREE with reproducible build identity.
@@ -182,6 +193,7 @@ stage_initramfs() {
         install -m 0755 "$exe" "$stage/bin/$(basename "$exe")"
     done
     install -D -m 0644 "$PV_EXIT_KO" "$stage/lib/perfvisor/pv_exit.ko"
+    install -D -m 0644 "$PVPMU_KO" "$stage/lib/modules/perfvisor/pvpmu.ko"
     if ((WITH_PERF)); then
         add_binary_with_libs "$stage" /usr/bin/perf
     fi
@@ -224,7 +236,13 @@ pv_need_cmd cargo "a Rust toolchain (rustup)"
     pv_die "/usr/bin/perf missing: run scripts/setup.sh as root (or apt-get install linux-perf), or pass --without-perf"
 [[ -f "$ROOTFS_SRC/init" ]] || pv_die "$ROOTFS_SRC/init missing (the repository is incomplete)"
 
+pv_need_cmd patch patch
 LINUX_SRC_VERSION=$(pv_pkg_version linux-source-6.1)
+# The guest kernel's own patches (guest-image/patches/README.md), in order.
+KERNEL_PATCHES=()
+if [[ -d "$PATCH_DIR" ]]; then
+    mapfile -t KERNEL_PATCHES < <(find "$PATCH_DIR" -maxdepth 1 -type f -name '*.patch' | LC_ALL=C sort)
+fi
 BUSYBOX_VERSION=$(pv_pkg_version busybox-static)
 GCC_VERSION=$(gcc -dumpfullversion)
 pv_lock "$CACHE_ROOT/guest-image.lock"
@@ -236,7 +254,10 @@ KERNEL_KEY=$({
     echo "linux-source-6.1 $LINUX_SRC_VERSION"
     echo "gcc $GCC_VERSION"
     cat "$FRAGMENT"
-    declare -f kernel_extract kernel_make kernel_configure kernel_compile
+    for p in "${KERNEL_PATCHES[@]}"; do
+        echo "patch $(basename "$p") $(sha256sum <"$p")"
+    done
+    declare -f kernel_extract kernel_patch kernel_make kernel_configure kernel_compile
 } | pv_hash)
 KDIR="$CACHE_ROOT/kernel/$LINUX_SRC_VERSION-$KERNEL_KEY"
 KTREE="$KDIR/linux"
@@ -249,8 +270,9 @@ else
     mkdir -p "$KDIR"
     pv_say "kernel: building in $KDIR (log: $KLOG)"
     if [[ ! -f "$KTREE/Makefile" || ! -f "$KDIR/.extracted" ]]; then
-        pv_phase "extract linux-source-6.1 $LINUX_SRC_VERSION"
+        pv_phase "extract linux-source-6.1 $LINUX_SRC_VERSION, apply ${#KERNEL_PATCHES[@]} patch(es)"
         kernel_extract "$KDIR"
+        kernel_patch "$KTREE"
         touch "$KDIR/.extracted"
     fi
     pv_phase "configure (tinyconfig + guest-image/kernel.config + olddefconfig)"
@@ -267,18 +289,34 @@ else
     touch "$KDIR/.complete"
 fi
 KERNEL_RELEASE=$(cat "$KDIR/kernelrelease")
+# pvpmu.ko needs these exports (guest-image/patches/0001-*): fail here, with the
+# reason, rather than at modpost.
+for sym in perf_output_begin perf_output_copy perf_output_end; do
+    grep -qP "^0x[0-9a-f]+\t$sym\tvmlinux\tEXPORT_SYMBOL_GPL" "$KTREE/Module.symvers" ||
+        pv_die "$KTREE/Module.symvers does not export $sym: is guest-image/patches/0001-perf-export-output-helpers-for-pvpmu.patch applied? (rebuild with --rebuild)"
+done
 
-# ----- pv_exit.ko: /init's kernel-mode fallback for the exit status -----
-MOD_SRC="$REPO_ROOT/guest-image/pv-exit-module"
-MOD_DIR="$KDIR/pv-exit-module-$(pv_hash_tree "$MOD_SRC")"
-PV_EXIT_KO="$MOD_DIR/pv_exit.ko"
-if [[ ! -f "$PV_EXIT_KO" ]]; then
-    pv_phase "pv_exit.ko (out-of-tree module against the kernel tree)"
-    rm -rf "$MOD_DIR.tmp"
-    cp -r "$MOD_SRC" "$MOD_DIR.tmp"
-    kernel_make "$KTREE" "$KLOG" M="$MOD_DIR.tmp" modules
-    mv "$MOD_DIR.tmp" "$MOD_DIR"
-fi
+# ----- out-of-tree modules, each cached in the kernel's directory by its source -----
+# build_module SRC_DIR NAME: build SRC_DIR against the kernel tree (once per source
+# hash) and set MODULE_KO to the resulting NAME.ko.
+build_module() {
+    local src="$1" name="$2" dir
+    dir="$KDIR/$(basename "$src")-$(pv_hash_tree "$src")"
+    MODULE_KO="$dir/$name.ko"
+    [[ -f "$MODULE_KO" ]] && return 0
+    pv_phase "$name.ko (out-of-tree module against the kernel tree)"
+    rm -rf "$dir.tmp"
+    cp -r "$src" "$dir.tmp"
+    kernel_make "$KTREE" "$KLOG" M="$dir.tmp" modules
+    [[ -f "$dir.tmp/$name.ko" ]] || pv_die "building $src did not produce $name.ko; see $KLOG"
+    mv "$dir.tmp" "$dir"
+}
+# pv_exit.ko: /init's kernel-mode fallback for the exit status.
+build_module "$REPO_ROOT/guest-image/pv-exit-module" pv_exit
+PV_EXIT_KO="$MODULE_KO"
+# pvpmu.ko: the paravirtual PMU driver (docs/pvpmu-driver.md); /init loads it.
+build_module "$REPO_ROOT/guest-image/pvpmu" pvpmu
+PVPMU_KO="$MODULE_KO"
 
 # ----- guest tools -----
 pv_phase "guest tools (cargo build -p guest-tools, static)"
@@ -315,6 +353,7 @@ INITRAMFS_KEY=$({
     echo "perf $WITH_PERF $PERF_VERSION $PERF_CLOSURE_HASH"
     for exe in "${GUEST_EXES[@]}"; do echo "$(basename "$exe") $(sha256sum <"$exe")"; done
     echo "pv_exit.ko $(sha256sum <"$PV_EXIT_KO")"
+    echo "pvpmu.ko $(sha256sum <"$PVPMU_KO")"
     echo "rootfs $(pv_hash_tree "$ROOTFS_SRC")"
     for d in "${EXTRA_DIRS[@]}"; do echo "extra $(pv_hash_tree "$d")"; done
     declare -f ldd_closure add_binary_with_libs cpio_newc_node stage_initramfs write_cpio
