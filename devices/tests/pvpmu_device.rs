@@ -589,3 +589,69 @@ fn concurrent_guest_consumer_sees_every_sample_or_its_loss() {
     assert_eq!(samples, c.samples, "every written sample was read");
     assert!(lost <= c.lost, "reported losses never exceed real ones");
 }
+
+#[test]
+fn exit_trace_records_decode_from_the_aux_pages() {
+    use devices::pvpmu::trace::{self, ExitReason, Record};
+    use devices::pvpmu::TraceExit;
+    let mut r = rig(1);
+    r.setup();
+    for i in 0..2u64 {
+        r.w64(AUX_LIST + 8 * i, AUX + i * 0x1000);
+    }
+    assert_eq!(r.cmd(0, cmd::AUX_SET, &[AUX_LIST, 2, 0]), status::OK);
+    let id = r.ret0(0);
+    let exit = |reason, rip| TraceExit {
+        reason,
+        rip,
+        addr: 0x3f8,
+        size: 1,
+        handling_ns: 900,
+        kvmclock_ns: 10_000,
+    };
+    assert!(
+        !r.dev.trace_exit(0, &exit(ExitReason::IoOut, 1)),
+        "no session yet"
+    );
+    r.w64(STATE + guest::AUX_BUF, id);
+    r.w64(STATE + guest::AUX_HEAD, 0);
+    r.w64(STATE + guest::AUX_ROOM, 8192);
+    r.w64(STATE + guest::AUX_WAKEUP, 0);
+    r.w64(STATE + guest::AUX_SEQ, 1);
+    assert!(r.dev.trace_exit(0, &exit(ExitReason::IoOut, 0x1000)));
+    assert!(r.dev.trace_exit(0, &exit(ExitReason::MmioRead, 0x2000)));
+    let names = vec!["exits".to_string(), "halt_exits".to_string()];
+    assert!(r.dev.trace_stats(0, 20_000, &names, &[12, 3]));
+    assert!(r.dev.trace_exit(0, &exit(ExitReason::Kick, 0x3000)));
+    let written = r.r64(STATE + host::AUX_WRITTEN);
+    let mut bytes = vec![0u8; written as usize];
+    r.mem.read_slice(&mut bytes, GuestAddress(AUX)).unwrap();
+    let recs: Vec<_> = trace::decode(&bytes).map(|d| d.unwrap().record).collect();
+    assert!(matches!(recs[0], Record::Header { .. }), "{recs:?}");
+    match &recs[1] {
+        Record::Exit(e) => {
+            assert_eq!(
+                (e.reason, e.rip, e.addr, e.size, e.host_ns),
+                (ExitReason::IoOut, 0x1000, 0x3f8, 1, 900)
+            );
+            assert_eq!(
+                e.guest_ns, 9_000,
+                "guest perf clock = kvm-clock - clock_offset"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(&recs[2], Record::Exit(e) if e.reason == ExitReason::MmioRead));
+    match (&recs[3], &recs[4]) {
+        (Record::StatsNames(n), Record::Stats(st)) => {
+            assert_eq!(n.iter().collect::<Vec<_>>(), vec!["exits", "halt_exits"]);
+            let v: Vec<_> = st.iter().map(|s| (s.id, s.value)).collect();
+            assert_eq!(v, vec![(0, 12), (1, 3)]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(&recs[5], Record::Exit(e) if e.reason == ExitReason::Kick));
+    let c = r.dev.counters();
+    assert_eq!(c.aux_exits, [0, 1, 1, 0, 1, 0]);
+    assert_eq!(c.aux_bytes, written);
+}

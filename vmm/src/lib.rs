@@ -14,6 +14,7 @@ pub mod boot;
 pub mod console;
 pub mod exit;
 pub mod host_timer;
+pub mod kvm_stats;
 pub mod payload;
 pub mod probe;
 pub mod sampler;

@@ -20,18 +20,22 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use devices::pvpmu::{HostSample, Pvpmu};
+use devices::pvpmu::trace::ExitReason;
+use devices::pvpmu::{HostSample, Pvpmu, TraceExit};
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
 use crate::exit::ExitState;
 use crate::host_timer::HostTimer;
-use crate::vcpu::{ExitInfo, VcpuContext, VcpuHandle, VcpuHook};
+use crate::kvm_stats::VcpuStats;
+use crate::vcpu::{ExitInfo, ExitKind, VcpuContext, VcpuHandle, VcpuHook};
 
 /// How often the host-timer backend moves samples into the guest.
 pub const HOST_TIMER_FLUSH: Duration = Duration::from_millis(10);
 /// How often the sampler re-reads the guest's kvm-clock offset.
 const CLOCK_RESYNC: Duration = Duration::from_secs(1);
+/// How often the AUX trace gets a STATS record.
+const STATS_INTERVAL: Duration = Duration::from_millis(100);
 /// Poll period while no guest event is active.
 const IDLE_POLL: Duration = Duration::from_millis(10);
 
@@ -103,6 +107,10 @@ pub struct SampleHook {
     timer: Option<HostTimer>,
     timer_failed: bool,
     exits: Option<ExitTrace>,
+    stats: Option<VcpuStats>,
+    stats_failed: bool,
+    stats_values: Vec<u64>,
+    last_stats: Option<Instant>,
 }
 
 /// Called on every exit with the device and vCPU index (the AUX exit trace).
@@ -128,6 +136,10 @@ impl SampleHook {
             timer: None,
             timer_failed: false,
             exits: None,
+            stats: None,
+            stats_failed: false,
+            stats_values: Vec::new(),
+            last_stats: None,
         }
     }
 
@@ -148,6 +160,30 @@ impl SampleHook {
             }
         }
         self.timer.as_mut()
+    }
+}
+
+impl SampleHook {
+    /// A STATS record from KVM's binary statistics (opened on first use).
+    fn snapshot_stats(&mut self, vcpu: &mut VcpuContext<'_>, kvmclock_ns: u64) {
+        if self.stats.is_none() && !self.stats_failed {
+            match VcpuStats::open(vcpu.fd()) {
+                Ok(s) => self.stats = Some(s),
+                Err(e) => {
+                    self.stats_failed = true;
+                    log::warn!(
+                        "pvpmu: vCPU {}: no KVM statistics for the trace ({e})",
+                        self.index
+                    );
+                }
+            }
+        }
+        if let Some(stats) = self.stats.as_mut() {
+            if stats.read(&mut self.stats_values).is_ok() {
+                self.dev
+                    .trace_stats(self.index, kvmclock_ns, stats.names(), &self.stats_values);
+            }
+        }
     }
 }
 
@@ -180,9 +216,39 @@ impl VcpuHook for SampleHook {
         dev.flush(n);
     }
 
-    fn on_exit(&mut self, _vcpu: &mut VcpuContext<'_>, exit: &ExitInfo) {
+    fn on_exit(&mut self, vcpu: &mut VcpuContext<'_>, exit: &ExitInfo) {
         if let Some(f) = self.exits.as_mut() {
             f(&self.dev, self.index, exit);
+        }
+        if !self.dev.aux_wanted(self.index) {
+            return;
+        }
+        let reason = match exit.kind {
+            ExitKind::IoIn => ExitReason::IoIn,
+            ExitKind::IoOut => ExitReason::IoOut,
+            ExitKind::MmioRead => ExitReason::MmioRead,
+            ExitKind::MmioWrite => ExitReason::MmioWrite,
+            ExitKind::Kick => ExitReason::Kick,
+            ExitKind::Other => ExitReason::Other,
+        };
+        let kvmclock_ns = self.clock.kvmclock_at(boottime_ns());
+        self.dev.trace_exit(
+            self.index,
+            &TraceExit {
+                reason,
+                rip: exit.rip,
+                addr: exit.addr,
+                size: exit.size,
+                handling_ns: exit.handling.as_nanos() as u64,
+                kvmclock_ns,
+            },
+        );
+        if self
+            .last_stats
+            .is_none_or(|t| t.elapsed() >= STATS_INTERVAL)
+        {
+            self.last_stats = Some(Instant::now());
+            self.snapshot_stats(vcpu, kvmclock_ns);
         }
     }
 }

@@ -143,3 +143,44 @@ fn probe_reports_a_clear_verdict() {
         p.detail.contains("SYSCALL") || p.detail.contains("within") || p.detail.contains("vCPU")
     );
 }
+
+struct ReadStats {
+    out: Arc<Mutex<Option<Result<(Vec<String>, Vec<u64>), String>>>>,
+}
+
+impl VcpuHook for ReadStats {
+    fn on_kick(&mut self, vcpu: &mut VcpuContext<'_>) {
+        let r = vmm::kvm_stats::VcpuStats::open(vcpu.fd())
+            .map_err(|e| e.to_string())
+            .and_then(|mut s| {
+                let mut v = Vec::new();
+                s.read(&mut v).map_err(|e| e.to_string())?;
+                Ok((s.names().to_vec(), v))
+            });
+        *self.out.lock().unwrap() = Some(r);
+    }
+}
+
+#[test]
+fn kvm_binary_stats_are_readable_on_the_vcpu_thread() {
+    require_kvm();
+    let mut vm = PayloadVm::new(SPIN, &[]).unwrap();
+    let out = Arc::new(Mutex::new(None));
+    vm.set_hook(Box::new(ReadStats { out: out.clone() }));
+    vm.start().unwrap();
+    vm.handle().kick_and_wait(Duration::from_secs(5)).unwrap();
+    vm.stop(VmOutcome::Halt);
+    let (names, values) = out
+        .lock()
+        .unwrap()
+        .take()
+        .expect("hook ran")
+        .expect("KVM_GET_STATS_FD works");
+    println!(
+        "{} KVM vCPU statistics, e.g. {:?}",
+        names.len(),
+        names.iter().zip(&values).take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(names.len(), values.len());
+    assert!(names.iter().any(|n| n == "exits"), "{names:?}");
+}

@@ -31,6 +31,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::regs::{self, bank, cmd, feature, global, status};
 use super::state::{self, flags, host, AuxView, EventView, StatePage};
+use super::trace;
 use crate::bus::BusDevice;
 use crate::perf_ring::abi::{aux_flag, context, misc, sample};
 use crate::perf_ring::{
@@ -86,8 +87,10 @@ pub struct Counters {
     pub interrupts: AtomicU64,
     /// AUX trace records dropped: no session posted, or the session had ended.
     pub aux_dropped: AtomicU64,
-    /// AUX trace records written, by the caller's kind index.
+    /// AUX trace records written.
     pub aux_records: AtomicU64,
+    /// EXIT records written, by trace::ExitReason (index = reason - 1).
+    pub aux_exits: [AtomicU64; 6],
 }
 
 /// A snapshot of [`Counters`].
@@ -103,6 +106,8 @@ pub struct CounterSnapshot {
     pub interrupts: u64,
     pub aux_dropped: u64,
     pub aux_records: u64,
+    /// EXIT records written, by trace::ExitReason (index = reason - 1).
+    pub aux_exits: [u64; 6],
 }
 
 /// One host sample, as the sampler took it.
@@ -118,6 +123,25 @@ pub struct HostSample<'a> {
     pub host_ns: u64,
     /// Callchain entries after the IP (return addresses), innermost first.
     pub callers: &'a [u64],
+}
+
+/// One VM exit for the AUX trace.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceExit {
+    pub reason: trace::ExitReason,
+    pub rip: u64,
+    pub addr: u64,
+    pub size: u32,
+    pub handling_ns: u64,
+    /// kvm-clock at the exit.
+    pub kvmclock_ns: u64,
+}
+
+fn host_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// What [`Pvpmu::record_sample`] did.
@@ -170,6 +194,10 @@ struct Slot<M: GuestMemoryBackend> {
     last_irq: Option<Instant>,
     pending_irq: bool,
     aux: AuxSession,
+    /// The AUX buffer whose trace stream has its HEADER (and, when
+    /// `names_written`, its STATS_NAMES).
+    trace_buf: u64,
+    names_written: bool,
     log: RateLimiter,
 }
 
@@ -186,6 +214,8 @@ impl<M: GuestMemoryBackend> Default for Slot<M> {
             last_irq: None,
             pending_irq: false,
             aux: AuxSession::default(),
+            trace_buf: 0,
+            names_written: false,
             log: RateLimiter::default(),
         }
     }
@@ -306,6 +336,7 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
             interrupts: l(&c.interrupts),
             aux_dropped: l(&c.aux_dropped),
             aux_records: l(&c.aux_records),
+            aux_exits: std::array::from_fn(|i| l(&c.aux_exits[i])),
         }
     }
 
@@ -939,12 +970,145 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
         }
         drop(table);
         slot.aux.written += len;
+        // Kept current after every write: pmu->stop on this CPU ends the
+        // handle with it even when the host has not ended the session.
+        state.set(mem, host::AUX_WRITTEN, slot.aux.written, Ordering::Relaxed);
+        state.set(mem, host::AUX_FLAGS, slot.aux.flags, Ordering::Relaxed);
         self.inner
             .counters
             .aux_bytes
             .fetch_add(len, Ordering::Relaxed);
         self.aux_maybe_end(slot, false);
         true
+    }
+
+    /// Room left in the open session (0 when none is open), after opening a
+    /// newly posted one.
+    fn aux_room_left(&self, slot: &mut Slot<M>) -> u64 {
+        let (true, Some(state)) = (slot.running, slot.state) else {
+            return 0;
+        };
+        let Some(view) = state.aux(&*self.inner.mem) else {
+            return 0;
+        };
+        if view.seq != slot.aux.seq {
+            self.aux_open(slot, view);
+        }
+        if slot.aux.open {
+            slot.aux.room - slot.aux.written
+        } else {
+            0
+        }
+    }
+
+    /// Make sure the open session's buffer stream starts with HEADER (and
+    /// STATS_NAMES once `names` are known). False if that did not fit.
+    fn trace_prologue(&self, n: usize, slot: &mut Slot<M>, names: Option<&[String]>) -> bool {
+        let mut buf = [0u8; trace::HEADER_RECORD_LEN];
+        if slot.trace_buf != slot.aux.buf {
+            let Ok(len) = trace::encode_header(&mut buf, n as u32, host_ns()) else {
+                return false;
+            };
+            if !self.aux_append_locked(slot, &buf[..len]) {
+                return false;
+            }
+            slot.trace_buf = slot.aux.buf;
+            slot.names_written = false;
+        }
+        if let (false, Some(names)) = (slot.names_written, names) {
+            let mut rec = vec![0u8; trace::stats_names_len(names)];
+            let Ok(len) = trace::encode_stats_names(&mut rec, n as u32, names) else {
+                return false;
+            };
+            if !self.aux_append_locked(slot, &rec[..len]) {
+                return false;
+            }
+            slot.names_written = true;
+        }
+        true
+    }
+
+    fn count_trace(&self, ok: bool, exit: Option<trace::ExitReason>) {
+        let c = &self.inner.counters;
+        if ok {
+            c.aux_records.fetch_add(1, Ordering::Relaxed);
+            if let Some(r) = exit {
+                c.aux_exits[(r.as_u32() as usize).clamp(1, 6) - 1].fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            c.aux_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Append an EXIT record to vCPU `n`'s trace, if an AUX session is open.
+    pub fn trace_exit(&self, n: usize, exit: &TraceExit) -> bool {
+        let Some(slot_lock) = self.inner.slots.get(n) else {
+            return false;
+        };
+        let mut slot = lock(slot_lock);
+        if self.aux_room_left(&mut slot) == 0 {
+            return false;
+        }
+        let clock_offset = slot
+            .state
+            .map(|s| s.clock_offset(&*self.inner.mem))
+            .unwrap_or(0);
+        let rec = trace::Exit {
+            guest_ns: exit.kvmclock_ns.wrapping_sub(clock_offset),
+            rip: exit.rip,
+            addr: exit.addr,
+            reason: exit.reason,
+            size: exit.size,
+            host_ns: exit.handling_ns,
+        };
+        let mut buf = [0u8; trace::EXIT_RECORD_LEN];
+        let ok = self.trace_prologue(n, &mut slot, None)
+            && trace::encode_exit(&mut buf, n as u32, &rec).is_ok()
+            && self.aux_append_locked(&mut slot, &buf);
+        self.count_trace(ok, Some(exit.reason));
+        ok
+    }
+
+    /// Append a STATS record (after STATS_NAMES for `names`, once per buffer).
+    pub fn trace_stats(
+        &self,
+        n: usize,
+        kvmclock_ns: u64,
+        names: &[String],
+        values: &[u64],
+    ) -> bool {
+        let Some(slot_lock) = self.inner.slots.get(n) else {
+            return false;
+        };
+        let mut slot = lock(slot_lock);
+        if self.aux_room_left(&mut slot) == 0 {
+            return false;
+        }
+        let clock_offset = slot
+            .state
+            .map(|s| s.clock_offset(&*self.inner.mem))
+            .unwrap_or(0);
+        let count = values.len().min(names.len()).min(trace::MAX_STATS);
+        let stats: Vec<trace::Stat> = values[..count]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| trace::Stat {
+                id: i as u64,
+                value: *v,
+            })
+            .collect();
+        let mut buf = vec![0u8; trace::stats_len(count)];
+        let ok = self.trace_prologue(n, &mut slot, Some(&names[..count]))
+            && trace::encode_stats(
+                &mut buf,
+                n as u32,
+                kvmclock_ns.wrapping_sub(clock_offset),
+                &stats,
+            )
+            .is_ok()
+            && self.aux_append_locked(&mut slot, &buf);
+        self.count_trace(ok, None);
+        ok
     }
 
     fn aux_open(&self, slot: &mut Slot<M>, view: AuxView) {

@@ -13,6 +13,6 @@ pub mod state;
 pub mod trace;
 
 pub use device::{
-    CounterSnapshot, HostSample, Pvpmu, PvpmuConfig, PvpmuMmio, SampleResult, MAX_CALLCHAIN,
-    SAMPLE_TYPES,
+    CounterSnapshot, HostSample, Pvpmu, PvpmuConfig, PvpmuMmio, SampleResult, TraceExit,
+    MAX_CALLCHAIN, SAMPLE_TYPES,
 };

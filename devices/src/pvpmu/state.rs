@@ -140,6 +140,11 @@ impl StatePage {
         })
     }
 
+    /// Only `clock_offset` (for AUX trace timestamps).
+    pub fn clock_offset<M: GuestMemoryBackend>(&self, mem: &M) -> u64 {
+        self.u64(mem, guest::CLOCK_OFFSET).unwrap_or(0)
+    }
+
     /// Only the current `aux_buf` (checked before every AUX write).
     pub fn aux_buf<M: GuestMemoryBackend>(&self, mem: &M) -> u64 {
         mem.load::<u64>(self.at(guest::AUX_BUF), Ordering::Acquire)
