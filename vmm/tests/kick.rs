@@ -144,8 +144,11 @@ fn probe_reports_a_clear_verdict() {
     );
 }
 
+/// Names and values read on the vCPU thread, or why not.
+type StatsResult = Result<(Vec<String>, Vec<u64>), String>;
+
 struct ReadStats {
-    out: Arc<Mutex<Option<Result<(Vec<String>, Vec<u64>), String>>>>,
+    out: Arc<Mutex<Option<StatsResult>>>,
 }
 
 impl VcpuHook for ReadStats {
