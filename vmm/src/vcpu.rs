@@ -118,7 +118,7 @@ pub struct ExitInfo {
 }
 
 /// Exit kinds a hook sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ExitKind {
     IoIn,
     IoOut,
@@ -275,6 +275,8 @@ pub struct Vcpu {
     handle: Arc<VcpuHandle>,
     hook: Option<Box<dyn VcpuHook>>,
     sync_regs: bool,
+    /// Exits handled, by kind and port/address (logged at the end with -v).
+    exit_counts: std::collections::HashMap<(ExitKind, u64), u64>,
 }
 
 fn exit_name(exit: &VcpuExit<'_>) -> String {
@@ -307,6 +309,7 @@ impl Vcpu {
             handle: Arc::new(VcpuHandle::new(index)),
             hook: None,
             sync_regs,
+            exit_counts: std::collections::HashMap::new(),
         }
     }
 
@@ -349,6 +352,14 @@ impl Vcpu {
         KVM_RUN.with(|r| r.set(run_ptr));
         if let Err(e) = self.run_loop() {
             self.exit.request(VmOutcome::Error(e.to_string()));
+        }
+        if log::log_enabled!(log::Level::Info) {
+            let mut counts: Vec<_> = self.exit_counts.iter().collect();
+            counts.sort_by(|a, b| b.1.cmp(a.1));
+            let total: u64 = counts.iter().map(|c| *c.1).sum();
+            let top: Vec<String> =
+                counts.iter().take(8).map(|((k, a), n)| format!("{k:?}@0x{a:x}={n}")).collect();
+            log::info!("vCPU {}: {total} exits to the VMM; most frequent: {}", self.index, top.join(" "));
         }
         KVM_RUN.with(|r| r.set(null_mut()));
         *self.handle.thread.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -449,6 +460,7 @@ impl Vcpu {
                     });
                 }
             };
+            *self.exit_counts.entry((kind, addr)).or_default() += 1;
             if let Some(hook) = self.hook.as_mut() {
                 let rip = if self.sync_regs {
                     self.fd.sync_regs().regs.rip

@@ -227,7 +227,19 @@ pub(crate) fn create_memory(size: u64) -> Result<GuestMemoryMmap> {
         .into_iter()
         .map(|(s, l)| (GuestAddress(s), l as usize))
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| VmError::Memory { size, source })
+    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|source| VmError::Memory { size, source })?;
+    // Back guest RAM with transparent huge pages where the host allows it:
+    // KVM then maps it with 2 MiB pages, and a guest touching its memory
+    // (kernel decompression, initramfs unpacking) takes 512x fewer
+    // second-level page faults. Purely advisory; failure changes nothing.
+    for region in mem.iter() {
+        if let Ok(host) = mem.get_host_address(region.start_addr()) {
+            // SAFETY: madvise on the region's own live mapping, with its
+            // exact length; MADV_HUGEPAGE does not change its contents.
+            unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
+        }
+    }
+    Ok(mem)
 }
 
 /// A VM ready to run.
