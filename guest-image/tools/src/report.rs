@@ -363,9 +363,23 @@ impl Report {
             );
         }
         if !self.stats.is_empty() {
-            let _ = writeln!(o, "  host stats (last value per vCPU):");
+            let _ = writeln!(o, "  host stats (last STATS per vCPU, nonzero only):");
+            let mut line = String::new();
+            let mut cur = None;
             for ((vcpu, name), v) in &self.stats {
-                let _ = writeln!(o, "    vcpu{vcpu} {name} = {v}");
+                if cur != Some(*vcpu) {
+                    if !line.is_empty() {
+                        let _ = writeln!(o, "{line}");
+                    }
+                    line = format!("    vcpu{vcpu}:");
+                    cur = Some(*vcpu);
+                }
+                if *v != 0 {
+                    let _ = write!(line, " {name}={v}");
+                }
+            }
+            if !line.is_empty() {
+                let _ = writeln!(o, "{line}");
             }
         }
         if let Some(w) = &self.workload_status {
@@ -571,7 +585,7 @@ mod tests {
         assert!(f[0].contains("1 trace decode error"));
         let text = r.render(10);
         assert!(text.contains("exits: 3 (io_in 0, io_out 2, mmio_read 1, mmio_write 0, kick 0, other 0), mean host handling 100 ns"), "{text}");
-        assert!(text.contains("vcpu1 kicks = 77"));
+        assert!(text.contains("    vcpu1: kicks=77\n"), "{text}");
     }
 
     #[test]

@@ -96,6 +96,8 @@ pub struct Reader {
     corrupt: u64,
     first_corrupt: Option<String>,
     aux_buf: Vec<u8>,
+    /// Log AUX and LOST records and trace errors to stderr.
+    pub verbose: bool,
 }
 
 /// One event, its mappings and its reader. Field order is drop order: the
@@ -179,8 +181,10 @@ impl Ring {
         .map_err(|e| SetupError(format!("ring layout on cpu {cpu}: {e}")))?;
         let format = SampleFormat::new(attr.sample_type, attr.read_format, true)
             .map_err(|e| SetupError(e.to_string()))?;
+        let mut reader = Reader::new(pages, cpu, id, format);
+        reader.verbose = o.verbose;
         Ok(Ring {
-            reader: Reader::new(pages, cpu, id, format),
+            reader,
             _aux: aux,
             _data: data,
             fd,
@@ -217,6 +221,7 @@ impl Reader {
             corrupt: 0,
             first_corrupt: None,
             aux_buf: Vec::new(),
+            verbose: false,
         }
     }
 
@@ -275,6 +280,9 @@ impl Reader {
                     r.on_sample_symbol(leaf, stack);
                 }
                 Body::Lost { lost, .. } => {
+                    if self.verbose {
+                        eprintln!("pvpmu-tool: cpu{} PERF_RECORD_LOST lost={lost}", self.cpu);
+                    }
                     r.lost += lost;
                     r.per_cpu.entry(self.cpu).or_default().1 += lost;
                     self.lost_since_aux = true;
@@ -299,6 +307,16 @@ impl Reader {
     }
 
     fn on_aux(&mut self, r: &mut Report, offset: u64, size: u64, flags: u64) {
+        if self.verbose {
+            eprintln!(
+                "pvpmu-tool: cpu{} PERF_RECORD_AUX offset={offset:#x} size={size} flags={flags:#x}{}",
+                self.cpu,
+                match self.aux_next {
+                    Some(n) if n != offset => format!(" (expected offset {n:#x})"),
+                    _ => String::new(),
+                }
+            );
+        }
         r.on_aux_record(size, flags);
         // The checker wants AUX records to tile the area; one lost with the
         // data ring full leaves a forward gap. Same rule as the checker, so
@@ -344,6 +362,20 @@ impl Reader {
     /// folds the checker's findings into `r` (violations minus the excused
     /// AUX gaps).
     pub fn finish(&mut self, r: &mut Report) {
+        if self.verbose {
+            let p = self.consumer.memory().pages();
+            eprintln!(
+                "pvpmu-tool: cpu{} end: data_head={:#x} data_tail={:#x} aux_head={:#x} aux_tail={:#x}; trace stream {} bytes, {} records, {} pending",
+                self.cpu,
+                p.load(CtrlField::DataHead, Ordering::Acquire),
+                p.load(CtrlField::DataTail, Ordering::Relaxed),
+                p.load(CtrlField::AuxHead, Ordering::Acquire),
+                p.load(CtrlField::AuxTail, Ordering::Relaxed),
+                self.trace.stats().bytes,
+                self.trace.stats().records,
+                self.trace.pending()
+            );
+        }
         if let Some(e) = self.trace.finish() {
             let names = &mut self.names;
             r.on_trace(Err(e), names);
