@@ -59,6 +59,9 @@ pub struct Report {
     pub aux_gaps: u64,
     /// PERF_RECORD_AUX with a size larger than the AUX area.
     pub aux_bad: u64,
+    /// Times an event was re-enabled after a TRUNCATED AUX record (the
+    /// perf core disables it when the AUX area fills).
+    pub reenables: u64,
 
     /// Protocol violations the perf_ring checker found (after excusing
     /// `aux_gaps_after_lost`).
@@ -260,6 +263,7 @@ impl Report {
         kv("aux_gaps_after_lost", &self.aux_gaps_after_lost);
         kv("cpu_mismatch", &self.cpu_mismatch);
         kv("ring_skips", &self.ring_skips);
+        kv("reenables", &self.reenables);
         s.truncate(s.trim_end().len());
         s
     }
@@ -328,13 +332,14 @@ impl Report {
         }
         let _ = writeln!(
             o,
-            "  aux: {} bytes in {} PERF_RECORD_AUX ({} truncated, {} partial, {} collision, {} gap(s))",
+            "  aux: {} bytes in {} PERF_RECORD_AUX ({} truncated, {} partial, {} collision, {} gap(s)), {} re-enable(s)",
             self.aux_bytes,
             self.aux_records,
             self.aux_truncated,
             self.aux_partial,
             self.aux_collision,
-            self.aux_gaps
+            self.aux_gaps,
+            self.reenables
         );
         let _ = writeln!(
             o,

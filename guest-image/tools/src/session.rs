@@ -98,6 +98,9 @@ pub struct Reader {
     aux_buf: Vec<u8>,
     /// Log AUX and LOST records and trace errors to stderr.
     pub verbose: bool,
+    /// A TRUNCATED PERF_RECORD_AUX was read: the perf core disabled the
+    /// event (perf_aux_output_end); re-enable it now that the space is free.
+    truncated: bool,
 }
 
 /// One event, its mappings and its reader. Field order is drop order: the
@@ -222,7 +225,13 @@ impl Reader {
             first_corrupt: None,
             aux_buf: Vec::new(),
             verbose: false,
+            truncated: false,
         }
+    }
+
+    /// Whether a TRUNCATED AUX record was read since the last call.
+    pub fn take_truncated(&mut self) -> bool {
+        std::mem::take(&mut self.truncated)
     }
 
     /// Reads everything published and the AUX bytes it names into `r`.
@@ -318,6 +327,9 @@ impl Reader {
             );
         }
         r.on_aux_record(size, flags);
+        if flags & aux_flag::TRUNCATED != 0 {
+            self.truncated = true;
+        }
         // The checker wants AUX records to tile the area; one lost with the
         // data ring full leaves a forward gap. Same rule as the checker, so
         // the two counts match record for record.
@@ -621,6 +633,17 @@ pub fn run(o: &Options) -> Result<Report, SetupError> {
         }
         for r in &mut rings {
             r.reader.drain(&mut report, &mut sym, check_cpu);
+            // A full AUX area disabled the event (TRUNCATED); the reader
+            // has freed the space, so sampling resumes.
+            if r.reader.take_truncated() {
+                match perf::enable(&r.fd) {
+                    Ok(()) => report.reenables += 1,
+                    Err(e) => report.notes.push(format!(
+                        "re-enable after TRUNCATED on cpu {}: {e}",
+                        r.reader.cpu
+                    )),
+                }
+            }
         }
         if o.slow_consumer_ms > 0 {
             std::thread::sleep(Duration::from_millis(o.slow_consumer_ms));
