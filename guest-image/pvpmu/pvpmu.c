@@ -49,7 +49,6 @@
 #include <linux/smp.h>
 #include <linux/vmalloc.h>
 #include <asm/current.h>
-#include <asm/perf_event.h>
 #include <asm/pgtable_types.h>
 #include <asm/pvclock.h>
 #include <asm/kvmclock.h>
@@ -123,13 +122,16 @@ struct pvpmu_state {
 	u32 task_pid_off;
 	u32 task_tgid_off;
 	u32 throttled;
-	u8 __guest_free0[0x100 - 0x6c];
+	u32 __guest_free0;
+	u64 kimage_virt;
+	u64 kimage_phys;
+	u8 __guest_free1[0x100 - 0x80];
 	u64 aux_seq;
 	u64 aux_buf;
 	u64 aux_head;
 	u64 aux_room;
 	u64 aux_wakeup;
-	u8 __guest_free1[0x800 - 0x128];
+	u8 __guest_free2[0x800 - 0x128];
 	/* 0x800-0xfff: written by the host */
 	u64 irq_seq;
 	u64 samples;
@@ -147,6 +149,7 @@ static_assert(offsetof(struct pvpmu_state, cpu) == 0x040);
 static_assert(offsetof(struct pvpmu_state, clock_offset) == 0x048);
 static_assert(offsetof(struct pvpmu_state, task_tgid_off) == 0x064);
 static_assert(offsetof(struct pvpmu_state, throttled) == 0x068);
+static_assert(offsetof(struct pvpmu_state, kimage_phys) == 0x078);
 static_assert(offsetof(struct pvpmu_state, aux_seq) == 0x100);
 static_assert(offsetof(struct pvpmu_state, aux_wakeup) == 0x120);
 static_assert(offsetof(struct pvpmu_state, irq_seq) == 0x800);
@@ -227,6 +230,7 @@ static struct {
 	struct pvpmu_cpu __percpu *cpus;
 	struct cpumask ready;
 	atomic_t aux_bufs;
+	atomic_t pinned;
 } pvpmu;
 
 static DEFINE_RAW_SPINLOCK(pvpmu_cmd_lock);
@@ -1004,6 +1008,17 @@ static int pvpmu_event_init(struct perf_event *event)
 		return -EINVAL;
 	if (event->cpu >= 0 && !cpumask_test_cpu(event->cpu, &pvpmu.ready))
 		return -ENODEV;
+	if ((event->attach_state & PERF_ATTACH_TASK) &&
+	    !atomic_xchg(&pvpmu.pinned, 1)) {
+		/*
+		 * A task's perf context keeps ctx->pmu = &pvpmu_pmu until the
+		 * task exits, after its last event is gone, and the scheduler
+		 * follows that pointer at every context switch. So once a
+		 * per-task event exists this module must stay loaded.
+		 */
+		__module_get(THIS_MODULE);
+		pr_info("first per-task event: the module stays loaded from now on (task contexts point to it)\n");
+	}
 
 	if (is_sampling_event(event)) {
 		if (!(pvpmu.features & PVPMU_F_SAMPLING))
@@ -1201,8 +1216,19 @@ static const struct attribute_group *pvpmu_attr_groups[] = {
 	NULL,
 };
 
+/*
+ * perf_hw_context: per-task events, and the perf core rotates (multiplexes)
+ * the events that compete for our single slot; it does not rotate in
+ * perf_sw_context. In 6.1 a second hw-context PMU is refused (WARN, no task
+ * events) unless it says PERF_PMU_CAP_HETEROGENEOUS_CPUS, which is used for
+ * nothing else: we need it after our own reload (the "taken" flag is a
+ * static in perf_pmu_register) and in a guest that has a CPU PMU too (we
+ * then share its contexts, as hybrid PMUs do).
+ */
 static struct pmu pvpmu_pmu = {
 	.module		= THIS_MODULE,
+	.task_ctx_nr	= perf_hw_context,
+	.capabilities	= PERF_PMU_CAP_HETEROGENEOUS_CPUS,
 	.attr_groups	= pvpmu_attr_groups,
 	.event_init	= pvpmu_event_init,
 	.add		= pvpmu_add,
@@ -1274,6 +1300,9 @@ static int pvpmu_cpu_alloc(struct pvpmu_cpu *pc, int cpu)
 	pc->state->page_offset = PAGE_OFFSET;
 	pc->state->task_pid_off = offsetof(struct task_struct, pid);
 	pc->state->task_tgid_off = offsetof(struct task_struct, tgid);
+	/* CPU 0's idle task, init_task, is in the kernel image mapping. */
+	pc->state->kimage_virt = __START_KERNEL_map;
+	pc->state->kimage_phys = phys_base;
 	return 0;
 }
 
@@ -1449,7 +1478,6 @@ static void pvpmu_unmap(void)
 
 static int __init pvpmu_init(void)
 {
-	struct x86_pmu_capability cap;
 	int cpu, err;
 
 	if (!ring_pages || ring_pages > PVPMU_MAX_RING_PAGES ||
@@ -1462,7 +1490,7 @@ static int __init pvpmu_init(void)
 	if (err)
 		goto err_unmap;
 
-	pvpmu.have_kvmclock = pvclock_get_pvti_cpu0_va() != NULL;
+	pvpmu.have_kvmclock = !!pvclock_get_pvti_cpu0_va();
 	if (!pvpmu.have_kvmclock)
 		pr_warn("kvm-clock is not in use: clock_offset stays 0 and sample times will not match the guest's perf clock\n");
 
@@ -1497,16 +1525,6 @@ static int __init pvpmu_init(void)
 		goto err_teardown;
 	}
 
-	/*
-	 * Without a CPU PMU (the usual case in these guests) we take
-	 * perf_hw_context: per-task events, and the perf core rotates events
-	 * when more than one wants our single slot. If a CPU PMU owns it, a
-	 * second hw-context PMU would be refused (WARN, no task events), so
-	 * fall back to the software context, where the core does not rotate.
-	 */
-	perf_get_x86_pmu_capability(&cap);
-	pvpmu_pmu.task_ctx_nr = cap.num_counters_gp ? perf_sw_context :
-						      perf_hw_context;
 	if (pvpmu.features & PVPMU_F_AUX) {
 		pvpmu_pmu.setup_aux = pvpmu_setup_aux;
 		pvpmu_pmu.free_aux = pvpmu_free_aux;
@@ -1520,14 +1538,12 @@ static int __init pvpmu_init(void)
 	}
 	pvpmu.registered = true;
 
-	pr_info("MMIO %#lx, IRQ %d, features %#x%s%s, %u vCPUs, max %u Hz, sample types %#llx; %u CPU(s) ready, %u-page rings, %s context, pmu type %d\n",
+	pr_info("MMIO %#lx, IRQ %d, features %#x%s%s, %u vCPUs, max %u Hz, sample types %#llx; %u CPU(s) ready, %u-page rings, pmu type %d\n",
 		base, pvpmu.irq, pvpmu.features,
 		pvpmu.features & PVPMU_F_SAMPLING ? " sampling" : "",
 		pvpmu.features & PVPMU_F_AUX ? " aux" : "",
 		pvpmu.nr_vcpus, pvpmu.max_freq, pvpmu.sample_types,
-		cpumask_weight(&pvpmu.ready), ring_pages,
-		pvpmu_pmu.task_ctx_nr == perf_hw_context ? "hw" : "sw",
-		pvpmu_pmu.type);
+		cpumask_weight(&pvpmu.ready), ring_pages, pvpmu_pmu.type);
 	return 0;
 
 err_teardown:

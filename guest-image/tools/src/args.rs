@@ -24,6 +24,8 @@ symbols.
   --top N               symbols to list (default 10)
   --pmu NAME            PMU name under /sys/bus/event_source/devices
                         (default pvpmu; 'software' tests the tool without it)
+  -v, --verbose         log every PERF_RECORD_AUX and LOST, trace errors,
+                        and each ring's final heads and tails, to stderr
   -h, --help            this text
 
 Exit status: 0 OK; 1 checker violations, trace decode errors or samples on
@@ -55,6 +57,8 @@ pub struct Options {
     pub top: usize,
     /// `--pmu`.
     pub pmu: String,
+    /// `-v`.
+    pub verbose: bool,
     /// The workload.
     pub command: Vec<String>,
 }
@@ -73,6 +77,7 @@ impl Default for Options {
             slow_consumer_ms: 0,
             top: 10,
             pmu: "pvpmu".to_string(),
+            verbose: false,
             command: Vec::new(),
         }
     }
@@ -152,6 +157,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
             "-h" | "--help" => return Ok(Parsed::Help),
             "-a" | "--all-cpus" => o.all_cpus = true,
             "-g" | "--callchain" => o.callchain = true,
+            "-v" | "--verbose" => o.verbose = true,
             "--no-aux" => o.no_aux = true,
             "--duration" => {
                 let d: f64 = num(&name, &value(&name)?)?;
@@ -236,10 +242,11 @@ mod tests {
             "3",
             "--pmu",
             "software",
+            "-v",
         ]);
         assert_eq!(o.duration, Some(2.0));
         assert_eq!(o.freq, 4000);
-        assert!(o.callchain && o.no_aux);
+        assert!(o.callchain && o.no_aux && o.verbose);
         assert_eq!(
             (o.data_pages, o.aux_pages, o.slow_consumer_ms, o.top),
             (8, 16, 50, 3)

@@ -59,6 +59,9 @@ pub struct Report {
     pub aux_gaps: u64,
     /// PERF_RECORD_AUX with a size larger than the AUX area.
     pub aux_bad: u64,
+    /// Times an event was re-enabled after a TRUNCATED AUX record (the
+    /// perf core disables it when the AUX area fills).
+    pub reenables: u64,
 
     /// Protocol violations the perf_ring checker found (after excusing
     /// `aux_gaps_after_lost`).
@@ -260,6 +263,7 @@ impl Report {
         kv("aux_gaps_after_lost", &self.aux_gaps_after_lost);
         kv("cpu_mismatch", &self.cpu_mismatch);
         kv("ring_skips", &self.ring_skips);
+        kv("reenables", &self.reenables);
         s.truncate(s.trim_end().len());
         s
     }
@@ -328,13 +332,14 @@ impl Report {
         }
         let _ = writeln!(
             o,
-            "  aux: {} bytes in {} PERF_RECORD_AUX ({} truncated, {} partial, {} collision, {} gap(s))",
+            "  aux: {} bytes in {} PERF_RECORD_AUX ({} truncated, {} partial, {} collision, {} gap(s)), {} re-enable(s)",
             self.aux_bytes,
             self.aux_records,
             self.aux_truncated,
             self.aux_partial,
             self.aux_collision,
-            self.aux_gaps
+            self.aux_gaps,
+            self.reenables
         );
         let _ = writeln!(
             o,
@@ -363,9 +368,23 @@ impl Report {
             );
         }
         if !self.stats.is_empty() {
-            let _ = writeln!(o, "  host stats (last value per vCPU):");
+            let _ = writeln!(o, "  host stats (last STATS per vCPU, nonzero only):");
+            let mut line = String::new();
+            let mut cur = None;
             for ((vcpu, name), v) in &self.stats {
-                let _ = writeln!(o, "    vcpu{vcpu} {name} = {v}");
+                if cur != Some(*vcpu) {
+                    if !line.is_empty() {
+                        let _ = writeln!(o, "{line}");
+                    }
+                    line = format!("    vcpu{vcpu}:");
+                    cur = Some(*vcpu);
+                }
+                if *v != 0 {
+                    let _ = write!(line, " {name}={v}");
+                }
+            }
+            if !line.is_empty() {
+                let _ = writeln!(o, "{line}");
             }
         }
         if let Some(w) = &self.workload_status {
@@ -571,7 +590,7 @@ mod tests {
         assert!(f[0].contains("1 trace decode error"));
         let text = r.render(10);
         assert!(text.contains("exits: 3 (io_in 0, io_out 2, mmio_read 1, mmio_write 0, kick 0, other 0), mean host handling 100 ns"), "{text}");
-        assert!(text.contains("vcpu1 kicks = 77"));
+        assert!(text.contains("    vcpu1: kicks=77\n"), "{text}");
     }
 
     #[test]

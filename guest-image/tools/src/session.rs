@@ -96,6 +96,11 @@ pub struct Reader {
     corrupt: u64,
     first_corrupt: Option<String>,
     aux_buf: Vec<u8>,
+    /// Log AUX and LOST records and trace errors to stderr.
+    pub verbose: bool,
+    /// A TRUNCATED PERF_RECORD_AUX was read: the perf core disabled the
+    /// event (perf_aux_output_end); re-enable it now that the space is free.
+    truncated: bool,
 }
 
 /// One event, its mappings and its reader. Field order is drop order: the
@@ -179,8 +184,10 @@ impl Ring {
         .map_err(|e| SetupError(format!("ring layout on cpu {cpu}: {e}")))?;
         let format = SampleFormat::new(attr.sample_type, attr.read_format, true)
             .map_err(|e| SetupError(e.to_string()))?;
+        let mut reader = Reader::new(pages, cpu, id, format);
+        reader.verbose = o.verbose;
         Ok(Ring {
-            reader: Reader::new(pages, cpu, id, format),
+            reader,
             _aux: aux,
             _data: data,
             fd,
@@ -217,7 +224,14 @@ impl Reader {
             corrupt: 0,
             first_corrupt: None,
             aux_buf: Vec::new(),
+            verbose: false,
+            truncated: false,
         }
+    }
+
+    /// Whether a TRUNCATED AUX record was read since the last call.
+    pub fn take_truncated(&mut self) -> bool {
+        std::mem::take(&mut self.truncated)
     }
 
     /// Reads everything published and the AUX bytes it names into `r`.
@@ -275,6 +289,9 @@ impl Reader {
                     r.on_sample_symbol(leaf, stack);
                 }
                 Body::Lost { lost, .. } => {
+                    if self.verbose {
+                        eprintln!("pvpmu-tool: cpu{} PERF_RECORD_LOST lost={lost}", self.cpu);
+                    }
                     r.lost += lost;
                     r.per_cpu.entry(self.cpu).or_default().1 += lost;
                     self.lost_since_aux = true;
@@ -299,7 +316,20 @@ impl Reader {
     }
 
     fn on_aux(&mut self, r: &mut Report, offset: u64, size: u64, flags: u64) {
+        if self.verbose {
+            eprintln!(
+                "pvpmu-tool: cpu{} PERF_RECORD_AUX offset={offset:#x} size={size} flags={flags:#x}{}",
+                self.cpu,
+                match self.aux_next {
+                    Some(n) if n != offset => format!(" (expected offset {n:#x})"),
+                    _ => String::new(),
+                }
+            );
+        }
         r.on_aux_record(size, flags);
+        if flags & aux_flag::TRUNCATED != 0 {
+            self.truncated = true;
+        }
         // The checker wants AUX records to tile the area; one lost with the
         // data ring full leaves a forward gap. Same rule as the checker, so
         // the two counts match record for record.
@@ -344,6 +374,20 @@ impl Reader {
     /// folds the checker's findings into `r` (violations minus the excused
     /// AUX gaps).
     pub fn finish(&mut self, r: &mut Report) {
+        if self.verbose {
+            let p = self.consumer.memory().pages();
+            eprintln!(
+                "pvpmu-tool: cpu{} end: data_head={:#x} data_tail={:#x} aux_head={:#x} aux_tail={:#x}; trace stream {} bytes, {} records, {} pending",
+                self.cpu,
+                p.load(CtrlField::DataHead, Ordering::Acquire),
+                p.load(CtrlField::DataTail, Ordering::Relaxed),
+                p.load(CtrlField::AuxHead, Ordering::Acquire),
+                p.load(CtrlField::AuxTail, Ordering::Relaxed),
+                self.trace.stats().bytes,
+                self.trace.stats().records,
+                self.trace.pending()
+            );
+        }
         if let Some(e) = self.trace.finish() {
             let names = &mut self.names;
             r.on_trace(Err(e), names);
@@ -589,6 +633,17 @@ pub fn run(o: &Options) -> Result<Report, SetupError> {
         }
         for r in &mut rings {
             r.reader.drain(&mut report, &mut sym, check_cpu);
+            // A full AUX area disabled the event (TRUNCATED); the reader
+            // has freed the space, so sampling resumes.
+            if r.reader.take_truncated() {
+                match perf::enable(&r.fd) {
+                    Ok(()) => report.reenables += 1,
+                    Err(e) => report.notes.push(format!(
+                        "re-enable after TRUNCATED on cpu {}: {e}",
+                        r.reader.cpu
+                    )),
+                }
+            }
         }
         if o.slow_consumer_ms > 0 {
             std::thread::sleep(Duration::from_millis(o.slow_consumer_ms));
