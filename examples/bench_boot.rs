@@ -82,7 +82,11 @@ fn measure(mut cmd: Command) -> Measured {
     let (rss_kib, guest_kib) = smaps(pid);
     let _ = child.kill();
     let _ = child.wait();
-    Measured { to_init: to_init.expect("the guest reached /init"), rss_kib, guest_kib }
+    Measured {
+        to_init: to_init.expect("the guest reached /init"),
+        rss_kib,
+        guest_kib,
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -97,19 +101,46 @@ fn inner(iterations: usize) {
     let pv = |kernel: &str| {
         let mut c = Command::new(&perfvisor);
         c.args(["run", "--kvm", "host", "--memory", &format!("{GUEST_MIB}M")]);
-        c.arg("--kernel").arg(img.join(kernel)).arg("--initrd").arg(img.join("initramfs.cpio"));
+        c.arg("--kernel")
+            .arg(img.join(kernel))
+            .arg("--initrd")
+            .arg(img.join("initramfs.cpio"));
         c.args(["--", "sleep 30"]);
         c
     };
     let qm = || {
         let mut c = Command::new(&qemu);
-        c.args(["-accel", "kvm", "-cpu", "host", "-m", &GUEST_MIB.to_string(), "-smp", "1"]);
-        c.args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot"]);
-        c.arg("-kernel").arg(img.join("bzImage")).arg("-initrd").arg(img.join("initramfs.cpio"));
+        c.args([
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-m",
+            &GUEST_MIB.to_string(),
+            "-smp",
+            "1",
+        ]);
+        c.args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+        ]);
+        c.arg("-kernel")
+            .arg(img.join("bzImage"))
+            .arg("-initrd")
+            .arg(img.join("initramfs.cpio"));
         c.args(["-append", &format!("{CMDLINE} -- sleep 30")]);
         c
     };
-    let names = ["perfvisor (vmlinux)", "perfvisor (bzImage)", "qemu -accel kvm (bzImage)"];
+    let names = [
+        "perfvisor (vmlinux)",
+        "perfvisor (bzImage)",
+        "qemu -accel kvm (bzImage)",
+    ];
     let mut results: Vec<Vec<Measured>> = vec![Vec::new(), Vec::new(), Vec::new()];
     for i in 0..iterations {
         for (k, r) in results.iter_mut().enumerate() {
@@ -155,15 +186,26 @@ fn inner(iterations: usize) {
 }
 
 fn main() {
-    let iterations: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let iterations: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5);
     if std::env::var_os("PERFVISOR_BENCH_INNER").is_some() {
         return inner(iterations);
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let img = std::env::var_os("PERFVISOR_GUEST_IMAGE").map(PathBuf::from).unwrap_or_else(|| root.join("build/guest-image"));
+    let img = std::env::var_os("PERFVISOR_GUEST_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("build/guest-image"));
     let perfvisor = root.join("target/release/perfvisor");
-    assert!(perfvisor.exists(), "build perfvisor first: cargo build --release");
-    let probe = Command::new(&perfvisor).arg("probe").output().expect("perfvisor probe");
+    assert!(
+        perfvisor.exists(),
+        "build perfvisor first: cargo build --release"
+    );
+    let probe = Command::new(&perfvisor)
+        .arg("probe")
+        .output()
+        .expect("perfvisor probe");
     if probe.status.success() {
         // This host's KVM is capable: measure here.
         std::env::set_var("PERFVISOR_GUEST_IMAGE", &img);
@@ -192,6 +234,8 @@ fn main() {
         .unwrap_or_else(|e| panic!("{e}"))
         .memory_mib(2048)
         .timeout(Duration::from_secs(1800));
-    let out = sb.run(&job, &mut |l| println!("{l}")).unwrap_or_else(|e| panic!("{e}"));
+    let out = sb
+        .run(&job, &mut |l| println!("{l}"))
+        .unwrap_or_else(|e| panic!("{e}"));
     std::process::exit(out.status);
 }

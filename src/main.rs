@@ -335,7 +335,10 @@ fn run_in_sandbox(args: &RunArgs) -> Result<ExitCode, CliError> {
     // The inner perfvisor logs at the level this one does.
     let level = log::max_level().to_string().to_lowercase();
     let mut job = sandbox::Job::new(argv)
-        .env("PERFVISOR_LOG", &std::env::var("PERFVISOR_LOG").unwrap_or(level))
+        .env(
+            "PERFVISOR_LOG",
+            &std::env::var("PERFVISOR_LOG").unwrap_or(level),
+        )
         .binary(&exe, "/perfvisor/perfvisor")
         .file(&kernel, "/perfvisor/kernel");
     if let Some(i) = &initrd {

@@ -655,3 +655,39 @@ fn exit_trace_records_decode_from_the_aux_pages() {
     assert_eq!(c.aux_exits, [0, 1, 1, 0, 1, 0]);
     assert_eq!(c.aux_bytes, written);
 }
+
+#[test]
+fn idle_task_in_the_kernel_image_and_throttling() {
+    let mut r = rig(1);
+    r.setup();
+    // init_task is in the kernel image mapping: kimage_virt/kimage_phys.
+    const KIMAGE_VIRT: u64 = 0xffff_ffff_8000_0000;
+    r.w64(STATE + guest::KIMAGE_VIRT, KIMAGE_VIRT);
+    r.w64(STATE + guest::KIMAGE_PHYS, 0);
+    r.w64(CURRENT_TASK, KIMAGE_VIRT + 0x60000);
+    r.w32(0x60000 + 0x10, 0);
+    r.w32(0x60000 + 0x14, 0);
+    let before = r.dev.counters().err_state;
+    assert_eq!(
+        r.dev.record_sample(0, &hs(1, false, 1)),
+        SampleResult::Written
+    );
+    assert_eq!(
+        r.dev.counters().err_state,
+        before,
+        "the idle task resolves without an error"
+    );
+    // Throttled: nothing due, nothing lost.
+    r.w32(STATE + guest::THROTTLED, 1);
+    assert_eq!(r.dev.wanted_interval(0), None);
+    assert_eq!(
+        r.dev.record_sample(0, &hs(1, false, 2)),
+        SampleResult::Filtered
+    );
+    r.w32(STATE + guest::THROTTLED, 0);
+    assert_eq!(
+        r.dev.record_sample(0, &hs(1, false, 3)),
+        SampleResult::Written
+    );
+    assert_eq!(r.dev.counters().lost, 0);
+}

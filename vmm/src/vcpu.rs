@@ -357,9 +357,16 @@ impl Vcpu {
             let mut counts: Vec<_> = self.exit_counts.iter().collect();
             counts.sort_by(|a, b| b.1.cmp(a.1));
             let total: u64 = counts.iter().map(|c| *c.1).sum();
-            let top: Vec<String> =
-                counts.iter().take(8).map(|((k, a), n)| format!("{k:?}@0x{a:x}={n}")).collect();
-            log::info!("vCPU {}: {total} exits to the VMM; most frequent: {}", self.index, top.join(" "));
+            let top: Vec<String> = counts
+                .iter()
+                .take(8)
+                .map(|((k, a), n)| format!("{k:?}@0x{a:x}={n}"))
+                .collect();
+            log::info!(
+                "vCPU {}: {total} exits to the VMM; most frequent: {}",
+                self.index,
+                top.join(" ")
+            );
         }
         KVM_RUN.with(|r| r.set(null_mut()));
         *self.handle.thread.lock().unwrap_or_else(|e| e.into_inner()) = None;

@@ -227,7 +227,8 @@ pub(crate) fn create_memory(size: u64) -> Result<GuestMemoryMmap> {
         .into_iter()
         .map(|(s, l)| (GuestAddress(s), l as usize))
         .collect();
-    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|source| VmError::Memory { size, source })?;
+    let mem =
+        GuestMemoryMmap::from_ranges(&ranges).map_err(|source| VmError::Memory { size, source })?;
     // Back guest RAM with transparent huge pages where the host allows it:
     // KVM then maps it with 2 MiB pages, and a guest touching its memory
     // (kernel decompression, initramfs unpacking) takes 512x fewer

@@ -169,6 +169,11 @@ pub struct Checker {
     last_seq: Option<u64>,
     attached_lost: u64,
     aux_next: Option<u64>,
+    /// A PERF_RECORD_LOST came after the last PERF_RECORD_AUX: the kernel
+    /// may have dropped AUX records with it (perf_aux_output_end's record
+    /// goes through the data ring like any other), so the next AUX offset
+    /// may jump forward.
+    lost_since_aux: bool,
     aux_head: Option<u64>,
     violations: u64,
     keep_going: bool,
@@ -190,6 +195,7 @@ impl Checker {
             last_seq: None,
             attached_lost: 0,
             aux_next: None,
+            lost_since_aux: false,
             aux_head: None,
             violations: 0,
             keep_going: false,
@@ -332,6 +338,7 @@ impl Checker {
                 self.lost_total += lost;
                 self.lost_since_sample += lost;
                 self.last_lost_pos = Some(pos);
+                self.lost_since_aux = true;
             }
             Body::Sample(s) => {
                 self.records += 1;
@@ -426,7 +433,8 @@ impl Checker {
         if flags & aux_flag::OVERWRITE == 0 {
             // Normal mode: records tile the AUX area in order.
             if let Some(next) = self.aux_next {
-                if offset != next {
+                let forward = (offset.wrapping_sub(next) as i64) > 0;
+                if offset != next && !(forward && self.lost_since_aux) {
                     self.fail(Violation::BadAux {
                         pos,
                         why: "offset is not where the previous record ended",
@@ -434,6 +442,7 @@ impl Checker {
                 }
             }
             self.aux_next = Some(offset.wrapping_add(size));
+            self.lost_since_aux = false;
         } else if let Some(next) = self.aux_next {
             if (offset.wrapping_sub(next) as i64) < 0 {
                 self.fail(Violation::BadAux {
@@ -506,5 +515,69 @@ impl Checker {
             })?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::perf_ring::{Event, SampleId};
+
+    fn rec(ev: Event<'_>, fmt: &SampleFormat) -> Vec<u8> {
+        let mut v = Vec::new();
+        ev.encode(fmt, &SampleId::default(), &mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn aux_gap_is_allowed_only_after_a_lost_record() {
+        let fmt = SampleFormat::new(0, 0, false).unwrap();
+        let cfg = CheckerConfig {
+            format: fmt,
+            data_size: 4096,
+            mode: ReadMode::Forward,
+            known_ids: vec![],
+            strict_types: false,
+            ip_is_sequence: false,
+        };
+        let aux = |offset, size| {
+            rec(
+                Event::Aux {
+                    offset,
+                    size,
+                    flags: 0,
+                },
+                &fmt,
+            )
+        };
+        let lost = rec(Event::Lost { id: 0, lost: 1 }, &fmt);
+        let mut c = Checker::new(cfg.clone());
+        let mut pos = 0;
+        for r in [
+            aux(0, 64),
+            aux(64, 64),
+            lost.clone(),
+            aux(4096, 8),
+            aux(4104, 8),
+        ] {
+            c.on_record(pos, &r).unwrap();
+            pos += r.len() as u64;
+        }
+        assert_eq!(c.violations(), 0);
+        // Without a LOST in between, a gap is a violation; backwards always is.
+        let mut c = Checker::new(cfg.clone()).keep_going(true);
+        let mut pos = 0;
+        for r in [aux(0, 64), aux(128, 64)] {
+            let _ = c.on_record(pos, &r);
+            pos += r.len() as u64;
+        }
+        assert_eq!(c.violations(), 1);
+        let mut c = Checker::new(cfg).keep_going(true);
+        let mut pos = 0;
+        for r in [aux(128, 64), lost, aux(0, 64)] {
+            let _ = c.on_record(pos, &r);
+            pos += r.len() as u64;
+        }
+        assert_eq!(c.violations(), 1);
     }
 }

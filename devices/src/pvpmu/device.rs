@@ -693,7 +693,7 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
             return None;
         }
         let ev = state.event(mem)?;
-        Some(self.interval_ns(&ev))
+        (!ev.throttled).then(|| self.interval_ns(&ev))
     }
 
     fn min_interval_ns(&self) -> u64 {
@@ -717,7 +717,13 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
             return None;
         }
         let task: u64 = mem.read_obj(GuestAddress(ev.current_task_gpa)).ok()?;
-        let gpa = task.checked_sub(ev.page_offset)?;
+        // CPU 0's idle task (init_task) lives in the kernel image mapping;
+        // every other task_struct is in the direct map.
+        let gpa = if ev.kimage_virt != 0 && task >= ev.kimage_virt {
+            (task - ev.kimage_virt).checked_add(ev.kimage_phys)?
+        } else {
+            task.checked_sub(ev.page_offset)?
+        };
         let pid: u32 = mem
             .read_obj(GuestAddress(gpa.checked_add(u64::from(ev.task_pid_off))?))
             .ok()?;
@@ -745,7 +751,10 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
         let Some(ev) = state.event(mem) else {
             return self.bad_state(&mut slot, "state page unreadable");
         };
-        if (s.user && ev.flags & flags::EXCLUDE_USER != 0)
+        // While the driver throttles the event no samples are due (they
+        // are not lost either).
+        if ev.throttled
+            || (s.user && ev.flags & flags::EXCLUDE_USER != 0)
             || (!s.user && ev.flags & flags::EXCLUDE_KERNEL != 0)
         {
             return SampleResult::Filtered;
@@ -974,6 +983,9 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
         // handle with it even when the host has not ended the session.
         state.set(mem, host::AUX_WRITTEN, slot.aux.written, Ordering::Relaxed);
         state.set(mem, host::AUX_FLAGS, slot.aux.flags, Ordering::Relaxed);
+        // The tag says which session the totals belong to; the driver pairs
+        // it with an acquire load in pmu->stop.
+        state.set(mem, host::AUX_WRITTEN_SEQ, slot.aux.seq, Ordering::Release);
         self.inner
             .counters
             .aux_bytes
@@ -1181,6 +1193,7 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
         let mem = &*self.inner.mem;
         state.set(mem, host::AUX_WRITTEN, slot.aux.written, Ordering::Relaxed);
         state.set(mem, host::AUX_FLAGS, slot.aux.flags, Ordering::Relaxed);
+        state.set(mem, host::AUX_WRITTEN_SEQ, slot.aux.seq, Ordering::Release);
         state.set(mem, host::AUX_DONE_SEQ, slot.aux.seq, Ordering::Release);
         slot.aux.open = false;
         self.interrupt(slot, state);

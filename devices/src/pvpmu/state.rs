@@ -27,6 +27,9 @@ pub mod guest {
     pub const PAGE_OFFSET: u64 = 0x058;
     pub const TASK_PID_OFF: u64 = 0x060;
     pub const TASK_TGID_OFF: u64 = 0x064;
+    pub const THROTTLED: u64 = 0x068;
+    pub const KIMAGE_VIRT: u64 = 0x070;
+    pub const KIMAGE_PHYS: u64 = 0x078;
     pub const AUX_SEQ: u64 = 0x100;
     pub const AUX_BUF: u64 = 0x108;
     pub const AUX_HEAD: u64 = 0x110;
@@ -42,6 +45,7 @@ pub mod host {
     pub const AUX_DONE_SEQ: u64 = 0x818;
     pub const AUX_WRITTEN: u64 = 0x820;
     pub const AUX_FLAGS: u64 = 0x828;
+    pub const AUX_WRITTEN_SEQ: u64 = 0x830;
 }
 
 /// FLAGS bits.
@@ -68,6 +72,9 @@ pub struct EventView {
     pub page_offset: u64,
     pub task_pid_off: u32,
     pub task_tgid_off: u32,
+    pub throttled: bool,
+    pub kimage_virt: u64,
+    pub kimage_phys: u64,
 }
 
 /// The guest's AUX session fields.
@@ -122,6 +129,9 @@ impl StatePage {
             page_offset: self.u64(mem, guest::PAGE_OFFSET)?,
             task_pid_off: self.u32(mem, guest::TASK_PID_OFF)?,
             task_tgid_off: self.u32(mem, guest::TASK_TGID_OFF)?,
+            throttled: self.u32(mem, guest::THROTTLED)? != 0,
+            kimage_virt: self.u64(mem, guest::KIMAGE_VIRT)?,
+            kimage_phys: self.u64(mem, guest::KIMAGE_PHYS)?,
         })
     }
 
