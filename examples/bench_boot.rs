@@ -35,14 +35,18 @@ struct Measured {
     to_init: Duration,
     rss_kib: u64,
     guest_kib: u64,
+    /// Largest mappings besides guest RAM (KiB, name).
+    others: Vec<(u64, String)>,
 }
 
-/// Sum Rss over all mappings, and over the guest RAM mapping (the anonymous
-/// mapping of exactly the guest's size).
-fn smaps(pid: u32) -> (u64, u64) {
+/// Rss of all mappings, of the guest RAM mapping (the anonymous mapping of
+/// exactly the guest's size), and the largest other mappings.
+fn smaps(pid: u32) -> (u64, u64, Vec<(u64, String)>) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
     let (mut total, mut guest) = (0u64, 0u64);
     let mut in_guest = false;
+    let mut name = String::new();
+    let mut others = Vec::new();
     for line in text.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
         if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
@@ -50,15 +54,24 @@ fn smaps(pid: u32) -> (u64, u64) {
             let lo = u64::from_str_radix(it.next().unwrap_or("0"), 16).unwrap_or(0);
             let hi = u64::from_str_radix(it.next().unwrap_or("0"), 16).unwrap_or(0);
             in_guest = hi - lo == GUEST_MIB << 20;
+            name = line
+                .split_whitespace()
+                .nth(5)
+                .unwrap_or("[anon]")
+                .to_string();
         } else if let Some(v) = line.strip_prefix("Rss:") {
             let kib: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
             total += kib;
             if in_guest {
                 guest += kib;
+            } else if kib > 0 {
+                others.push((kib, name.clone()));
             }
         }
     }
-    (total, guest)
+    others.sort_by_key(|o| std::cmp::Reverse(o.0));
+    others.truncate(8);
+    (total, guest, others)
 }
 
 fn measure(mut cmd: Command) -> Measured {
@@ -79,13 +92,14 @@ fn measure(mut cmd: Command) -> Measured {
         }
     }
     std::thread::sleep(Duration::from_secs(1));
-    let (rss_kib, guest_kib) = smaps(pid);
+    let (rss_kib, guest_kib, others) = smaps(pid);
     let _ = child.kill();
     let _ = child.wait();
     Measured {
         to_init: to_init.expect("the guest reached /init"),
         rss_kib,
         guest_kib,
+        others,
     }
 }
 
@@ -161,6 +175,10 @@ fn inner(iterations: usize) {
         }
     }
     let med = |r: &[Measured], f: &dyn Fn(&Measured) -> f64| median(r.iter().map(f).collect());
+    println!("\nwhere perfvisor's own RSS goes (first iteration, vmlinux):");
+    for (kib, name) in &results[0][0].others {
+        println!("  {kib:>6} KiB  {name}");
+    }
     println!("\nmedians over {iterations} iterations (same L1, same kernel and initramfs):");
     let t_q = med(&results[2], &|m| m.to_init.as_secs_f64() * 1e3);
     for (k, r) in results.iter().enumerate() {

@@ -233,10 +233,9 @@ fn run_host(args: &RunArgs) -> Result<ExitCode, CliError> {
         }),
     };
     let vm = Vm::new(config, Box::new(std::io::stdout()))?;
-    let pvpmu = vm.pvpmu().cloned();
-    let outcome = vm.run()?;
-    if let Some(dev) = pvpmu {
-        let c = dev.counters();
+    let report = vm.run()?;
+    let outcome = report.outcome;
+    if let Some(c) = report.pvpmu {
         let errors = c.err_commands + c.err_pages + c.err_tails + c.err_state;
         if c.samples + c.lost + c.aux_bytes + errors > 0 {
             eprintln!(

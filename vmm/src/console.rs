@@ -33,6 +33,7 @@ pub fn sink(out: Box<dyn Write + Send>, exit: Arc<ExitState>) -> ConsoleSink {
             // no-op if the VM already ended.
             let _ = std::thread::Builder::new()
                 .name("panic-grace".into())
+                .stack_size(crate::THREAD_STACK)
                 .spawn(move || {
                     std::thread::sleep(PANIC_GRACE);
                     exit.request(VmOutcome::Halt);

@@ -15,6 +15,7 @@ pub mod console;
 pub mod exit;
 pub mod host_timer;
 pub mod kvm_stats;
+pub mod memory;
 pub mod payload;
 pub mod probe;
 pub mod sampler;
@@ -22,4 +23,9 @@ pub mod vcpu;
 pub mod vm;
 
 pub use exit::VmOutcome;
+
+/// Stack size of perfvisor's own threads. Small on purpose: below 2 MiB a
+/// stack can never be backed by a transparent huge page, which on hosts with
+/// THP "always" would otherwise add 2 MiB of RSS per thread.
+pub const THREAD_STACK: usize = 256 << 10;
 pub use vm::{Vm, VmConfig, VmError};

@@ -23,8 +23,9 @@ use devices::legacy::{DebugExit, DEBUG_EXIT_PORT};
 
 use crate::arch::regs::{gdt_entry, segment_from_gdt};
 use crate::exit::{ExitState, VmOutcome};
+use crate::memory::GuestRam;
 use crate::vcpu::{Vcpu, VcpuHandle, VcpuHook};
-use crate::vm::{create_memory, create_vm, open_kvm, VmError};
+use crate::vm::{create_vm, open_kvm, VmError};
 
 /// Where the user-mode code is loaded and entered.
 pub const USER_CODE: u64 = 0x1000;
@@ -49,7 +50,7 @@ pub struct PayloadVm {
     thread: Option<JoinHandle<()>>,
     // Dropped after the vCPU thread is joined.
     _vm: VmFd,
-    mem: GuestMemoryMmap,
+    ram: GuestRam,
 }
 
 fn write_guest(
@@ -141,7 +142,8 @@ impl PayloadVm {
             )));
         }
         let kvm = open_kvm()?;
-        let mem = create_memory(crate::vm::MIN_MEM_SIZE)?;
+        let ram = GuestRam::new(crate::vm::MIN_MEM_SIZE)?;
+        let mem = ram.memory().clone();
         let vm = create_vm(&kvm, &mem)?;
         write_guest(&mem, user, kernel)
             .map_err(|e| VmError::EventLoop(format!("writing the payload: {e}")))?;
@@ -177,13 +179,13 @@ impl PayloadVm {
             exit,
             thread: None,
             _vm: vm,
-            mem,
+            ram,
         })
     }
 
     /// The payload's guest memory (e.g. to read results from [`DATA`]).
     pub fn memory(&self) -> &GuestMemoryMmap {
-        &self.mem
+        self.ram.memory()
     }
 
     /// Kick handle for the vCPU.

@@ -275,6 +275,7 @@ impl Sampler {
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("pvpmu-sampler".into())
+            .stack_size(crate::THREAD_STACK)
             .spawn(move || {
                 run(dev, vcpus, backend, clock, vm, exit, stop2);
             })?;

@@ -329,6 +329,7 @@ impl Vcpu {
         let index = self.index;
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
+            .stack_size(crate::THREAD_STACK)
             .spawn(move || self.thread_main())
             .map_err(|source| VcpuError::Spawn {
                 vcpu: index,

@@ -11,7 +11,7 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, Subscrib
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use thiserror::Error;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::terminal::Terminal;
@@ -27,6 +27,7 @@ use crate::arch::{cpuid, layout, mptable, regs};
 use crate::boot::{self, BootError, InitrdFile};
 use crate::console::{self, ConsoleInput, Serial};
 use crate::exit::{ExitState, VmOutcome};
+use crate::memory::GuestRam;
 use crate::sampler::{Backend, GuestClock, SampleHook, Sampler};
 use crate::vcpu::{Vcpu, VcpuError, VcpuHandle, VcpuHook};
 use devices::pvpmu::{self, Pvpmu, PvpmuConfig};
@@ -52,6 +53,15 @@ pub struct VmConfig {
     pub console_input: bool,
     /// The pvpmu device and its host sampler; None leaves the device out.
     pub pmu: Option<PmuOptions>,
+}
+
+/// How a VM run ended.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// Why the VM ended.
+    pub outcome: VmOutcome,
+    /// pvpmu's counters at the end, when the device was present.
+    pub pvpmu: Option<devices::pvpmu::CounterSnapshot>,
 }
 
 /// pvpmu settings.
@@ -218,31 +228,6 @@ pub(crate) fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd> {
     Ok(vm)
 }
 
-/// Allocate guest RAM split around the MMIO hole.
-pub(crate) fn create_memory(size: u64) -> Result<GuestMemoryMmap> {
-    if !(MIN_MEM_SIZE..=MAX_MEM_SIZE).contains(&size) {
-        return Err(VmError::MemorySize(size));
-    }
-    let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(size)
-        .into_iter()
-        .map(|(s, l)| (GuestAddress(s), l as usize))
-        .collect();
-    let mem =
-        GuestMemoryMmap::from_ranges(&ranges).map_err(|source| VmError::Memory { size, source })?;
-    // Back guest RAM with transparent huge pages where the host allows it:
-    // KVM then maps it with 2 MiB pages, and a guest touching its memory
-    // (kernel decompression, initramfs unpacking) takes 512x fewer
-    // second-level page faults. Purely advisory; failure changes nothing.
-    for region in mem.iter() {
-        if let Ok(host) = mem.get_host_address(region.start_addr()) {
-            // SAFETY: madvise on the region's own live mapping, with its
-            // exact length; MADV_HUGEPAGE does not change its contents.
-            unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
-        }
-    }
-    Ok(mem)
-}
-
 /// A VM ready to run.
 pub struct Vm {
     config: VmConfig,
@@ -257,7 +242,7 @@ pub struct Vm {
     mmio: Bus,
     pmu: Option<PmuState>,
     vm: Arc<VmFd>,
-    mem: Arc<GuestMemoryMmap>,
+    ram: GuestRam,
 }
 
 impl Vm {
@@ -272,7 +257,8 @@ impl Vm {
                 max,
             });
         }
-        let mem = Arc::new(create_memory(config.mem_size)?);
+        let guest_ram = GuestRam::new(config.mem_size)?;
+        let mem = guest_ram.memory().clone();
         let ram = layout::ram_ranges(config.mem_size);
         let vm = Arc::new(create_vm(&kvm, &mem)?);
         let cmdline = match config.pmu {
@@ -415,7 +401,7 @@ impl Vm {
             mmio,
             pmu,
             vm,
-            mem,
+            ram: guest_ram,
         })
     }
 
@@ -443,7 +429,7 @@ impl Vm {
 
     /// Guest memory, for devices that share pages with the guest.
     pub fn memory(&self) -> &GuestMemoryMmap {
-        &self.mem
+        self.ram.memory()
     }
 
     /// The MMIO bus, where devices such as pvpmu are inserted.
@@ -456,8 +442,9 @@ impl Vm {
         &self.vm
     }
 
-    /// Run the guest until it ends; returns how it ended.
-    pub fn run(mut self) -> Result<VmOutcome> {
+    /// Run the guest until it ends; returns how it ended and, with pvpmu,
+    /// the device's final counters.
+    pub fn run(mut self) -> Result<RunReport> {
         let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
             .map_err(|e| VmError::EventLoop(e.to_string()))?;
         let mut timer = TimerFd::new().map_err(|e| VmError::EventLoop(format!("timerfd: {e}")))?;
@@ -555,10 +542,12 @@ impl Vm {
             .unwrap_or_else(|e| e.into_inner())
             .writer_mut()
             .flush();
-        Ok(self
+        let outcome = self
             .exit
             .outcome()
-            .unwrap_or(VmOutcome::Error("VM stopped without a reason".into())))
+            .unwrap_or(VmOutcome::Error("VM stopped without a reason".into()));
+        let pvpmu = self.pmu.as_ref().map(|p| p.dev.counters());
+        Ok(RunReport { outcome, pvpmu })
     }
 }
 

@@ -3,7 +3,7 @@
 //! patched so `--cpus N` shows N single-threaded cores in one package.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::{Kvm, VcpuFd};
+use kvm_ioctls::{Cap, Kvm, VcpuFd};
 use thiserror::Error;
 
 /// Errors building or installing CPUID.
@@ -23,13 +23,32 @@ const LEAF_AMD_SIZE_IDS: u32 = 0x8000_0008;
 const LEAF_AMD_EXT_APIC_ID: u32 = 0x8000_001e;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
+/// The LAPIC's TSC-deadline mode. KVM emulates it with the in-kernel LAPIC
+/// but leaves it out of KVM_GET_SUPPORTED_CPUID; a VMM that checked
+/// KVM_CAP_TSC_DEADLINE_TIMER sets it (as QEMU and Firecracker do). Without
+/// it Linux calibrates the LAPIC timer against the PIT, which under nested
+/// virtualization fails ("APIC timer disabled due to verification
+/// failure") and leaves the guest on the PIT: every timer is port I/O.
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const EDX_HTT: u32 = 1 << 28;
 const CLFLUSH_LINE_8B: u32 = 8; // 64-byte lines in units of 8 bytes
 
-/// KVM's supported CPUID, read once per VM.
+/// KVM's supported CPUID, read once per VM, plus the features KVM emulates
+/// but reports only through capabilities (TSC-deadline timer).
 pub fn supported(kvm: &Kvm) -> Result<CpuId, CpuidError> {
-    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(CpuidError::Supported)
+    let mut cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(CpuidError::Supported)?;
+    if kvm.check_extension(Cap::TscDeadlineTimer) {
+        for e in cpuid
+            .as_mut_slice()
+            .iter_mut()
+            .filter(|e| e.function == LEAF_FEATURES)
+        {
+            e.ecx |= ECX_TSC_DEADLINE;
+        }
+    }
+    Ok(cpuid)
 }
 
 fn bits_for(n: u32) -> u32 {
