@@ -1,0 +1,500 @@
+//! Symbolization of guest addresses on the host: the guest kernel through its
+//! System.map (or a copy of the guest's /proc/kallsyms, or an unstripped
+//! vmlinux), guest user space through the ELF symbol tables of static, non-PIE
+//! guest binaries (their link-time addresses are their run-time addresses).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use object::elf;
+use object::read::elf::{FileHeader, ProgramHeader};
+use object::{Object, ObjectSection, ObjectSymbol, SectionKind, SymbolKind};
+
+use crate::error::{RecordError, Result};
+
+/// x86-64 kernel addresses are the upper half of the address space.
+pub const KERNEL_SPACE_START: u64 = 0xffff_8000_0000_0000;
+
+/// Without a size or a following symbol, an address this far past the last
+/// symbol still counts as inside it.
+const LAST_SYMBOL_SLACK: u64 = 1 << 16;
+
+/// A resolved address: the symbol's name and the address's offset into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Symbol<'a> {
+    pub name: &'a str,
+    pub offset: u64,
+}
+
+/// A sorted symbol table.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct SymbolTable {
+    /// Address of `_text` (else `_stext`), for a kernel: perf's reference
+    /// relocation symbol.
+    pub(crate) text_start: Option<u64>,
+    starts: Vec<u64>,
+    ends: Vec<u64>,
+    names: Vec<Box<str>>,
+}
+
+/// How good a name is among aliases at one address (lower is better), in the
+/// spirit of perf's choose_best_symbol(): global before weak before local,
+/// fewer leading underscores, shorter.
+fn alias_rank(binding: u8, name: &str) -> (u8, usize, usize) {
+    let underscores = name.bytes().take_while(|b| *b == b'_').count();
+    (binding, underscores, name.len())
+}
+
+struct Entry {
+    start: u64,
+    /// 0 = unknown (ends at the next boundary).
+    size: u64,
+    rank: (u8, usize, usize),
+    name: String,
+}
+
+impl SymbolTable {
+    /// `entries` are the named text symbols; `boundaries` are further
+    /// addresses where an unsized symbol must end (data symbols, section
+    /// ends).
+    fn build(mut entries: Vec<Entry>, mut boundaries: Vec<u64>) -> SymbolTable {
+        let text_start = ["_text", "_stext"]
+            .iter()
+            .find_map(|n| entries.iter().find(|e| e.name == *n).map(|e| e.start));
+        entries.sort_by(|a, b| a.start.cmp(&b.start).then(a.rank.cmp(&b.rank)));
+        entries.dedup_by_key(|e| e.start);
+        boundaries.extend(entries.iter().map(|e| e.start));
+        boundaries.sort_unstable();
+        boundaries.dedup();
+        let mut t = SymbolTable {
+            text_start,
+            ..SymbolTable::default()
+        };
+        for e in entries {
+            let end = if e.size != 0 {
+                e.start.saturating_add(e.size)
+            } else {
+                let i = boundaries.partition_point(|b| *b <= e.start);
+                match boundaries.get(i) {
+                    Some(next) => *next,
+                    None => e.start.saturating_add(LAST_SYMBOL_SLACK),
+                }
+            };
+            t.starts.push(e.start);
+            t.ends.push(end);
+            t.names.push(e.name.into_boxed_str());
+        }
+        t
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    pub(crate) fn lookup(&self, addr: u64) -> Option<Symbol<'_>> {
+        let i = self.starts.partition_point(|s| *s <= addr).checked_sub(1)?;
+        let start = *self.starts.get(i)?;
+        let end = *self.ends.get(i)?;
+        if addr >= end {
+            return None;
+        }
+        Some(Symbol {
+            name: self.names.get(i)?,
+            offset: addr - start,
+        })
+    }
+
+    /// kallsyms text ("ADDR t NAME" lines, ascending, `_text` first) for
+    /// perf.
+    pub(crate) fn to_kallsyms(&self) -> String {
+        let mut s = String::with_capacity(self.len() * 40);
+        if let Some(t) = self.text_start {
+            s.push_str(&format!("{t:016x} T _text\n"));
+        }
+        for (start, name) in self.starts.iter().zip(&self.names) {
+            s.push_str(&format!("{start:016x} t {name}\n"));
+        }
+        s
+    }
+}
+
+/// Parses System.map or /proc/kallsyms text: `ADDR TYPE NAME [\t[MODULE]]`.
+/// Text symbols (t, T, w, W) become entries; every other non-absolute symbol
+/// only bounds them.
+pub(crate) fn parse_kallsyms(path: &Path, text: &str) -> Result<SymbolTable> {
+    let mut entries = Vec::new();
+    let mut boundaries = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = || RecordError::BadSymbolMap {
+            path: path.to_path_buf(),
+            line: i + 1,
+            text: line.chars().take(80).collect(),
+        };
+        let mut it = line.split_whitespace();
+        let (Some(addr), Some(ty), Some(name)) = (it.next(), it.next(), it.next()) else {
+            return Err(bad());
+        };
+        let addr = u64::from_str_radix(addr, 16).map_err(|_| bad())?;
+        let ty = match ty.as_bytes() {
+            [c] => *c,
+            _ => return Err(bad()),
+        };
+        if matches!(ty, b'a' | b'A') || addr == 0 {
+            continue;
+        }
+        match ty {
+            b'T' | b't' | b'W' | b'w' => {
+                let binding = match ty {
+                    b'T' => 0,
+                    b'W' => 1,
+                    b'w' => 2,
+                    _ => 3,
+                };
+                // Module symbols of a kallsyms copy: keep the name, mark it.
+                let name = match it.next() {
+                    Some(m) if m.starts_with('[') => format!("{name} {m}"),
+                    _ => name.to_string(),
+                };
+                entries.push(Entry {
+                    start: addr,
+                    size: 0,
+                    rank: alias_rank(binding, &name),
+                    name,
+                });
+            }
+            _ => boundaries.push(addr),
+        }
+    }
+    if entries.is_empty() {
+        return Err(RecordError::NoSymbols {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(SymbolTable::build(entries, boundaries))
+}
+
+/// An executable segment of a static binary: where it is in the guest and in
+/// the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ExecSegment {
+    pub vaddr: u64,
+    pub memsz: u64,
+    pub offset: u64,
+}
+
+/// What an ELF file gives us: its function symbols and executable segments.
+pub(crate) struct ElfInfo {
+    pub table: SymbolTable,
+    pub exec_segments: Vec<ExecSegment>,
+    pub is_exec: bool,
+}
+
+fn demangle(name: &str) -> String {
+    match rustc_demangle::try_demangle(name) {
+        Ok(d) => format!("{d:#}"),
+        Err(_) => name.to_string(),
+    }
+}
+
+/// Reads an ELF file's symbol table (falling back to the dynamic one) and its
+/// executable PT_LOAD segments.
+pub(crate) fn read_elf(path: &Path, what: &'static str) -> Result<ElfInfo> {
+    let data = fs::read(path).map_err(|e| RecordError::read(what, path, e))?;
+    let bad = |reason: String| RecordError::BadElf {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = object::File::parse(&*data).map_err(|e| {
+        bad(format!(
+            "not an ELF file ({e}); pass the binary itself, not a script or a wrapper"
+        ))
+    })?;
+    let is_exec = matches!(file.kind(), object::ObjectKind::Executable);
+
+    let mut exec_segments = Vec::new();
+    if let Ok(hdr) = elf::FileHeader64::<object::Endianness>::parse(&*data) {
+        if let Ok(endian) = hdr.endian() {
+            if let Ok(phdrs) = hdr.program_headers(endian, &*data) {
+                for ph in phdrs {
+                    if ph.p_type(endian) == elf::PT_LOAD && ph.p_flags(endian) & elf::PF_X != 0 {
+                        exec_segments.push(ExecSegment {
+                            vaddr: ph.p_vaddr(endian),
+                            memsz: ph.p_memsz(endian),
+                            offset: ph.p_offset(endian),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    let mut boundaries: Vec<u64> = Vec::new();
+    for s in file.sections() {
+        if s.kind() == SectionKind::Text && s.size() > 0 {
+            boundaries.push(s.address().saturating_add(s.size()));
+        }
+    }
+    let mut entries: Vec<Entry> = Vec::new();
+    let collect = |syms: &mut dyn Iterator<Item = object::Symbol<'_, '_>>,
+                   entries: &mut Vec<Entry>,
+                   boundaries: &mut Vec<u64>| {
+        for sym in syms {
+            if !sym.is_definition() || sym.address() == 0 {
+                continue;
+            }
+            let Ok(name) = sym.name() else { continue };
+            if name.is_empty() {
+                continue;
+            }
+            // Functions, and labels in text sections (asm entry points such
+            // as entry_SYSCALL_64, and _text itself), like perf's
+            // elf_sym__is_function() / elf_sym__is_label().
+            let label_in_text = sym.kind() == SymbolKind::Label
+                && sym
+                    .section_index()
+                    .and_then(|i| file.section_by_index(i).ok())
+                    .is_some_and(|s| s.kind() == SectionKind::Text);
+            if sym.kind() == SymbolKind::Text || label_in_text {
+                let mut binding = if sym.is_weak() {
+                    1
+                } else if sym.is_global() {
+                    0
+                } else {
+                    3
+                };
+                if label_in_text {
+                    binding += 4;
+                }
+                let name = demangle(name);
+                entries.push(Entry {
+                    start: sym.address(),
+                    size: sym.size(),
+                    rank: alias_rank(binding, &name),
+                    name,
+                });
+            } else if matches!(sym.kind(), SymbolKind::Data | SymbolKind::Unknown) {
+                boundaries.push(sym.address());
+            }
+        }
+    };
+    collect(&mut file.symbols(), &mut entries, &mut boundaries);
+    if entries.is_empty() {
+        collect(&mut file.dynamic_symbols(), &mut entries, &mut boundaries);
+    }
+    if entries.is_empty() {
+        return Err(bad(
+            "has no function symbols (stripped?); pass the unstripped binary".to_string(),
+        ));
+    }
+    Ok(ElfInfo {
+        table: SymbolTable::build(entries, boundaries),
+        exec_segments,
+        is_exec,
+    })
+}
+
+/// The guest kernel's symbols from a System.map / kallsyms text file or from
+/// an ELF vmlinux (told apart by the ELF magic).
+pub(crate) fn read_kernel_symbols(path: &Path) -> Result<SymbolTable> {
+    let data = fs::read(path).map_err(|e| RecordError::read("guest kernel symbols", path, e))?;
+    if data.starts_with(b"\x7fELF") {
+        return Ok(read_elf(path, "guest vmlinux")?.table);
+    }
+    let text = String::from_utf8_lossy(&data);
+    parse_kallsyms(path, &text)
+}
+
+/// A static, non-PIE guest user binary: its host path, the guest process name
+/// it belongs to (None: any process), its symbols and executable segments.
+#[derive(Debug)]
+pub(crate) struct UserBinary {
+    pub path: PathBuf,
+    pub name: Option<String>,
+    pub table: SymbolTable,
+    pub exec_segments: Vec<ExecSegment>,
+}
+
+impl UserBinary {
+    pub(crate) fn load(path: &Path, name: Option<&str>) -> Result<UserBinary> {
+        let info = read_elf(path, "guest user binary")?;
+        if !info.is_exec {
+            return Err(RecordError::BadElf {
+                path: path.to_path_buf(),
+                reason: "is position-independent (ET_DYN: PIE or a shared library), so its guest \
+                         load address is unknown; build it static and non-PIE \
+                         (RUSTFLAGS='-C target-feature=+crt-static -C relocation-model=static', \
+                         or gcc -static -no-pie)"
+                    .to_string(),
+            });
+        }
+        if info.exec_segments.is_empty() {
+            return Err(RecordError::BadElf {
+                path: path.to_path_buf(),
+                reason: "has no executable PT_LOAD segment".to_string(),
+            });
+        }
+        Ok(UserBinary {
+            // perf opens the MMAP2's file name: make it absolute and clean.
+            path: fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+            name: name.map(str::to_string),
+            table: info.table,
+            exec_segments: info.exec_segments,
+        })
+    }
+
+    /// Whether this binary is the one a task called `comm` runs. Guest comms
+    /// are cut to 15 bytes (TASK_COMM_LEN - 1).
+    pub(crate) fn matches_comm(&self, comm: &str) -> bool {
+        match &self.name {
+            Some(name) => name == comm || (comm.len() == 15 && name.starts_with(comm)),
+            None => false,
+        }
+    }
+
+    pub(crate) fn contains(&self, ip: u64) -> bool {
+        self.exec_segments
+            .iter()
+            .any(|s| ip >= s.vaddr && ip - s.vaddr < s.memsz)
+    }
+}
+
+/// Index of the binary that a task `comm` runs: a binary named after it, else
+/// the first binary without a name.
+pub(crate) fn pick_binary(binaries: &[UserBinary], comm: Option<&str>) -> Option<usize> {
+    if let Some(comm) = comm {
+        if let Some(i) = binaries.iter().position(|b| b.matches_comm(comm)) {
+            return Some(i);
+        }
+    }
+    binaries.iter().position(|b| b.name.is_none())
+}
+
+/// Symbolizes guest addresses: kernel ones through the guest kernel's
+/// symbols, user ones through the binary the task runs.
+#[derive(Debug, Default)]
+pub struct Symbolizer {
+    kernel: Option<SymbolTable>,
+    kernel_source: Option<PathBuf>,
+    binaries: Vec<UserBinary>,
+}
+
+impl Symbolizer {
+    /// An empty symbolizer: everything is unknown until sources are added.
+    pub fn new() -> Symbolizer {
+        Symbolizer::default()
+    }
+
+    /// Everything `meta` names: the guest kernel's System.map (preferred) or
+    /// vmlinux, and the guest binaries.
+    pub fn from_meta(meta: &crate::RecordMeta) -> Result<Symbolizer> {
+        let mut s = Symbolizer::new();
+        if let Some(map) = &meta.guest_system_map {
+            s.set_kernel_symbols(map)?;
+        } else if let Some(vmlinux) = &meta.guest_vmlinux {
+            s.set_kernel_symbols(vmlinux)?;
+        }
+        for b in &meta.guest_binaries {
+            s.add_user_binary(&b.path, b.name.as_deref())?;
+        }
+        Ok(s)
+    }
+
+    /// The guest kernel's symbols: a System.map, a copy of the guest's
+    /// /proc/kallsyms, or an unstripped ELF vmlinux.
+    pub fn set_kernel_symbols(&mut self, path: impl AsRef<Path>) -> Result<&mut Self> {
+        let path = path.as_ref();
+        self.kernel = Some(read_kernel_symbols(path)?);
+        self.kernel_source = Some(path.to_path_buf());
+        Ok(self)
+    }
+
+    /// A static, non-PIE guest user binary (its host copy), for tasks whose
+    /// comm is `name` (None: for any task no named binary matches).
+    pub fn add_user_binary(
+        &mut self,
+        path: impl AsRef<Path>,
+        name: Option<&str>,
+    ) -> Result<&mut Self> {
+        self.binaries.push(UserBinary::load(path.as_ref(), name)?);
+        Ok(self)
+    }
+
+    /// Number of guest kernel symbols (0 without a kernel source).
+    pub fn kernel_symbol_count(&self) -> usize {
+        self.kernel.as_ref().map_or(0, SymbolTable::len)
+    }
+
+    /// The symbol containing guest address `ip`: a kernel symbol if `!user`,
+    /// else one of the binary that task `comm` runs.
+    pub fn symbolize(&self, ip: u64, user: bool, comm: Option<&str>) -> Option<Symbol<'_>> {
+        if !user {
+            return self.kernel.as_ref()?.lookup(ip);
+        }
+        if let Some(comm) = comm {
+            if let Some(b) = self.binaries.iter().find(|b| b.matches_comm(comm)) {
+                return b.table.lookup(ip);
+            }
+        }
+        self.binaries
+            .iter()
+            .filter(|b| b.name.is_none() && b.contains(ip))
+            .find_map(|b| b.table.lookup(ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAP: &str = "\
+0000000000000000 D __per_cpu_start
+ffffffff81000000 T _stext
+ffffffff81000000 T _text
+ffffffff81000010 t helper
+ffffffff81000020 T __do_thing
+ffffffff81000020 T do_thing
+ffffffff81000040 D some_data
+ffffffff81000080 T after_data
+";
+
+    #[test]
+    fn kallsyms_lookup_bounds_and_aliases() {
+        let t = parse_kallsyms(Path::new("map"), MAP).expect("parses");
+        assert_eq!(
+            t.lookup(0xffffffff81000000).map(|s| s.name),
+            Some("_text"),
+            "_text beats _stext? both global, shorter wins"
+        );
+        let s = t.lookup(0xffffffff81000025).expect("inside do_thing");
+        assert_eq!((s.name, s.offset), ("do_thing", 5));
+        assert_eq!(t.lookup(0xffffffff81000040), None, "data ends do_thing");
+        assert_eq!(t.lookup(0xffffffff81000017).map(|s| s.name), Some("helper"));
+        assert_eq!(t.lookup(0xffffffff80000000), None);
+        assert_eq!(t.text_start, Some(0xffffffff81000000));
+        assert!(t.to_kallsyms().contains("ffffffff81000020 t do_thing\n"));
+    }
+
+    #[test]
+    fn kallsyms_rejects_garbage() {
+        let e = parse_kallsyms(Path::new("x"), "hello world\n").unwrap_err();
+        assert!(e.to_string().contains("System.map"), "{e}");
+        let e = parse_kallsyms(Path::new("x"), "0000000000001000 D data\n").unwrap_err();
+        assert!(matches!(e, RecordError::NoSymbols { .. }), "{e}");
+    }
+
+    #[test]
+    fn kallsyms_module_suffix() {
+        let t = parse_kallsyms(
+            Path::new("k"),
+            "ffffffffc0000000 t modfn\t[pvpmu]\nffffffffc0000100 T other\t[pvpmu]\n",
+        )
+        .expect("parses");
+        assert_eq!(
+            t.lookup(0xffffffffc0000004).map(|s| s.name),
+            Some("modfn [pvpmu]")
+        );
+    }
+}
