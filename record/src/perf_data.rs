@@ -22,8 +22,8 @@
 //!   processing (`perf_guest = true`): no `perf kvm` or option is needed.
 //! * Every record has cpumode GUEST_KERNEL / GUEST_USER in `misc`, so
 //!   machines__find_for_cpumode() puts it in that guest machine.
-//! * A kernel MMAP `[guest.kernel.kallsyms.PID]_text` (pgoff = `_text`) gives
-//!   the guest machine its kernel map. perf_session__register_guest() loads
+//! * A kernel MMAP `[guest.kernel.kallsyms.PID]perfvisor_guest_text` (pgoff =
+//!   `_text`; see [`REF_SYMBOL`]) gives the guest machine its kernel map. perf_session__register_guest() loads
 //!   that machine's kernel symbols from `<perf.data dir>/kcore_dir__PID/kallsyms`
 //!   (perf_data__guest_kallsyms_name()), so with guest kernel symbols the
 //!   output is a perf.data *directory* (`data` + `kcore_dir__PID/kallsyms`),
@@ -95,6 +95,14 @@ const HEADER_CPU_TOPOLOGY: u32 = 13;
 const HEADER_NUMA_TOPOLOGY: u32 = 14;
 const HEADER_PMU_MAPPINGS: u32 = 16;
 const HEADER_SAMPLE_TIME: u32 = 21;
+
+/// perf's reference relocation symbol for the guest kernel map: a local text
+/// symbol only perfvisor's kallsyms copy has, at the guest's `_text`. Named in
+/// the kernel MMAP, it makes perf relocate nothing with our kallsyms and fail
+/// (leave guest kernel addresses unresolved) with any other kallsyms, such as
+/// the host's /proc/kallsyms, which perf falls back to when the `data` file
+/// is read without its directory.
+const REF_SYMBOL: &str = "perfvisor_guest_text";
 
 /// The event's name: a software clock that counts only guest time.
 const EVENT_NAME: &str = "cpu-clock:G";
@@ -219,8 +227,9 @@ fn build_attr(meta: &RecordMeta, sample_type: u64) -> [u8; ATTR_SIZE] {
     out
 }
 
-/// Removes an earlier output at `path`: a file, or a directory that holds
-/// only what perf.data directories hold.
+/// Removes an earlier output at `path`: a perf.data file (or an empty file, or
+/// a symlink), or a directory that holds only what perf.data directories
+/// hold. Anything else is refused.
 fn clear_output(path: &Path) -> Result<()> {
     let Ok(md) = fs::symlink_metadata(path) else {
         return Ok(());
@@ -228,7 +237,18 @@ fn clear_output(path: &Path) -> Result<()> {
     let exists = || RecordError::OutputExists {
         path: path.to_path_buf(),
     };
-    if md.is_file() || md.file_type().is_symlink() {
+    if md.file_type().is_symlink() {
+        return fs::remove_file(path).map_err(|e| RecordError::write(path, e));
+    }
+    if md.is_file() {
+        // Only an empty file or a perf.data file (PERFILE2 magic).
+        let mut magic = [0u8; 8];
+        let n = File::open(path)
+            .and_then(|mut f| std::io::Read::read(&mut f, &mut magic))
+            .map_err(|e| RecordError::read("output", path, e))?;
+        if n != 0 && magic[..n] != b"PERFILE2"[..n] {
+            return Err(exists());
+        }
         return fs::remove_file(path).map_err(|e| RecordError::write(path, e));
     }
     if !md.is_dir() {
@@ -286,17 +306,23 @@ impl PerfDataWriter {
                 source: e,
             })?;
             let kallsyms = kdir.join("kallsyms");
+            let ref_addr = table.text_start.unwrap_or_else(|| table.first_start());
+            let mut text = format!("{ref_addr:016x} t {REF_SYMBOL}\n").into_bytes();
             // A System.map / kallsyms copy is already in kallsyms format.
-            let text = match map_path {
-                Some(p) => fs::read(p).map_err(|e| RecordError::read("System.map", p, e))?,
-                None => table.to_kallsyms().into_bytes(),
-            };
+            match map_path {
+                Some(p) => {
+                    text.extend(fs::read(p).map_err(|e| RecordError::read("System.map", p, e))?)
+                }
+                None => text.extend(table.to_kallsyms().into_bytes()),
+            }
             fs::write(&kallsyms, text).map_err(|e| RecordError::write(&kallsyms, e))?;
             (Layout::Directory, root.join("data"))
         } else {
             (Layout::File, root.clone())
         };
-        let text_start = kernel.as_ref().and_then(|(t, _)| t.text_start);
+        let text_start = kernel
+            .as_ref()
+            .map(|(t, _)| t.text_start.unwrap_or_else(|| t.first_start()));
 
         let file = File::create(&data_path).map_err(|e| RecordError::Create {
             path: data_path.clone(),
@@ -348,7 +374,9 @@ impl PerfDataWriter {
 
         w.write_id_index()?;
         w.write_host_kernel_mmap()?;
-        w.write_kernel_mmap(text_start)?;
+        if let Some(text_start) = text_start {
+            w.write_kernel_mmap(text_start)?;
+        }
         for (cpu, tid) in meta.vcpu_tids.clone().into_iter().enumerate() {
             w.ensure_host_thread(cpu as u32, tid)?;
         }
@@ -434,17 +462,20 @@ impl PerfDataWriter {
         self.emit()
     }
 
-    /// The guest kernel's map: `[guest.kernel.kallsyms.PID]_text`.
-    fn write_kernel_mmap(&mut self, text_start: Option<u64>) -> Result<()> {
-        let start = text_start.unwrap_or(0xffff_ffff_8100_0000);
+    /// The guest kernel's map, `[guest.kernel.kallsyms.PID]` + the reference
+    /// symbol, from `_text` up. Only written with guest kernel symbols: for a
+    /// guest machine without kcore_dir__PID/kallsyms perf would read the
+    /// host's /proc/kallsyms and show host symbols for guest addresses.
+    fn write_kernel_mmap(&mut self, text_start: u64) -> Result<()> {
+        let start = text_start;
         let pid = self.meta.vmm_pid;
-        let name = format!("[guest.kernel.kallsyms.{pid}]_text");
+        let name = format!("[guest.kernel.kallsyms.{pid}]{REF_SYMBOL}");
         self.begin(PERF_RECORD_MMAP, MISC_GUEST_KERNEL);
         push_u32(&mut self.buf, pid);
         push_u32(&mut self.buf, 0);
         push_u64(&mut self.buf, start);
         push_u64(&mut self.buf, u64::MAX - start);
-        push_u64(&mut self.buf, text_start.unwrap_or(0)); // pgoff: the ref reloc symbol's address
+        push_u64(&mut self.buf, text_start); // pgoff: the ref reloc symbol's address
         push_padded_str(&mut self.buf, &name, 8);
         self.trailer(pid, 0, 0, 0);
         self.emit()

@@ -87,6 +87,11 @@ impl SymbolTable {
         t
     }
 
+    /// The lowest symbol address (tables are never empty).
+    pub(crate) fn first_start(&self) -> u64 {
+        self.starts.first().copied().unwrap_or(0)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.starts.len()
     }

@@ -338,6 +338,45 @@ fn exec_changes_the_mapped_binary() {
     );
 }
 
+/// perf falls back to the host's /proc/kallsyms for a guest machine whose
+/// kcore_dir is missing: the `data` file alone must leave guest kernel
+/// addresses unresolved, never show host symbols for them.
+#[test]
+fn data_file_without_its_directory_shows_no_host_symbols() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("perf.data");
+    write_kernel_only(&out, &meta(true, false, false, true));
+    let alone = dir.path().join("alone.data");
+    std::fs::copy(out.join("data"), &alone).expect("copy");
+    let rep = run_perf(&[
+        "report",
+        "-i",
+        alone.to_str().expect("utf-8"),
+        "--stdio",
+        "--no-children",
+        "--sort",
+        "sym",
+    ]);
+    let g_lines: Vec<&str> = rep.stdout.lines().filter(|l| l.contains("[g]")).collect();
+    assert!(!g_lines.is_empty(), "{}", rep.stdout);
+    for l in g_lines {
+        let sym = l.rsplit("[g] ").next().unwrap_or("");
+        assert!(
+            sym.trim().starts_with("0x"),
+            "a guest address resolved without the guest's symbols: {l}\n{}",
+            rep.stdout
+        );
+    }
+    // Without guest kernel symbols at all the writer makes no kernel map.
+    let plain = dir.path().join("plain.data");
+    write_kernel_only(&plain, &meta(false, false, false, true));
+    let rep = run_perf(&["report", "-i", plain.to_str().expect("utf-8"), "--stdio"]);
+    assert_quiet("perf report", &rep);
+    for l in rep.stdout.lines().filter(|l| l.contains("[g]")) {
+        assert!(l.contains("[g] 0x"), "{l}");
+    }
+}
+
 #[test]
 fn refuses_to_overwrite_a_foreign_directory() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -352,4 +391,17 @@ fn refuses_to_overwrite_a_foreign_directory() {
         "{err}"
     );
     assert!(out.join("precious.txt").is_file());
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "not perf data").expect("write");
+    let err = PerfDataWriter::create(&file, &meta(true, false, false, true))
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("remove it or choose another"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("kept"),
+        "not perf data"
+    );
 }
