@@ -151,9 +151,49 @@ fn guest_kernel_symbols_from_system_map_no_options() {
 fn guest_kernel_symbols_from_vmlinux_without_vcpu_tids() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("perf.data");
-    let s = write_kernel_only(&out, &meta(false, true, false, false));
+    let m = RecordMeta {
+        callchain: false,
+        ..meta(false, true, false, false)
+    };
+    let s = write_kernel_only(&out, &m);
     assert_eq!(s.layout, Layout::Directory);
     check_kernel_symbols(&s);
+}
+
+/// Threads of one guest process share its maps, whichever thread is seen
+/// first.
+#[test]
+fn threads_share_the_process_binary() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("perf.data");
+    let hot = inside(user_fn("workload_hot"), 4, true);
+    let mut w = PerfDataWriter::create(&out, &meta(true, false, true, true)).expect("create");
+    for (i, tid) in [78u32, 77, 79].into_iter().enumerate() {
+        let s = GuestSample {
+            guest_tid: Some(tid),
+            ..sample(i as u64, hot, true, &[])
+        };
+        w.sample(&s).expect("sample");
+    }
+    w.finish().expect("finish");
+    let script = run_perf(&[
+        "script",
+        "-i",
+        out.to_str().expect("utf-8"),
+        "-G",
+        "-F",
+        "tid,ip,sym",
+    ]);
+    assert_quiet("perf script", &script);
+    let lines: Vec<&str> = script
+        .stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(lines.len(), 3, "{}", script.stdout);
+    for (l, tid) in lines.iter().zip(["78", "77", "79"]) {
+        assert!(l.contains(tid) && l.contains("workload_hot"), "{l}");
+    }
 }
 
 #[test]
