@@ -239,18 +239,9 @@ fn run_host(args: &RunArgs) -> Result<ExitCode, CliError> {
         let errors = c.err_commands + c.err_pages + c.err_tails + c.err_state;
         if c.samples + c.lost + c.aux_bytes + errors > 0 {
             eprintln!(
-                "perfvisor: pvpmu: backend={} samples={} lost={} interrupts={} aux_bytes={} aux_records={} aux_dropped={} errors: commands={} pages={} tails={} state={}",
+                "perfvisor: pvpmu: backend={} {}",
                 Backend::from(args.pmu_backend),
-                c.samples,
-                c.lost,
-                c.interrupts,
-                c.aux_bytes,
-                c.aux_records,
-                c.aux_dropped,
-                c.err_commands,
-                c.err_pages,
-                c.err_tails,
-                c.err_state
+                pvpmu_summary(&c)
             );
         }
     }
@@ -258,6 +249,30 @@ fn run_host(args: &RunArgs) -> Result<ExitCode, CliError> {
         eprintln!("perfvisor: {msg}");
     }
     Ok(exit_code(outcome.exit_code()))
+}
+
+/// The device counters as `key=value` pairs (tests parse this line).
+fn pvpmu_summary(c: &devices::pvpmu::CounterSnapshot) -> String {
+    let exits: Vec<String> = devices::pvpmu::trace::ExitReason::ALL
+        .iter()
+        .zip(c.aux_exits)
+        .map(|(r, n)| format!("exits_{}={n}", r.name()))
+        .collect();
+    format!(
+        "samples={} lost={} interrupts={} aux_bytes={} aux_records={} aux_dropped={} exits_total={} {} err_commands={} err_pages={} err_tails={} err_state={}",
+        c.samples,
+        c.lost,
+        c.interrupts,
+        c.aux_bytes,
+        c.aux_records,
+        c.aux_dropped,
+        c.aux_exits.iter().sum::<u64>(),
+        exits.join(" "),
+        c.err_commands,
+        c.err_pages,
+        c.err_tails,
+        c.err_state
+    )
 }
 
 fn exit_code(code: i32) -> ExitCode {

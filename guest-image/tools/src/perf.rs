@@ -68,6 +68,30 @@ pub struct PerfEventAttr {
 
 /// Bits of [`PerfEventAttr::flags`] (bitfield order of the uapi header,
 /// x86-64 allocates bitfields from the least significant bit).
+/// `read_format` bits.
+pub mod read_format {
+    /// PERF_FORMAT_LOST (6.0+): the event's count of records dropped for
+    /// lack of room.
+    pub const LOST: u64 = 1 << 4;
+}
+
+/// Read `{value, lost}` from an event opened with `read_format = LOST`.
+pub fn read_value_and_lost(fd: &impl AsRawFd) -> io::Result<(u64, u64)> {
+    let mut buf = [0u64; 2];
+    // SAFETY: read(2) into a local buffer of the given size.
+    let n = unsafe {
+        libc::read(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            std::mem::size_of_val(&buf),
+        )
+    };
+    if n != std::mem::size_of_val(&buf) as isize {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((buf[0], buf[1]))
+}
+
 pub mod flag {
     pub const DISABLED: u64 = 1 << 0;
     pub const INHERIT: u64 = 1 << 1;

@@ -33,6 +33,11 @@ pub struct Report {
     pub lost: u64,
     /// Sum of PERF_RECORD_LOST_SAMPLES counts.
     pub lost_samples: u64,
+    /// Records the kernel dropped for lack of room, read from the events
+    /// themselves at the end (`PERF_FORMAT_LOST`): exact, unlike the
+    /// PERF_RECORD_LOST sum, which misses drops after the last record that
+    /// fitted.
+    pub lost_counted: u64,
     /// PERF_RECORD_THROTTLE.
     pub throttles: u64,
     /// PERF_RECORD_UNTHROTTLE.
@@ -256,6 +261,7 @@ impl Report {
         kv("cpus", &self.cpus);
         kv("mode", &self.mode);
         kv("lost_samples", &self.lost_samples);
+        kv("lost_counted", &self.lost_counted);
         kv("unthrottles", &self.unthrottles);
         kv("aux_partial", &self.aux_partial);
         kv("aux_collision", &self.aux_collision);

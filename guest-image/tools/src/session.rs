@@ -58,6 +58,7 @@ pub fn make_attr(pmu_type: u32, o: &Options, inherit: bool) -> PerfEventAttr {
         size: PERF_ATTR_SIZE_VER7,
         config: perf::PERF_COUNT_SW_CPU_CLOCK,
         sample_type: sample_type(o.callchain),
+        read_format: perf::read_format::LOST,
         flags: flag::DISABLED | flag::SAMPLE_ID_ALL,
         ..Default::default()
     };
@@ -673,6 +674,15 @@ pub fn run(o: &Options) -> Result<Report, SetupError> {
     }
     for r in &mut rings {
         r.reader.finish(&mut report);
+        // The kernel's own count of drops, which PERF_RECORD_LOST records
+        // miss when nothing fitted after the last drop. (For an inherited
+        // event, drops by child events are not included.)
+        match perf::read_value_and_lost(&r.fd) {
+            Ok((_, lost)) => report.lost_counted += lost,
+            Err(e) => report
+                .notes
+                .push(format!("read of cpu {}: {e}", r.reader.cpu)),
+        }
     }
     if let Some(mut w) = workload.take() {
         if !w.poll_exit() {
