@@ -318,6 +318,25 @@ PV_EXIT_KO="$MODULE_KO"
 build_module "$REPO_ROOT/guest-image/pvpmu" pvpmu
 PVPMU_KO="$MODULE_KO"
 
+# ----- guest-info.txt: where the kernel keeps the running task (perfvisor record) -----
+GI_SRC="$REPO_ROOT/guest-image/guest-info"
+GI_DIR="$KDIR/guest-info-$(pv_hash_tree "$GI_SRC")"
+if [[ ! -f "$GI_DIR/guest-info.txt" ]]; then
+    pv_phase "guest-info.txt (task_struct offsets, per-CPU current_task)"
+    rm -rf "$GI_DIR.tmp"
+    cp -r "$GI_SRC" "$GI_DIR.tmp"
+    kernel_make "$KTREE" "$KLOG" M="$GI_DIR.tmp" offsets.s
+    {
+        echo "# perfvisor guest-info: the guest kernel's layout, for host-side sampling"
+        awk '$1 == "current_task" || $3 == "current_task" { print "current_task 0x" $1 }' "$KTREE/System.map"
+        sed -n 's/.*"->TASK_\([A-Z]*\) \$\([0-9]*\) .*/\1 \2/p' "$GI_DIR.tmp/offsets.s" |
+            awk '{ print "task_" tolower($1), $2 }'
+    } >"$GI_DIR.tmp/guest-info.txt"
+    grep -q '^task_comm ' "$GI_DIR.tmp/guest-info.txt" && grep -q '^current_task ' "$GI_DIR.tmp/guest-info.txt" ||
+        pv_die "could not extract task offsets into guest-info.txt; see $KLOG"
+    mv "$GI_DIR.tmp" "$GI_DIR"
+fi
+
 # ----- guest tools -----
 pv_phase "guest tools (cargo build -p guest-tools, static)"
 GT_LOG="$CACHE_ROOT/guest-tools-build.log"
@@ -387,6 +406,7 @@ pv_publish "$KTREE/arch/x86/boot/bzImage" "$OUT/bzImage"
 pv_publish "$KTREE" "$OUT/kernel-tree"
 pv_publish "$IDIR/initramfs.cpio" "$OUT/initramfs.cpio"
 pv_publish "$IDIR/contents.txt" "$OUT/initramfs-contents.txt"
+pv_publish "$GI_DIR/guest-info.txt" "$OUT/guest-info.txt"
 size() { stat -L -c %s "$1"; }
 # A kernel tree is ~1.5 GB: keep the current and the 2 most recently used others.
 pv_prune "$CACHE_ROOT/kernel" 3 "$KDIR"

@@ -12,6 +12,8 @@ use vmm::sampler::Backend;
 use vmm::vm::PmuOptions;
 use vmm::{Vm, VmConfig};
 
+mod record_cmd;
+
 #[derive(Parser)]
 #[command(
     name = "perfvisor",
@@ -30,6 +32,9 @@ struct Cli {
 enum Command {
     /// Boot a guest. With no --kernel, boots the project's default guest image.
     Run(RunArgs),
+    /// Profile a guest from the host for its whole run (no guest driver
+    /// needed): perf.data, folded stacks, a flame graph.
+    Record(record_cmd::RecordArgs),
     /// Check whether this host's /dev/kvm can run guest user space.
     Probe,
 }
@@ -123,6 +128,8 @@ enum CliError {
     Vm(#[from] vmm::VmError),
     #[error(transparent)]
     Sandbox(#[from] sandbox::Error),
+    #[error("recording: {0}")]
+    Record(String),
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -208,16 +215,7 @@ fn run_host(args: &RunArgs) -> Result<ExitCode, CliError> {
     let (kernel, initrd, cmdline) = resolve(args)?;
     // The command travels as a file appended to the initramfs, so any shell
     // text survives (the kernel command line would split and unquote it).
-    let initrd_files = if args.guest_command.is_empty() {
-        Vec::new()
-    } else {
-        let mut data = args.guest_command.join(" ").into_bytes();
-        data.push(b'\n');
-        vec![vmm::boot::InitrdFile {
-            path: GUEST_COMMAND_PATH.into(),
-            data,
-        }]
-    };
+    let initrd_files = guest_command_files(args);
     let config = VmConfig {
         kernel,
         initrd,
@@ -275,6 +273,20 @@ fn pvpmu_summary(c: &devices::pvpmu::CounterSnapshot) -> String {
     )
 }
 
+/// The guest command as a file appended to the initramfs: any shell text
+/// survives (the kernel command line would split and unquote it).
+fn guest_command_files(args: &RunArgs) -> Vec<vmm::boot::InitrdFile> {
+    if args.guest_command.is_empty() {
+        return Vec::new();
+    }
+    let mut data = args.guest_command.join(" ").into_bytes();
+    data.push(b'\n');
+    vec![vmm::boot::InitrdFile {
+        path: GUEST_COMMAND_PATH.into(),
+        data,
+    }]
+}
+
 fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
@@ -283,7 +295,19 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     if args.cpus == 0 {
         return Err(CliError::NoCpus);
     }
-    let use_sandbox = match args.kvm {
+    if use_sandbox(&args)? {
+        let job = sandbox_job(&args, "run", &[])?;
+        let outcome = sandbox_for(&args)?.run(&job, &mut |line: &str| println!("{line}"))?;
+        Ok(exit_code(outcome.status))
+    } else {
+        run_host(&args)
+    }
+}
+
+/// Does this run go to the L1 sandbox (`--kvm`, or the probe says this
+/// host's KVM cannot run guest user space)?
+fn use_sandbox(args: &RunArgs) -> Result<bool, CliError> {
+    Ok(match args.kvm {
         KvmChoice::Host => false,
         KvmChoice::Sandbox => true,
         KvmChoice::Auto => {
@@ -296,17 +320,22 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             }
             !p.capable
         }
-    };
-    if use_sandbox {
-        run_in_sandbox(&args)
-    } else {
-        run_host(&args)
-    }
+    })
 }
 
-/// Run `perfvisor run --kvm host ...` inside the L1 sandbox with the same
-/// kernel, initrd and options, streaming its console.
-fn run_in_sandbox(args: &RunArgs) -> Result<ExitCode, CliError> {
+/// The L1 sandbox sized for `args`' guest.
+fn sandbox_for(args: &RunArgs) -> Result<sandbox::Sandbox, CliError> {
+    let l1_mib = u32::try_from(args.memory >> 20)
+        .unwrap_or(u32::MAX)
+        .saturating_add(1024);
+    Ok(sandbox::Sandbox::locate()?
+        .memory_mib(l1_mib)
+        .cpus(u32::from(args.cpus).max(2)))
+}
+
+/// A sandbox job running `perfvisor SUB --kvm host ...` with `args`' kernel,
+/// initrd and options, plus `extra` options of SUB.
+fn sandbox_job(args: &RunArgs, sub: &str, extra: &[String]) -> Result<sandbox::Job, CliError> {
     let (kernel, initrd, _) = resolve(args)?;
     let exe = std::env::current_exe().map_err(|source| CliError::Unreadable {
         path: "/proc/self/exe".into(),
@@ -314,7 +343,7 @@ fn run_in_sandbox(args: &RunArgs) -> Result<ExitCode, CliError> {
     })?;
     let mut argv: Vec<String> = [
         "/perfvisor/perfvisor",
-        "run",
+        sub,
         "--kvm",
         "host",
         "--kernel",
@@ -342,6 +371,7 @@ fn run_in_sandbox(args: &RunArgs) -> Result<ExitCode, CliError> {
         .map(|v| v.get_name().to_string())
         .unwrap_or_default();
     argv.extend(["--pmu-backend".into(), backend]);
+    argv.extend(extra.iter().cloned());
     if !args.guest_command.is_empty() {
         argv.push("--".into());
         argv.extend(args.guest_command.iter().cloned());
@@ -358,14 +388,7 @@ fn run_in_sandbox(args: &RunArgs) -> Result<ExitCode, CliError> {
     if let Some(i) = &initrd {
         job = job.file(i, "/perfvisor/initrd");
     }
-    let l1_mib = u32::try_from(args.memory >> 20)
-        .unwrap_or(u32::MAX)
-        .saturating_add(1024);
-    let sb = sandbox::Sandbox::locate()?
-        .memory_mib(l1_mib)
-        .cpus(u32::from(args.cpus).max(2));
-    let outcome = sb.run(&job, &mut |line: &str| println!("{line}"))?;
-    Ok(exit_code(outcome.status))
+    Ok(job)
 }
 
 fn main() -> ExitCode {
@@ -406,6 +429,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Record(args) => record_cmd::record(args),
         Command::Probe => match probe(Duration::from_secs(5)) {
             Ok(p) => {
                 println!(

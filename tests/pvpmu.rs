@@ -12,8 +12,8 @@ use harness::{boot, boot_test, Run};
 /// `key=value` pairs of the line starting with `prefix`.
 fn kv(text: &str, prefix: &str) -> HashMap<String, String> {
     text.lines()
-        .filter_map(|l| l.find(prefix).map(|i| &l[i + prefix.len()..]))
-        .last()
+        .rev()
+        .find_map(|l| l.find(prefix).map(|i| &l[i + prefix.len()..]))
         .map(|rest| {
             rest.split_whitespace()
                 .filter_map(|w| w.split_once('='))

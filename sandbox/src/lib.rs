@@ -87,6 +87,8 @@ pub struct Job {
     dirs: Vec<(PathBuf, String)>,
     env: Vec<(String, String)>,
     workdir: String,
+    /// (L1 directory, host directory): copied back after the job.
+    collect: Option<(String, PathBuf)>,
 }
 
 impl Job {
@@ -103,6 +105,7 @@ impl Job {
             dirs: Vec::new(),
             env: Vec::new(),
             workdir: "/".into(),
+            collect: None,
         }
     }
 
@@ -134,6 +137,15 @@ impl Job {
     /// Exports `key=value` to the job.
     pub fn env(mut self, key: &str, value: &str) -> Job {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// After the job, copy the L1 directory `guest` (created empty before the
+    /// job) back to the host directory `host`. The files travel as a tar
+    /// stream over a second serial port (ttyS1) into a host file, so keep
+    /// them to a few MiB.
+    pub fn collect(mut self, guest: &str, host: impl Into<PathBuf>) -> Job {
+        self.collect = Some((guest.into(), host.into()));
         self
     }
 
@@ -309,7 +321,11 @@ impl Sandbox {
         let markers = Markers::new(&nonce);
 
         let mut cmd = Command::new(&self.qemu);
-        cmd.args(self.qemu_args(&cpio_path));
+        let collect_file = tmp.path.join("collect.tar");
+        cmd.args(self.qemu_args(
+            &cpio_path,
+            job.collect.as_ref().map(|_| collect_file.as_path()),
+        ));
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -418,13 +434,18 @@ impl Sandbox {
             return Err(Error::NoKvm { tail: tail_text() });
         }
         match (status, exit) {
-            (Some(status), _) => Ok(Outcome {
-                status,
-                output,
-                l1_boot: l1_boot.unwrap_or(total),
-                total,
-                console: all,
-            }),
+            (Some(status), _) => {
+                if let Some((_, host)) = &job.collect {
+                    unpack_collected(&collect_file, host)?;
+                }
+                Ok(Outcome {
+                    status,
+                    output,
+                    l1_boot: l1_boot.unwrap_or(total),
+                    total,
+                    console: all,
+                })
+            }
             (None, None) => Err(Error::Timeout {
                 timeout: self.timeout,
                 tail: tail_text(),
@@ -443,7 +464,7 @@ impl Sandbox {
         }
     }
 
-    fn qemu_args(&self, cpio: &Path) -> Vec<OsString> {
+    fn qemu_args(&self, cpio: &Path, collect: Option<&Path>) -> Vec<OsString> {
         let mut append = BASE_CMDLINE.to_string();
         if !self.kernel_args.is_empty() {
             append.push(' ');
@@ -475,6 +496,16 @@ impl Sandbox {
         .iter()
         .map(OsString::from)
         .collect();
+        if let Some(file) = collect {
+            let mut dev = OsString::from("file,id=collect,path=");
+            dev.push(file);
+            a.extend([
+                "-chardev".into(),
+                dev,
+                "-serial".into(),
+                "chardev:collect".into(),
+            ]);
+        }
         a.push("-kernel".into());
         a.push(self.kernel.clone().into());
         a.push("-initrd".into());
@@ -489,7 +520,7 @@ impl Sandbox {
         job.validate()?;
         self.write_initramfs(job, &format!("{:016x}", unique()), path)?;
         let mut cmd = Command::new(&self.qemu);
-        cmd.args(self.qemu_args(path));
+        cmd.args(self.qemu_args(path, None));
         Ok(cmd)
     }
 
@@ -590,6 +621,29 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// Extract the tar stream the job's L1 wrote to ttyS1 into `host`.
+fn unpack_collected(tar: &Path, host: &Path) -> Result<(), Error> {
+    fs::create_dir_all(host).map_err(io_err(format!("creating {}", host.display())))?;
+    let out = Command::new("tar")
+        .arg("-xf")
+        .arg(tar)
+        .arg("-C")
+        .arg(host)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io_err("running tar"))?;
+    if !out.status.success() {
+        return Err(Error::Io {
+            context: format!(
+                "unpacking the files collected from the L1 ({})",
+                tar.display()
+            ),
+            source: io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        });
+    }
+    Ok(())
+}
+
 fn init_script(job: &Job, modules: &[String], nonce: &str) -> String {
     let m = Markers::new(nonce);
     let exports: String = job
@@ -621,12 +675,26 @@ if [ ! -c /dev/kvm ]; then
 fi
 mkdir -p {workdir} && cd {workdir} || {{ echo "{exit_prefix}126@@"; poweroff -f; }}
 {exports}echo "{start}"
-{argv} </dev/null
+{collect_pre}{argv} </dev/null
 status=$?
-echo "{exit_prefix}$status@@"
+{collect_post}echo "{exit_prefix}$status@@"
 poweroff -f
 "#,
         modules = modules.join(" "),
+        collect_pre = match &job.collect {
+            Some((dir, _)) => format!("mkdir -p {}\n", shell_quote(dir)),
+            None => String::new(),
+        },
+        // ttyS1 is QEMU's second serial port, backed by a host file; raw, so
+        // the tar stream arrives byte for byte.
+        collect_post = match &job.collect {
+            Some((dir, _)) => format!(
+                "stty -F /dev/ttyS1 raw -echo 2>/dev/null\ntar -C {} -cf - . > /dev/ttyS1 || echo \"sandbox: collecting {} failed\"\n",
+                shell_quote(dir),
+                dir
+            ),
+            None => String::new(),
+        },
         no_kvm = m.no_kvm,
         workdir = shell_quote(&job.workdir),
         exit_prefix = m.exit_prefix,

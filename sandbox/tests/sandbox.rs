@@ -103,3 +103,39 @@ fn vm_ending_without_the_marker_is_an_error() {
     assert!(matches!(err, sandbox::Error::NoExitMarker { .. }), "{err}");
     assert!(err.to_string().contains("going down"), "{err}");
 }
+
+#[test]
+fn collects_a_directory_back_to_the_host() {
+    let host = std::env::temp_dir().join(format!("sandbox-collect-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&host);
+    let job = Job::shell(
+        "mkdir -p /out/sub && echo hello > /out/a.txt && \
+         head -c 2000000 /dev/urandom > /out/sub/big.bin && md5sum /out/sub/big.bin | cut -d' ' -f1",
+    )
+    .collect("/out", &host);
+    let t = std::time::Instant::now();
+    let out = run(&job);
+    assert_eq!(out.status, 0, "console:\n{}", out.console);
+    eprintln!("collected 2 MB in {:.2?} (whole run)", t.elapsed());
+    assert_eq!(
+        std::fs::read_to_string(host.join("a.txt")).unwrap(),
+        "hello\n"
+    );
+    let big = std::fs::read(host.join("sub/big.bin")).unwrap();
+    assert_eq!(big.len(), 2_000_000);
+    let md5 = std::process::Command::new("md5sum")
+        .arg(host.join("sub/big.bin"))
+        .output()
+        .unwrap();
+    let host_sum = String::from_utf8_lossy(&md5.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        out.output.contains(&host_sum),
+        "checksums differ: L1 said {}, host {host_sum}",
+        out.output.trim()
+    );
+    let _ = std::fs::remove_dir_all(&host);
+}

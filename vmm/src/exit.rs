@@ -27,6 +27,8 @@ pub enum VmOutcome {
     Timeout(Duration),
     /// The user typed the console escape (Ctrl-A x).
     UserQuit,
+    /// SIGINT or SIGTERM with [`crate::vm::Vm::stop_on_signals`].
+    Interrupted,
     /// A VMM error (unhandled exit, KVM failure).
     Error(String),
 }
@@ -41,6 +43,7 @@ impl VmOutcome {
             VmOutcome::TripleFault { .. } => GUEST_FAULT_EXIT,
             VmOutcome::Timeout(_) => TIMEOUT_EXIT,
             VmOutcome::UserQuit => 130,
+            VmOutcome::Interrupted => 0,
             VmOutcome::Error(_) => 1,
         }
     }
@@ -60,6 +63,7 @@ impl VmOutcome {
                 d.as_secs()
             )),
             VmOutcome::UserQuit => Some("stopped by the console escape (Ctrl-A x)".into()),
+            VmOutcome::Interrupted => Some("interrupted; stopped the guest".into()),
             VmOutcome::Error(e) => Some(e.clone()),
         }
     }
@@ -177,6 +181,40 @@ impl ExitState {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+}
+
+/// The eventfd a signal handler writes to (-1: none).
+static INTERRUPT_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    let fd = INTERRUPT_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; it writes 8 bytes from a
+        // local into an eventfd this process owns for its whole life.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// Route SIGINT and SIGTERM to `evt` (kept open for the process's life).
+pub(crate) fn install_interrupt_handler(evt: EventFd) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let fd = evt.into_raw_fd();
+    INTERRUPT_FD.store(fd, Ordering::Relaxed);
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installs a handler that only calls write(2); the sigaction
+        // struct is zero-initialised and filled before the call.
+        let r = unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = on_interrupt as *const () as usize;
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(sig, &act, std::ptr::null_mut())
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -184,7 +184,7 @@ impl PayloadVm {
     }
 
     /// The payload's guest memory (e.g. to read results from [`DATA`]).
-    pub fn memory(&self) -> &GuestMemoryMmap {
+    pub fn memory(&self) -> &std::sync::Arc<GuestMemoryMmap> {
         self.ram.memory()
     }
 

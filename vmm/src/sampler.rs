@@ -255,6 +255,14 @@ impl VcpuHook for SampleHook {
     }
 }
 
+/// When vCPUs are due for a sample.
+pub enum Schedule {
+    /// As the pvpmu device's guest events ask (only vCPUs with an active event).
+    Device(Pvpmu<GuestMemoryMmap>),
+    /// Every vCPU at this interval, whatever the guest does (`perfvisor record`).
+    Fixed(Duration),
+}
+
 /// The sampler thread: decides when each vCPU is kicked.
 pub struct Sampler {
     stop: Arc<AtomicBool>,
@@ -262,9 +270,9 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// Start kicking `vcpus` for `dev` until `exit` says the VM is ending.
+    /// Start kicking `vcpus` on `schedule` until `exit` says the VM is ending.
     pub fn start(
-        dev: Pvpmu<GuestMemoryMmap>,
+        schedule: Schedule,
         vcpus: Vec<Arc<VcpuHandle>>,
         backend: Backend,
         clock: Arc<GuestClock>,
@@ -274,10 +282,10 @@ impl Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
-            .name("pvpmu-sampler".into())
+            .name("sampler".into())
             .stack_size(crate::THREAD_STACK)
             .spawn(move || {
-                run(dev, vcpus, backend, clock, vm, exit, stop2);
+                run(schedule, vcpus, backend, clock, vm, exit, stop2);
             })?;
         Ok(Sampler {
             stop,
@@ -296,7 +304,7 @@ impl Drop for Sampler {
 }
 
 fn run(
-    dev: Pvpmu<GuestMemoryMmap>,
+    schedule: Schedule,
     vcpus: Vec<Arc<VcpuHandle>>,
     backend: Backend,
     clock: Arc<GuestClock>,
@@ -318,10 +326,14 @@ fn run(
         }
         let mut sleep_until = now + IDLE_POLL;
         for (i, h) in vcpus.iter().enumerate() {
+            let wanted = match &schedule {
+                Schedule::Device(dev) => dev.wanted_interval(i).map(Duration::from_nanos),
+                Schedule::Fixed(interval) => Some(*interval),
+            };
+            // The host timer samples by itself; the kick only moves them.
             let interval = match backend {
-                Backend::Kick => dev.wanted_interval(i).map(Duration::from_nanos),
-                // The host timer samples by itself; the kick only moves them.
-                Backend::HostTimer => dev.wanted_interval(i).map(|_| HOST_TIMER_FLUSH),
+                Backend::Kick => wanted,
+                Backend::HostTimer => wanted.map(|_| HOST_TIMER_FLUSH),
             };
             let Some(interval) = interval else {
                 next_due[i] = None;

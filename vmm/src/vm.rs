@@ -28,7 +28,8 @@ use crate::boot::{self, BootError, InitrdFile};
 use crate::console::{self, ConsoleInput, Serial};
 use crate::exit::{ExitState, VmOutcome};
 use crate::memory::GuestRam;
-use crate::sampler::{Backend, GuestClock, SampleHook, Sampler};
+use crate::recorder::{self, RecordConfig, Recording};
+use crate::sampler::{Backend, GuestClock, SampleHook, Sampler, Schedule};
 use crate::vcpu::{Vcpu, VcpuError, VcpuHandle, VcpuHook};
 use devices::pvpmu::{self, Pvpmu, PvpmuConfig};
 
@@ -239,8 +240,11 @@ pub struct Vm {
     serial: Arc<Mutex<Serial>>,
     serial_space: EventFd,
     reset_evt: EventFd,
+    interrupt: EventFd,
     mmio: Bus,
     pmu: Option<PmuState>,
+    /// `perfvisor record`: sample every vCPU at this rate, with this backend.
+    recording: Option<(Duration, Backend)>,
     vm: Arc<VmFd>,
     ram: GuestRam,
 }
@@ -398,8 +402,10 @@ impl Vm {
             serial,
             serial_space,
             reset_evt,
+            interrupt: EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?,
             mmio,
             pmu,
+            recording: None,
             vm,
             ram: guest_ram,
         })
@@ -410,9 +416,31 @@ impl Vm {
         &self.handles
     }
 
+    /// Stop the VM cleanly when the process gets SIGINT or SIGTERM (the
+    /// outcome is [`VmOutcome::Interrupted`]). For `perfvisor record`, whose
+    /// outputs must be written when the user presses Ctrl-C.
+    pub fn stop_on_signals(&self) -> Result<()> {
+        let fd = self.interrupt.try_clone().map_err(io_err("eventfd"))?;
+        crate::exit::install_interrupt_handler(fd).map_err(io_err("installing the SIGINT handler"))
+    }
+
     /// The pvpmu device, when enabled.
     pub fn pvpmu(&self) -> Option<&Pvpmu<GuestMemoryMmap>> {
         self.pmu.as_ref().map(|p| &p.dev)
+    }
+
+    /// Sample every vCPU from the host for the whole run (`perfvisor
+    /// record`), replacing the pvpmu sampler if any. Samples arrive on the
+    /// returned channel while [`Vm::run`] runs.
+    pub fn record(&mut self, cfg: RecordConfig) -> Recording {
+        let (hooks, recording) = recorder::hooks(self.vcpus.len(), cfg, self.ram.memory().clone());
+        for (v, h) in self.vcpus.iter_mut().zip(hooks) {
+            v.set_hook(Box::new(h));
+        }
+        let interval = Duration::from_nanos(1_000_000_000 / u64::from(cfg.freq.max(1)));
+        self.recording = Some((interval, cfg.backend));
+        self.pmu = None;
+        recording
     }
 
     /// Install the hook for vCPU `index` (replacing the pvpmu sampler's).
@@ -457,6 +485,7 @@ impl Vm {
             exit: self.exit.clone(),
             exit_evt: self.exit.event().try_clone().map_err(io_err("eventfd"))?,
             reset_evt: self.reset_evt.try_clone().map_err(io_err("eventfd"))?,
+            interrupt: self.interrupt.try_clone().map_err(io_err("eventfd"))?,
             timer,
             timeout: self.config.timeout.unwrap_or_default(),
         }));
@@ -486,12 +515,21 @@ impl Vm {
             }
         }
 
-        let sampler = match &self.pmu {
-            Some(p) => match Sampler::start(
-                p.dev.clone(),
+        let schedule = match (&self.pmu, self.recording) {
+            (_, Some((interval, backend))) => Some((
+                Schedule::Fixed(interval),
+                backend,
+                Arc::new(GuestClock::default()),
+            )),
+            (Some(p), None) => Some((Schedule::Device(p.dev.clone()), p.backend, p.clock.clone())),
+            (None, None) => None,
+        };
+        let sampler = match schedule {
+            Some((schedule, backend, clock)) => match Sampler::start(
+                schedule,
                 self.handles.clone(),
-                p.backend,
-                p.clock.clone(),
+                backend,
+                clock,
                 self.vm.clone(),
                 self.exit.clone(),
             ) {
@@ -551,11 +589,12 @@ impl Vm {
     }
 }
 
-/// Watches the exit eventfd, the i8042 reset and the timeout.
+/// Watches the exit eventfd, the i8042 reset, the interrupt and the timeout.
 struct EndWatcher {
     exit: Arc<ExitState>,
     exit_evt: EventFd,
     reset_evt: EventFd,
+    interrupt: EventFd,
     timer: TimerFd,
     timeout: Duration,
 }
@@ -565,6 +604,7 @@ impl MutEventSubscriber for EndWatcher {
         for fd in [
             self.exit_evt.as_raw_fd(),
             self.reset_evt.as_raw_fd(),
+            self.interrupt.as_raw_fd(),
             self.timer.as_raw_fd(),
         ] {
             if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
@@ -579,6 +619,9 @@ impl MutEventSubscriber for EndWatcher {
         if fd == self.reset_evt.as_raw_fd() {
             let _ = self.reset_evt.read();
             self.exit.request(VmOutcome::Reboot);
+        } else if fd == self.interrupt.as_raw_fd() {
+            let _ = self.interrupt.read();
+            self.exit.request(VmOutcome::Interrupted);
         } else if fd == self.timer.as_raw_fd() {
             let _ = self.timer.wait();
             self.exit.request(VmOutcome::Timeout(self.timeout));

@@ -1,4 +1,4 @@
-//! `pv-workload [--seconds S] [--threads N] [--mode hot|syscall]`: a CPU
+//! `pv-workload [--seconds S] [--threads N] [--mode hot|syscall|fp-loop]`: a CPU
 //! burner with a known call structure, for profiling tests.
 //!
 //! Every thread runs `workload_a()` -> `workload_b()` -> `workload_hot()`.
@@ -10,6 +10,12 @@
 //! `workload_hot` and callchains read `...;workload_a;workload_b;workload_hot`.
 //! In `syscall` mode `workload_hot` makes cheap system calls instead, so
 //! most samples land in the kernel under it.
+//!
+//! `fp-loop` mode is hostile on purpose: `hostile_frames` spins with RBP
+//! pointing at frames that loop (A -> B -> A), at a non-canonical address,
+//! at an unmapped one, and at a misaligned one, in turn, so a host-side
+//! frame-pointer walker (`perfvisor record --call-graph fp`) meets all of
+//! them.
 
 use std::hint::black_box;
 use std::process::ExitCode;
@@ -19,6 +25,43 @@ use std::time::{Duration, Instant};
 enum Mode {
     Hot,
     Syscall,
+    FpLoop,
+}
+
+/// Spin `iters` times with RBP set to a hostile frame pointer (`pattern`
+/// picks which), then restore RBP.
+#[no_mangle]
+#[inline(never)]
+pub fn hostile_frames(iters: u64, pattern: u64) {
+    let mut frames = [0u64; 4];
+    let base = frames.as_mut_ptr() as u64;
+    // Two frames that point at each other: base -> base+16 -> base.
+    frames[0] = base + 16;
+    frames[1] = 0x40_1000;
+    frames[2] = base;
+    frames[3] = 0x40_2000;
+    let rbp = match pattern % 4 {
+        0 => base,
+        1 => 0x8000_0000_0000, // non-canonical
+        2 => 0x7fff_f000_0000, // canonical, unmapped
+        _ => base + 4,         // misaligned
+    };
+    // SAFETY: RBP is saved on the stack and restored before the block
+    // ends; the loop touches no memory, so the hostile RBP is never used
+    // by this code, only seen by a host sampling it.
+    unsafe {
+        std::arch::asm!(
+            "push rbp",
+            "mov rbp, {v}",
+            "2:",
+            "dec {n}",
+            "jnz 2b",
+            "pop rbp",
+            v = in(reg) rbp,
+            n = inout(reg) iters.max(1) => _,
+        );
+    }
+    black_box(&frames);
 }
 
 /// Iterations of one `workload_hot` call (about 1 ms of work).
@@ -109,7 +152,8 @@ fn parse() -> Result<(f64, usize, Mode), String> {
                 mode = match val()?.as_str() {
                     "hot" => Mode::Hot,
                     "syscall" => Mode::Syscall,
-                    m => return Err(format!("--mode wants hot or syscall, got {m:?}")),
+                    "fp-loop" => Mode::FpLoop,
+                    m => return Err(format!("--mode wants hot, syscall or fp-loop, got {m:?}")),
                 };
             }
             "-h" | "--help" => {
@@ -128,11 +172,24 @@ fn main() -> ExitCode {
             if !e.is_empty() {
                 eprintln!("pv-workload: {e}");
             }
-            eprintln!("usage: pv-workload [--seconds S (default 5)] [--threads N (default 1)] [--mode hot|syscall]");
+            eprintln!("usage: pv-workload [--seconds S (default 5)] [--threads N (default 1)] [--mode hot|syscall|fp-loop]");
             return ExitCode::from(if e.is_empty() { 0 } else { 2 });
         }
     };
     let deadline_ns = Duration::from_secs_f64(secs).as_nanos() as u64;
+    if mode == Mode::FpLoop {
+        let t0 = Instant::now();
+        let mut pattern = 0u64;
+        while (t0.elapsed().as_nanos() as u64) < deadline_ns {
+            hostile_frames(HOT_ITERS * 8, pattern);
+            pattern += 1;
+        }
+        println!(
+            "pv-workload: mode fp-loop seconds {:.2}: {pattern} hostile frame patterns",
+            t0.elapsed().as_secs_f64()
+        );
+        return ExitCode::SUCCESS;
+    }
     let syscalls = mode == Mode::Syscall;
     let t0 = Instant::now();
     // threads - 1 helpers; the main thread is the last worker, so with one

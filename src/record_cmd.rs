@@ -1,0 +1,626 @@
+//! `perfvisor record`: profile a guest from the host, for its whole run,
+//! with no help from the guest, into perf.data, folded stacks and a flame
+//! graph.
+//!
+//! On a capable host the samples flow from the vCPU threads straight into
+//! the writers. Otherwise perfvisor records inside the L1 sandbox into a raw
+//! sample file, which the sandbox copies back; the outputs are written here,
+//! so they name this host's copies of the guest's binaries.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use record::{
+    flamegraph, FlameInput, Folded, GuestBinary, GuestSample, PerfDataWriter, RecordMeta,
+    Symbolizer,
+};
+use vmm::introspect::{GuestTask, KernelInfo};
+use vmm::recorder::{RecordConfig, RecordStats, RecordedSample};
+use vmm::sampler::Backend;
+use vmm::{Vm, VmConfig};
+
+use crate::{
+    default_image_dir, exit_code, resolve, sandbox_for, sandbox_job, use_sandbox, CliError, RunArgs,
+};
+
+/// `perfvisor record` options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Samples per second per vCPU.
+    #[arg(short = 'F', long = "freq", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    pub freq: u32,
+    /// Callchains: `fp` walks the guest's frame pointers (kick backend only).
+    #[arg(long = "call-graph", value_parser = ["fp"])]
+    pub call_graph: Option<String>,
+    /// perf.data output (a directory when guest kernel symbols are known; `perf report -i` opens either).
+    #[arg(short = 'o', long = "output", default_value = "perf.data")]
+    pub output: PathBuf,
+    /// Also write an SVG flame graph.
+    #[arg(long)]
+    pub flamegraph: Option<PathBuf>,
+    /// Also write folded stacks (flamegraph.pl / inferno input).
+    #[arg(long)]
+    pub folded: Option<PathBuf>,
+    /// The guest kernel's System.map or a copy of its /proc/kallsyms [default: the default image's].
+    #[arg(long)]
+    pub guest_system_map: Option<PathBuf>,
+    /// A static guest binary to resolve user symbols with (repeatable) [default: the guest image's tools].
+    #[arg(long = "guest-binary")]
+    pub guest_binaries: Vec<PathBuf>,
+    /// Internal: write raw samples here instead of the outputs (the sandboxed half of a record).
+    #[arg(long, hide = true)]
+    pub raw_out: Option<PathBuf>,
+    /// Internal: the guest kernel layout file for task identification.
+    #[arg(long, hide = true)]
+    pub guest_info: Option<PathBuf>,
+}
+
+/// Raw sample file: magic, then tagged records.
+const RAW_MAGIC: &[u8; 8] = b"PVRAW002";
+const RAW_SAMPLE: u8 = 1;
+/// The recorder's final counters: lost, walks, walk ns (3 x u64).
+const RAW_STATS: u8 = 2;
+
+/// What a raw file ends with.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct RawStats {
+    lost: u64,
+    walks: u64,
+    walk_ns: u64,
+}
+
+fn write_raw_stats(w: &mut impl Write, st: RawStats) -> std::io::Result<()> {
+    w.write_all(&[RAW_STATS])?;
+    for v in [st.lost, st.walks, st.walk_ns] {
+        w.write_all(&v.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+enum RawItem {
+    Sample(RecordedSample),
+    Stats(RawStats),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
+    move |source| CliError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One raw sample: fixed fields, comm, frames.
+fn write_raw(w: &mut impl Write, s: &RecordedSample) -> std::io::Result<()> {
+    w.write_all(&[RAW_SAMPLE])?;
+    let comm = s.task.as_ref().map(|t| t.comm.as_bytes()).unwrap_or(&[]);
+    let comm = &comm[..comm.len().min(255)];
+    let frames = &s.callchain[..s.callchain.len().min(u16::MAX as usize)];
+    w.write_all(&[
+        s.vcpu,
+        u8::from(s.user),
+        comm.len() as u8,
+        u8::from(s.task.is_some()),
+    ])?;
+    w.write_all(&(frames.len() as u16).to_le_bytes())?;
+    w.write_all(&[0, 0])?;
+    w.write_all(&s.vcpu_tid.to_le_bytes())?;
+    let (pid, tid) = s.task.as_ref().map(|t| (t.pid, t.tid)).unwrap_or((0, 0));
+    w.write_all(&pid.to_le_bytes())?;
+    w.write_all(&tid.to_le_bytes())?;
+    for v in [s.time_ns, s.ip, s.period] {
+        w.write_all(&v.to_le_bytes())?;
+    }
+    w.write_all(comm)?;
+    for f in frames {
+        w.write_all(&f.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+fn read_raw(r: &mut impl Read) -> std::io::Result<Option<RawItem>> {
+    let mut tag = [0u8; 1];
+    match r.read_exact(&mut tag) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    if tag[0] == RAW_STATS {
+        let mut b = [0u8; 24];
+        r.read_exact(&mut b)?;
+        let v = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        return Ok(Some(RawItem::Stats(RawStats {
+            lost: v(0),
+            walks: v(1),
+            walk_ns: v(2),
+        })));
+    }
+    if tag[0] != RAW_SAMPLE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "unknown raw record tag",
+        ));
+    }
+    let mut head = [0u8; 44];
+    r.read_exact(&mut head)?;
+    let u32_at = |o: usize| u32::from_le_bytes([head[o], head[o + 1], head[o + 2], head[o + 3]]);
+    let u64_at = |o: usize| u64::from_le_bytes(head[o..o + 8].try_into().unwrap_or([0; 8]));
+    let (vcpu, user, comm_len, has_task) = (head[0], head[1] != 0, head[2] as usize, head[3] != 0);
+    let nframes = u16::from_le_bytes([head[4], head[5]]) as usize;
+    let mut comm = vec![0u8; comm_len];
+    r.read_exact(&mut comm)?;
+    let mut frames = vec![0u8; nframes * 8];
+    r.read_exact(&mut frames)?;
+    Ok(Some(RawItem::Sample(RecordedSample {
+        vcpu,
+        vcpu_tid: u32_at(8),
+        time_ns: u64_at(20),
+        ip: u64_at(28),
+        user,
+        task: has_task.then(|| GuestTask {
+            pid: u32_at(12),
+            tid: u32_at(16),
+            comm: String::from_utf8_lossy(&comm).into_owned(),
+        }),
+        callchain: frames
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect(),
+        period: u64_at(36),
+    })))
+}
+
+/// Everything the outputs need to know besides the samples.
+fn meta(args: &RecordArgs, nr_cpus: u32, backend: Backend) -> RecordMeta {
+    let mut m = RecordMeta::new(nr_cpus, args.freq);
+    let image = default_image_dir();
+    let default_image = args.run.kernel.is_none();
+    m.guest_system_map = args
+        .guest_system_map
+        .clone()
+        .or_else(|| default_image.then(|| image.join("System.map")));
+    if default_image {
+        m.guest_vmlinux = Some(image.join("vmlinux"));
+        m.kernel_release = std::fs::read_to_string(image.join("manifest.txt"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("kernel_release=").map(str::to_string))
+            })
+            .unwrap_or_default();
+    }
+    let mut bins = args.guest_binaries.clone();
+    if bins.is_empty() && default_image {
+        // The guest image's static tools, as built by scripts/build-guest-image.sh.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/guest/x86_64-unknown-linux-gnu/release");
+        for name in ["pv-workload", "pvpmu-tool", "pv-exit"] {
+            if dir.join(name).is_file() {
+                bins.push(dir.join(name));
+            }
+        }
+    }
+    m.guest_binaries = bins
+        .into_iter()
+        .map(|path| {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().chars().take(15).collect());
+            GuestBinary { path, name }
+        })
+        .collect();
+    m.callchain = args.call_graph.is_some() && backend == Backend::Kick;
+    m.backend = backend.to_string();
+    m
+}
+
+/// Turns samples into the outputs.
+struct Outputs {
+    writer: PerfDataWriter,
+    folded: Folded,
+    symbolizer: Symbolizer,
+    per_vcpu: Vec<u64>,
+    total: u64,
+    with_task: u64,
+    first_ns: Option<u64>,
+    last_ns: u64,
+}
+
+impl Outputs {
+    fn new(args: &RecordArgs, meta: &RecordMeta) -> Result<Outputs, CliError> {
+        let rec = |e: record::RecordError| CliError::Record(e.to_string());
+        Ok(Outputs {
+            writer: PerfDataWriter::create(&args.output, meta).map_err(rec)?,
+            folded: Folded::new(),
+            symbolizer: Symbolizer::from_meta(meta).map_err(rec)?,
+            per_vcpu: vec![0; meta.nr_cpus as usize],
+            total: 0,
+            with_task: 0,
+            first_ns: None,
+            last_ns: 0,
+        })
+    }
+
+    fn add(&mut self, s: &RecordedSample) -> Result<(), CliError> {
+        let g = GuestSample {
+            cpu: u32::from(s.vcpu),
+            vcpu_tid: s.vcpu_tid,
+            guest_pid: s.task.as_ref().map(|t| t.pid),
+            guest_tid: s.task.as_ref().map(|t| t.tid),
+            comm: s.task.as_ref().map(|t| t.comm.as_str()),
+            time_ns: s.time_ns,
+            ip: s.ip,
+            user: s.user,
+            callchain: &s.callchain,
+            period: s.period,
+        };
+        self.writer
+            .sample(&g)
+            .map_err(|e| CliError::Record(e.to_string()))?;
+        self.folded.add(&g, &self.symbolizer);
+        if let Some(c) = self.per_vcpu.get_mut(usize::from(s.vcpu)) {
+            *c += 1;
+        }
+        self.total += 1;
+        self.with_task += u64::from(s.task.is_some());
+        self.first_ns.get_or_insert(s.time_ns);
+        self.last_ns = self.last_ns.max(s.time_ns);
+        Ok(())
+    }
+
+    fn finish(
+        self,
+        args: &RecordArgs,
+        backend: Backend,
+        lost: u64,
+        walk: Option<(u64, u64)>,
+    ) -> Result<(), CliError> {
+        let rec = |e: record::RecordError| CliError::Record(e.to_string());
+        let summary = self.writer.finish().map_err(rec)?;
+        if let Some(p) = &args.folded {
+            self.folded.write(p).map_err(rec)?;
+        }
+        if let Some(svg) = &args.flamegraph {
+            let lines = self.folded.lines();
+            flamegraph(
+                FlameInput::Lines(&lines),
+                svg,
+                "perfvisor record: guest profile",
+            )
+            .map_err(rec)?;
+        }
+        let secs = self.last_ns.saturating_sub(self.first_ns.unwrap_or(0)) as f64 / 1e9;
+        let chains = match (args.call_graph.is_some(), backend) {
+            (false, _) => "no callchains".to_string(),
+            (true, Backend::Kick) => "frame-pointer callchains".to_string(),
+            (true, Backend::HostTimer) => {
+                "no callchains: the host-timer backend gives only an IP, stacks are IP-only"
+                    .to_string()
+            }
+        };
+        eprintln!(
+            "perfvisor record: {} samples in {secs:.1} s on {} vCPU(s) ({}), backend {backend}, {chains}, {lost} lost",
+            self.total,
+            self.per_vcpu.len(),
+            self.per_vcpu.iter().map(u64::to_string).collect::<Vec<_>>().join("/"),
+        );
+        if self.total > 0 {
+            eprintln!(
+                "  guest task identified for {:.0}% of samples",
+                self.with_task as f64 * 100.0 / self.total as f64
+            );
+        }
+        if let Some((walks, ns)) = walk.filter(|w| w.0 > 0) {
+            eprintln!(
+                "  callchain walk: {:.1} us per sample ({walks} walks)",
+                ns as f64 / walks as f64 / 1e3
+            );
+        }
+        eprintln!("  {:>7}  {:>8}  function", "overhead", "samples");
+        for (name, n) in self.folded.top(10) {
+            eprintln!(
+                "  {:>7.2}%  {n:>8}  {name}",
+                n as f64 * 100.0 / self.total.max(1) as f64
+            );
+        }
+        eprintln!("  {}", summary.report_hint.replace('\n', "\n  "));
+        for (what, p) in [
+            ("folded stacks", &args.folded),
+            ("flame graph", &args.flamegraph),
+        ] {
+            if let Some(p) = p {
+                eprintln!("  {what}: {}", p.display());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Live progress on stderr: samples/s per vCPU, lost, elapsed. On a terminal
+/// the line is rewritten in place; `inner` (the sandboxed half, whose
+/// stderr is relayed line by line) always ends lines.
+fn progress(stats: &RecordStats, start: Instant, last: &mut (Vec<u64>, Instant), inner: bool) {
+    let now: Vec<u64> = stats
+        .samples
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .collect();
+    let secs = last.1.elapsed().as_secs_f64().max(1e-3);
+    let rates: Vec<String> = now
+        .iter()
+        .zip(last.0.iter())
+        .map(|(n, l)| format!("{:.0}", (n - l) as f64 / secs))
+        .collect();
+    let line = format!(
+        "perfvisor record: {:>6.1} s, samples/s per vCPU: {}, lost {}",
+        start.elapsed().as_secs_f64(),
+        rates.join(" "),
+        stats.dropped.load(Ordering::Relaxed)
+    );
+    if std::io::stderr().is_terminal() && !inner {
+        eprint!("\r{line}   ");
+    } else {
+        eprintln!("{line}");
+    }
+    *last = (now, Instant::now());
+}
+
+pub fn record(args: RecordArgs) -> Result<ExitCode, CliError> {
+    if args.run.cpus == 0 {
+        return Err(CliError::NoCpus);
+    }
+    let backend: Backend = args.run.pmu_backend.into();
+    if args.raw_out.is_none() && use_sandbox(&args.run)? {
+        return record_in_sandbox(&args, backend);
+    }
+    let (kernel, initrd, cmdline) = resolve(&args.run)?;
+    let initrd_files = crate::guest_command_files(&args.run);
+    let config = VmConfig {
+        kernel,
+        initrd,
+        initrd_files,
+        cmdline,
+        mem_size: args.run.memory,
+        cpus: args.run.cpus,
+        timeout: args.run.timeout.map(Duration::from_secs),
+        // The terminal stays cooked, so Ctrl-C reaches perfvisor.
+        console_input: false,
+        // The device stays (a guest with the pvpmu driver boots as usual);
+        // recording replaces its sampler.
+        pmu: (args.run.pmu_freq > 0).then_some(vmm::vm::PmuOptions {
+            freq: args.run.pmu_freq,
+            backend,
+        }),
+    };
+    let kernel_info = match &args.guest_info {
+        Some(p) => std::fs::read_to_string(p).ok(),
+        None if args.run.kernel.is_none() => {
+            std::fs::read_to_string(default_image_dir().join("guest-info.txt")).ok()
+        }
+        None => None,
+    }
+    .and_then(|t| KernelInfo::parse(&t));
+    let mut vm = Vm::new(config, Box::new(std::io::stdout()))?;
+    let recording = vm.record(RecordConfig {
+        freq: args.freq,
+        callchain: args.call_graph.is_some(),
+        backend,
+        kernel_info,
+    });
+    vm.stop_on_signals()?;
+    let stats = recording.stats.clone();
+    let final_stats = recording.stats.clone();
+
+    // The writer: raw samples (sandboxed half) or the outputs.
+    let mut raw = match &args.raw_out {
+        Some(p) => {
+            let mut w = BufWriter::new(File::create(p).map_err(io(p))?);
+            w.write_all(RAW_MAGIC).map_err(io(p))?;
+            Some(w)
+        }
+        None => None,
+    };
+    let mut outputs = match raw {
+        Some(_) => None,
+        None => Some(Outputs::new(
+            &args,
+            &meta(&args, u32::from(args.run.cpus), backend),
+        )?),
+    };
+    let inner = args.raw_out.is_some();
+    let in_place = std::io::stderr().is_terminal() && !inner;
+    let writer = std::thread::spawn(move || -> Result<Option<Outputs>, CliError> {
+        let start = Instant::now();
+        let mut last = (vec![0; stats.samples.len()], start);
+        let mut next_progress = start + Duration::from_secs(1);
+        loop {
+            match recording.samples.recv_timeout(Duration::from_millis(100)) {
+                Ok(s) => {
+                    if let Some(w) = raw.as_mut() {
+                        write_raw(w, &s).map_err(|e| CliError::Record(e.to_string()))?;
+                    } else if let Some(o) = outputs.as_mut() {
+                        o.add(&s)?;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if Instant::now() >= next_progress {
+                progress(&stats, start, &mut last, inner);
+                next_progress += Duration::from_secs(if in_place { 1 } else { 5 });
+            }
+        }
+        if in_place {
+            eprintln!();
+        }
+        if let Some(mut w) = raw {
+            let st = RawStats {
+                lost: stats.dropped.load(Ordering::Relaxed),
+                walks: stats.walks.load(Ordering::Relaxed),
+                walk_ns: stats.walk_ns.load(Ordering::Relaxed),
+            };
+            write_raw_stats(&mut w, st)
+                .and_then(|_| w.flush())
+                .map_err(|e| CliError::Record(e.to_string()))?;
+        }
+        Ok(outputs)
+    });
+    let report = vm.run()?;
+    let outputs = writer
+        .join()
+        .map_err(|_| CliError::Record("the writer thread panicked".into()))??;
+    if let Some(o) = outputs {
+        let lost = final_stats.dropped.load(Ordering::Relaxed);
+        let walk = (
+            final_stats.walks.load(Ordering::Relaxed),
+            final_stats.walk_ns.load(Ordering::Relaxed),
+        );
+        o.finish(&args, backend, lost, Some(walk))?;
+    } else {
+        eprintln!(
+            "perfvisor record: {} samples, {} lost, callchain walks {} ({} ns in total)",
+            final_stats
+                .samples
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum::<u64>(),
+            final_stats.dropped.load(Ordering::Relaxed),
+            final_stats.walks.load(Ordering::Relaxed),
+            final_stats.walk_ns.load(Ordering::Relaxed)
+        );
+    }
+    if let Some(msg) = report.outcome.describe() {
+        eprintln!("perfvisor: {msg}");
+    }
+    Ok(exit_code(report.outcome.exit_code()))
+}
+
+/// Record inside the L1 sandbox into a raw file, copy it back, write the
+/// outputs here.
+fn record_in_sandbox(args: &RecordArgs, backend: Backend) -> Result<ExitCode, CliError> {
+    let mut extra = vec![
+        "--freq".to_string(),
+        args.freq.to_string(),
+        "--raw-out".into(),
+        "/out/samples.raw".into(),
+    ];
+    if let Some(cg) = &args.call_graph {
+        extra.extend(["--call-graph".into(), cg.clone()]);
+    }
+    let info = default_image_dir().join("guest-info.txt");
+    let use_info = args.run.kernel.is_none() && info.is_file();
+    if use_info {
+        extra.extend(["--guest-info".into(), "/perfvisor/guest-info.txt".into()]);
+    }
+    let host_out = std::env::temp_dir().join(format!("perfvisor-record-{}", std::process::id()));
+    let mut job = sandbox_job(&args.run, "record", &extra)?.collect("/out", &host_out);
+    if use_info {
+        job = job.file(&info, "/perfvisor/guest-info.txt");
+    }
+    let outcome = sandbox_for(&args.run)?.run(&job, &mut |line: &str| {
+        // The inner perfvisor's progress and summary are about the raw
+        // half; keep its progress, drop its summary (ours follows).
+        println!("{line}")
+    })?;
+    let raw_path = host_out.join("samples.raw");
+    let result = (|| -> Result<(), CliError> {
+        let mut r = BufReader::new(File::open(&raw_path).map_err(io(&raw_path))?);
+        let mut magic = [0u8; 8];
+        r.read_exact(&mut magic).map_err(io(&raw_path))?;
+        if &magic != RAW_MAGIC {
+            return Err(CliError::Record(format!(
+                "{} is not a perfvisor raw sample file",
+                raw_path.display()
+            )));
+        }
+        let mut outputs = Outputs::new(args, &meta(args, u32::from(args.run.cpus), backend))?;
+        let mut st = RawStats::default();
+        while let Some(item) = read_raw(&mut r).map_err(io(&raw_path))? {
+            match item {
+                RawItem::Sample(s) => outputs.add(&s)?,
+                RawItem::Stats(s) => st = s,
+            }
+        }
+        outputs.finish(args, backend, st.lost, Some((st.walks, st.walk_ns)))
+    })();
+    let _ = std::fs::remove_dir_all(&host_out);
+    result?;
+    Ok(exit_code(outcome.status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_samples_round_trip() {
+        let samples = vec![
+            RecordedSample {
+                vcpu: 1,
+                vcpu_tid: 4242,
+                time_ns: 123,
+                ip: 0xffff_ffff_8100_0000,
+                user: false,
+                task: Some(GuestTask {
+                    pid: 7,
+                    tid: 8,
+                    comm: "pv-workload".into(),
+                }),
+                callchain: vec![1, 2, 3],
+                period: 1_000_000,
+            },
+            RecordedSample {
+                vcpu: 0,
+                vcpu_tid: 1,
+                time_ns: 5,
+                ip: 0x40_1000,
+                user: true,
+                task: None,
+                callchain: vec![],
+                period: 9,
+            },
+        ];
+        let mut buf = Vec::new();
+        for s in &samples {
+            write_raw(&mut buf, s).unwrap();
+        }
+        write_raw_stats(
+            &mut buf,
+            RawStats {
+                lost: 1,
+                walks: 2,
+                walk_ns: 3,
+            },
+        )
+        .unwrap();
+        let mut r = &buf[..];
+        let mut back = Vec::new();
+        let mut stats = None;
+        while let Some(item) = read_raw(&mut r).unwrap() {
+            match item {
+                RawItem::Sample(s) => back.push(s),
+                RawItem::Stats(s) => stats = Some(s),
+            }
+        }
+        assert_eq!(
+            stats,
+            Some(RawStats {
+                lost: 1,
+                walks: 2,
+                walk_ns: 3
+            })
+        );
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0].task, samples[0].task);
+        assert_eq!(back[0].callchain, samples[0].callchain);
+        assert_eq!(
+            (back[1].ip, back[1].user, back[1].period),
+            (0x40_1000, true, 9)
+        );
+    }
+}

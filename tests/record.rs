@@ -1,0 +1,191 @@
+//! `perfvisor record` end to end, as a user runs it: perfvisor picks the KVM
+//! itself (this host's, or the L1 sandbox, and brings the outputs back), and
+//! the host's own `perf` reads what it wrote.
+
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use harness::{image_dir, perfvisor_cmd, Run};
+
+fn out_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("perfvisor-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn require_image() {
+    let img = image_dir();
+    assert!(
+        img.join("vmlinux").exists(),
+        "no guest image in {}: run scripts/build-guest-image.sh",
+        img.display()
+    );
+}
+
+fn record(dir: &Path, extra: &[&str], command: &str) -> Run {
+    require_image();
+    let data = dir.join("perf.data");
+    let folded = dir.join("out.folded");
+    let svg = dir.join("out.svg");
+    let mut args = vec!["record", "--timeout", "300", "-o", data.to_str().unwrap()];
+    args.extend([
+        "--folded",
+        folded.to_str().unwrap(),
+        "--flamegraph",
+        svg.to_str().unwrap(),
+    ]);
+    args.extend_from_slice(extra);
+    args.extend(["--", command]);
+    let r = perfvisor_cmd(&args);
+    let which = if r.stderr.contains("inside the L1 sandbox") {
+        "the L1 sandbox"
+    } else {
+        "this host's /dev/kvm"
+    };
+    println!(
+        "perfvisor record ran on {which}; status {} in {:.1}s",
+        r.status,
+        r.elapsed.as_secs_f64()
+    );
+    println!("--- stderr:\n{}", r.stderr);
+    r
+}
+
+fn host_perf(args: &[&str]) -> (String, String) {
+    let out = Command::new("perf")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run the host's perf ({e}): run scripts/setup.sh (package linux-perf)")
+        });
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn record_finds_the_hot_call_chain() {
+    let dir = out_dir("record");
+    let r = record(&dir, &["--call-graph", "fp"], "pv-workload --seconds 3");
+    r.check(r.status == 0, "record exits 0");
+    r.check(
+        r.stderr.contains("frame-pointer callchains"),
+        "the summary names the callchain mode",
+    );
+    // The host's perf reads the file without warnings and shows hot().
+    let data = dir.join("perf.data");
+    let (script, err) = host_perf(&["script", "-i", data.to_str().unwrap()]);
+    assert!(
+        script.contains("workload_hot"),
+        "perf script shows workload_hot:\n{}",
+        &script[..script.len().min(3000)]
+    );
+    assert!(
+        !err.to_lowercase().contains("warning"),
+        "perf script warns: {err}"
+    );
+    let (report, err) = host_perf(&[
+        "report",
+        "-i",
+        data.to_str().unwrap(),
+        "--stdio",
+        "--no-children",
+    ]);
+    assert!(
+        report.contains("workload_hot"),
+        "perf report shows workload_hot"
+    );
+    assert!(
+        !err.to_lowercase().contains("warning"),
+        "perf report warns: {err}"
+    );
+    // The folded stack with the largest count is main..a;b;hot.
+    let folded = std::fs::read_to_string(dir.join("out.folded")).unwrap();
+    let (top, count) = folded
+        .lines()
+        .filter_map(|l| {
+            l.rsplit_once(' ')
+                .and_then(|(s, n)| Some((s.to_string(), n.parse::<u64>().ok()?)))
+        })
+        .max_by_key(|(_, n)| *n)
+        .expect("folded stacks");
+    println!("top folded stack ({count}): {top}");
+    assert!(
+        top.ends_with("workload_a;workload_b;workload_hot"),
+        "top stack is a;b;hot: {top}"
+    );
+    // The SVG is well-formed XML and shows hot().
+    let svg = std::fs::read_to_string(dir.join("out.svg")).unwrap();
+    assert!(svg.contains("workload_hot"));
+    well_formed(&svg);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn hostile_frame_pointers_do_not_stop_recording() {
+    let dir = out_dir("hostile-fp");
+    let r = record(
+        &dir,
+        &["--call-graph", "fp"],
+        "pv-workload --mode fp-loop --seconds 3",
+    );
+    r.check(
+        r.status == 0,
+        "record survives looping, non-canonical, unmapped and misaligned frame pointers",
+    );
+    let folded = std::fs::read_to_string(dir.join("out.folded")).unwrap();
+    let hostile: u64 = folded
+        .lines()
+        .filter(|l| l.contains("hostile_frames"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum();
+    println!("{hostile} samples in hostile_frames");
+    assert!(
+        hostile > 100,
+        "samples kept coming while the frame pointers were hostile"
+    );
+    // Bounded cost: the walk's per-sample time is reported; it must stay small.
+    let us: f64 = r
+        .stderr
+        .lines()
+        .find_map(|l| {
+            l.split("callchain walk: ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(f64::MAX);
+    r.check(
+        us < 1000.0,
+        "a callchain walk costs well under a millisecond even with hostile frames",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A minimal XML well-formedness check: tags nest and close.
+fn well_formed(xml: &str) {
+    let mut stack: Vec<String> = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find('<') {
+        rest = &rest[i + 1..];
+        let end = rest.find('>').expect("unterminated tag");
+        let tag = &rest[..end];
+        rest = &rest[end + 1..];
+        if tag.starts_with('?') || tag.starts_with('!') {
+            continue;
+        }
+        if let Some(name) = tag.strip_prefix('/') {
+            let open = stack.pop().expect("close without open");
+            assert_eq!(open, name.trim(), "mismatched tags");
+        } else if !tag.ends_with('/') {
+            stack.push(tag.split_whitespace().next().unwrap_or("").to_string());
+        }
+    }
+    assert!(stack.is_empty(), "unclosed tags: {stack:?}");
+}

@@ -1,0 +1,417 @@
+//! Reading a guest's own structures from the host, without its help: guest
+//! virtual addresses through its page tables, frame-pointer callchains, and
+//! the task running on a vCPU.
+//!
+//! The guest is untrusted and its memory changes under our feet. Every read
+//! goes through vm-memory's checked accessors; every walk is bounded (four
+//! table levels, [`MAX_DEPTH`] frames, frames must move up the stack), so
+//! garbage page tables, cyclic tables or looping frame pointers cost a
+//! bounded number of reads and never fault.
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Most frames a callchain walk follows.
+pub const MAX_DEPTH: usize = 64;
+/// Largest distance between two frames on one stack (a bigger jump ends the
+/// walk: it is not a stack).
+const MAX_FRAME_SPAN: u64 = 1 << 20;
+/// Physical-address bits of a page-table entry (bits 12..51).
+const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
+const PTE_PRESENT: u64 = 1;
+const PTE_PS: u64 = 1 << 7;
+
+/// Is `va` canonical for 48-bit virtual addresses?
+pub fn is_canonical(va: u64) -> bool {
+    let top = va >> 47;
+    top == 0 || top == 0x1_ffff
+}
+
+/// A guest address space: guest memory plus the CR3 of the sampled vCPU.
+pub struct GuestAddressSpace<'a> {
+    mem: &'a GuestMemoryMmap,
+    /// The PML4's guest-physical address (CR3 without PCID/flag bits).
+    root: u64,
+    /// Page-table reads done so far (a cost meter for tests and stats).
+    pub reads: u64,
+}
+
+impl<'a> GuestAddressSpace<'a> {
+    /// The address space rooted at `cr3` (4-level paging).
+    pub fn new(mem: &'a GuestMemoryMmap, cr3: u64) -> Self {
+        Self {
+            mem,
+            root: cr3 & PTE_ADDR,
+            reads: 0,
+        }
+    }
+
+    fn entry(&mut self, table: u64, index: u64) -> Option<u64> {
+        self.reads += 1;
+        self.mem
+            .read_obj::<u64>(GuestAddress(table + index * 8))
+            .ok()
+    }
+
+    /// Translate a guest virtual address (4 KiB, 2 MiB and 1 GiB pages).
+    pub fn translate(&mut self, va: u64) -> Option<u64> {
+        if !is_canonical(va) {
+            return None;
+        }
+        let pml4e = self.entry(self.root, (va >> 39) & 511)?;
+        if pml4e & PTE_PRESENT == 0 {
+            return None;
+        }
+        let pdpte = self.entry(pml4e & PTE_ADDR, (va >> 30) & 511)?;
+        if pdpte & PTE_PRESENT == 0 {
+            return None;
+        }
+        if pdpte & PTE_PS != 0 {
+            return Some((pdpte & PTE_ADDR & !((1 << 30) - 1)) | (va & ((1 << 30) - 1)));
+        }
+        let pde = self.entry(pdpte & PTE_ADDR, (va >> 21) & 511)?;
+        if pde & PTE_PRESENT == 0 {
+            return None;
+        }
+        if pde & PTE_PS != 0 {
+            return Some((pde & PTE_ADDR & !((1 << 21) - 1)) | (va & ((1 << 21) - 1)));
+        }
+        let pte = self.entry(pde & PTE_ADDR, (va >> 12) & 511)?;
+        if pte & PTE_PRESENT == 0 {
+            return None;
+        }
+        Some((pte & PTE_ADDR) | (va & 0xfff))
+    }
+
+    /// Read an aligned u64 at a guest virtual address.
+    pub fn read_u64(&mut self, va: u64) -> Option<u64> {
+        if !va.is_multiple_of(8) {
+            return None;
+        }
+        let gpa = self.translate(va)?;
+        self.reads += 1;
+        self.mem.read_obj::<u64>(GuestAddress(gpa)).ok()
+    }
+
+    /// Read bytes at a guest virtual address (may cross pages).
+    pub fn read_bytes(&mut self, va: u64, buf: &mut [u8]) -> Option<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let cur = va.checked_add(done as u64)?;
+            let in_page = (4096 - (cur & 0xfff)) as usize;
+            let n = in_page.min(buf.len() - done);
+            let gpa = self.translate(cur)?;
+            self.reads += 1;
+            self.mem
+                .read_slice(&mut buf[done..done + n], GuestAddress(gpa))
+                .ok()?;
+            done += n;
+        }
+        Some(())
+    }
+}
+
+/// x86_64 `struct pt_regs` offsets (arch/x86/include/asm/ptrace.h).
+mod pt_regs {
+    pub const BP: u64 = 4 * 8;
+    pub const IP: u64 = 16 * 8;
+    pub const CS: u64 = 17 * 8;
+}
+
+/// A walked callchain: return addresses after the sampled IP, innermost
+/// first, and where the user part starts (Linux's kernel entry leaves an
+/// encoded pt_regs pointer in RBP; from it the walk continues in user space).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Callchain {
+    /// Return addresses (kernel ones first when the sample was in the kernel).
+    pub frames: Vec<u64>,
+    /// Index in `frames` of the first user frame (the user IP at kernel entry).
+    pub user_start: Option<usize>,
+    /// Why the walk ended.
+    pub end: WalkEnd,
+}
+
+/// Why a frame-pointer walk stopped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum WalkEnd {
+    /// A zero frame pointer or return address: the outermost frame.
+    #[default]
+    Outermost,
+    /// A non-canonical or misaligned frame pointer.
+    BadPointer,
+    /// An address that does not translate.
+    Unmapped,
+    /// The next frame is not above this one (a loop or a corrupt stack).
+    NotAscending,
+    /// [`MAX_DEPTH`] frames.
+    Depth,
+}
+
+/// Walk frame pointers from `rbp`. `kernel` says the sample was taken in
+/// guest kernel mode; then the walk follows Linux's encoded pt_regs pointer
+/// (bit 0 set in RBP, ENCODE_FRAME_POINTER) into the interrupted user
+/// context.
+pub fn walk_frame_pointers(space: &mut GuestAddressSpace<'_>, rbp: u64, kernel: bool) -> Callchain {
+    let mut chain = Callchain::default();
+    let mut frame = rbp;
+    let mut in_kernel = kernel;
+    while chain.frames.len() < MAX_DEPTH {
+        if frame == 0 {
+            chain.end = WalkEnd::Outermost;
+            return chain;
+        }
+        if in_kernel && frame & 1 == 1 {
+            // An entry from user space: pt_regs at frame & !1.
+            let regs = frame & !1;
+            let (Some(ip), Some(bp), Some(cs)) = (
+                space.read_u64(regs + pt_regs::IP),
+                space.read_u64(regs + pt_regs::BP),
+                space.read_u64(regs + pt_regs::CS),
+            ) else {
+                chain.end = WalkEnd::Unmapped;
+                return chain;
+            };
+            if cs & 3 != 3 {
+                // An interrupt from kernel mode: nothing user to add.
+                chain.end = WalkEnd::Outermost;
+                return chain;
+            }
+            chain.user_start = Some(chain.frames.len());
+            chain.frames.push(ip);
+            in_kernel = false;
+            frame = bp;
+            continue;
+        }
+        if !is_canonical(frame) || !frame.is_multiple_of(8) {
+            chain.end = WalkEnd::BadPointer;
+            return chain;
+        }
+        let (Some(next), Some(ret)) = (space.read_u64(frame), space.read_u64(frame + 8)) else {
+            chain.end = WalkEnd::Unmapped;
+            return chain;
+        };
+        if ret == 0 || !is_canonical(ret) {
+            chain.end = WalkEnd::Outermost;
+            return chain;
+        }
+        chain.frames.push(ret);
+        if next == 0 {
+            chain.end = WalkEnd::Outermost;
+            return chain;
+        }
+        let encoded = in_kernel && next & 1 == 1;
+        if !encoded && (next <= frame || next - frame > MAX_FRAME_SPAN) {
+            chain.end = WalkEnd::NotAscending;
+            return chain;
+        }
+        frame = next;
+    }
+    chain.end = WalkEnd::Depth;
+    chain
+}
+
+/// Where the guest kernel keeps the running task and its ids, for a kernel
+/// perfvisor knows (from the guest image's build: System.map and struct
+/// offsets, see scripts/build-guest-image.sh's guest-info.txt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelInfo {
+    /// Per-CPU offset of `current_task`.
+    pub current_task: u64,
+    /// `offsetof(struct task_struct, pid)`, `tgid`, `comm`.
+    pub task_pid: u64,
+    pub task_tgid: u64,
+    pub task_comm: u64,
+}
+
+impl KernelInfo {
+    /// Parse `name value` lines (hex or decimal): `current_task`,
+    /// `task_pid`, `task_tgid`, `task_comm`.
+    pub fn parse(text: &str) -> Option<KernelInfo> {
+        let get = |k: &str| -> Option<u64> {
+            text.lines().find_map(|l| {
+                let (name, v) = l.split_once(char::is_whitespace)?;
+                (name == k).then(|| {
+                    let v = v.trim();
+                    v.strip_prefix("0x")
+                        .map_or_else(|| v.parse().ok(), |h| u64::from_str_radix(h, 16).ok())
+                })?
+            })
+        };
+        Some(KernelInfo {
+            current_task: get("current_task")?,
+            task_pid: get("task_pid")?,
+            task_tgid: get("task_tgid")?,
+            task_comm: get("task_comm")?,
+        })
+    }
+}
+
+/// The task running on a vCPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestTask {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+}
+
+/// Find the running task: `percpu_base` is the vCPU's kernel GS base
+/// (GS.base in kernel mode, MSR_KERNEL_GS_BASE in user mode).
+pub fn current_task(
+    space: &mut GuestAddressSpace<'_>,
+    info: &KernelInfo,
+    percpu_base: u64,
+) -> Option<GuestTask> {
+    let task = space.read_u64(percpu_base.checked_add(info.current_task)?)?;
+    if !is_canonical(task) {
+        return None;
+    }
+    let mut ids = [0u8; 4];
+    space.read_bytes(task.checked_add(info.task_pid)?, &mut ids)?;
+    let tid = u32::from_le_bytes(ids);
+    space.read_bytes(task.checked_add(info.task_tgid)?, &mut ids)?;
+    let pid = u32::from_le_bytes(ids);
+    let mut comm = [0u8; 16];
+    space.read_bytes(task.checked_add(info.task_comm)?, &mut comm)?;
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    let comm = String::from_utf8_lossy(&comm[..end]).into_owned();
+    Some(GuestTask { pid, tid, comm })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB: u64 = 1 << 20;
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), (16 * MB) as usize)]).unwrap()
+    }
+
+    fn w(m: &GuestMemoryMmap, a: u64, v: u64) {
+        m.write_obj(v, GuestAddress(a)).unwrap();
+    }
+
+    /// PML4 at 0x1000 -> PDPT 0x2000 -> PD 0x3000 -> PT 0x4000, mapping
+    /// va 0x40_0000.. (4K pages) to pa 0x10_0000.., plus a 2 MiB page at
+    /// va 0x8000_0000 -> pa 0x20_0000 and a 1 GiB page for the kernel half.
+    fn tables(m: &GuestMemoryMmap) {
+        w(m, 0x1000, 0x2000 | 3);
+        w(m, 0x2000, 0x3000 | 3);
+        w(m, 0x3000 + 2 * 8, 0x4000 | 3); // va 0x40_0000
+        for i in 0..16 {
+            w(m, 0x4000 + i * 8, (0x10_0000 + i * 0x1000) | 3);
+        }
+        w(m, 0x2000 + 2 * 8, 0x5000 | 3); // va 0x8000_0000 -> PD 0x5000
+        w(m, 0x5000, 0x20_0000 | 0x83);
+        // Kernel half: PML4[511] -> PDPT 0x6000, 1 GiB page at 0.
+        w(m, 0x1000 + 511 * 8, 0x6000 | 3);
+        w(m, 0x6000 + 510 * 8, 0x83);
+    }
+
+    #[test]
+    fn translates_4k_2m_1g() {
+        let m = mem();
+        tables(&m);
+        let mut s = GuestAddressSpace::new(&m, 0x1000 | 0x5 /* PCID bits */);
+        assert_eq!(s.translate(0x40_0123), Some(0x10_0123));
+        assert_eq!(s.translate(0x40_f008), Some(0x10_f008));
+        assert_eq!(s.translate(0x8012_3456), Some(0x32_3456));
+        assert_eq!(s.translate(0xffff_ffff_8000_1234), Some(0x1234));
+        assert_eq!(s.translate(0x50_0000), None, "not present");
+        assert_eq!(s.translate(0x8000_0000_0000), None, "non-canonical");
+    }
+
+    #[test]
+    fn hostile_tables_are_bounded() {
+        let m = mem();
+        // CR3 outside RAM, garbage entries pointing outside RAM, and a
+        // table that points at itself at every level.
+        let mut s = GuestAddressSpace::new(&m, 0xffff_f000);
+        assert_eq!(s.translate(0x1000), None);
+        w(&m, 0x1000, 0x7fff_ffff_f000 | 1);
+        let mut s = GuestAddressSpace::new(&m, 0x1000);
+        assert_eq!(s.translate(0x1000), None);
+        w(&m, 0x1000, 0x1000 | 3); // self-referencing: every level reads 0x1000[0]
+        let mut s = GuestAddressSpace::new(&m, 0x1000);
+        let _ = s.translate(0x0);
+        assert!(s.reads <= 4, "a walk reads at most four entries");
+        // Frame pointers that loop are cut off.
+        tables(&m);
+        let mut s = GuestAddressSpace::new(&m, 0x1000);
+        w(&m, 0x10_0100, 0x40_0100); // [rbp] = rbp
+        w(&m, 0x10_0108, 0x40_1000);
+        let c = walk_frame_pointers(&mut s, 0x40_0100, false);
+        assert_eq!(c.end, WalkEnd::NotAscending);
+        assert_eq!(c.frames, vec![0x40_1000]);
+        for rbp in [0x40_0101, 0x8000_0000_0000, 0x50_0000] {
+            let c = walk_frame_pointers(&mut s, rbp, false);
+            assert!(c.frames.is_empty(), "{rbp:x}: {c:?}");
+        }
+    }
+
+    #[test]
+    fn walks_user_frames_through_kernel_entry() {
+        let m = mem();
+        tables(&m);
+        let mut s = GuestAddressSpace::new(&m, 0x1000);
+        // Kernel stack in the 1 GiB kernel page: frames at 0x8000, 0x8040,
+        // whose saved rbp is an encoded pt_regs pointer at 0x9000.
+        let k = 0xffff_ffff_8000_0000u64;
+        w(&m, 0x8000, k + 0x8040);
+        w(&m, 0x8008, k + 0x11_1111);
+        w(&m, 0x8040, (k + 0x9000) | 1);
+        w(&m, 0x8048, k + 0x22_2222);
+        w(&m, 0x9000 + pt_regs::IP, 0x40_0800);
+        w(&m, 0x9000 + pt_regs::BP, 0x40_0200);
+        w(&m, 0x9000 + pt_regs::CS, 0x33);
+        // User stack: hot's frame at 0x40_0200 -> b at 0x40_0300 -> a (outermost).
+        w(&m, 0x10_0200, 0x40_0300);
+        w(&m, 0x10_0208, 0x40_0b00);
+        w(&m, 0x10_0300, 0);
+        w(&m, 0x10_0308, 0x40_0a00);
+        let c = walk_frame_pointers(&mut s, k + 0x8000, true);
+        assert_eq!(
+            c.frames,
+            vec![
+                k + 0x11_1111,
+                k + 0x22_2222,
+                0x40_0800,
+                0x40_0b00,
+                0x40_0a00
+            ]
+        );
+        assert_eq!(c.user_start, Some(2));
+        assert_eq!(c.end, WalkEnd::Outermost);
+    }
+
+    #[test]
+    fn current_task_from_per_cpu_data() {
+        let m = mem();
+        tables(&m);
+        let k = 0xffff_ffff_8000_0000u64;
+        let info = KernelInfo {
+            current_task: 0x40,
+            task_pid: 0x10,
+            task_tgid: 0x14,
+            task_comm: 0x20,
+        };
+        w(&m, 0xa040, k + 0xb000);
+        m.write_obj(77u32, GuestAddress(0xb010)).unwrap();
+        m.write_obj(70u32, GuestAddress(0xb014)).unwrap();
+        m.write_slice(b"pv-workload\0", GuestAddress(0xb020))
+            .unwrap();
+        let mut s = GuestAddressSpace::new(&m, 0x1000);
+        let t = current_task(&mut s, &info, k + 0xa000).unwrap();
+        assert_eq!(
+            t,
+            GuestTask {
+                pid: 70,
+                tid: 77,
+                comm: "pv-workload".into()
+            }
+        );
+        assert_eq!(current_task(&mut s, &info, 0x7000_0000_0000), None);
+        let text = "current_task 0x40\ntask_pid 16\ntask_tgid 0x14\ntask_comm 32\n";
+        assert_eq!(KernelInfo::parse(text), Some(info));
+        assert_eq!(KernelInfo::parse("current_task 1"), None);
+    }
+}
