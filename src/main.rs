@@ -51,17 +51,30 @@ enum KvmChoice {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
 enum PmuBackend {
+    /// The host timer when this host allows a cpu-clock event with
+    /// exclude_host (it samples without exits to user space), else kicks.
+    Auto,
     /// Kick the vCPU out of KVM_RUN at each sample and read its registers.
     Kick,
     /// A host cpu-clock event with exclude_host; kicks only to deliver.
     HostTimer,
 }
 
-impl From<PmuBackend> for Backend {
-    fn from(b: PmuBackend) -> Backend {
-        match b {
+impl PmuBackend {
+    /// The backend to use; `need_registers` (callchains) rules the host
+    /// timer out, which only gives an IP.
+    fn resolve(self, need_registers: bool) -> Backend {
+        match self {
             PmuBackend::Kick => Backend::Kick,
             PmuBackend::HostTimer => Backend::HostTimer,
+            PmuBackend::Auto if need_registers => Backend::Kick,
+            PmuBackend::Auto => match vmm::host_timer::HostTimer::open_for_current_thread(1000) {
+                Ok(_) => Backend::HostTimer,
+                Err(e) => {
+                    log::info!("host cpu-clock event unavailable ({e}); sampling with kicks");
+                    Backend::Kick
+                }
+            },
         }
     }
 }
@@ -97,7 +110,7 @@ struct RunArgs {
     pmu_freq: u32,
     /// How the host takes pvpmu samples: kick the vCPU and read its registers,
     /// or a host cpu-clock perf event with exclude_host on each vCPU thread.
-    #[arg(long, value_enum, default_value_t = PmuBackend::Kick)]
+    #[arg(long, value_enum, default_value_t = PmuBackend::Auto)]
     pmu_backend: PmuBackend,
     /// Command for the guest's /init to run (default image); its exit status becomes perfvisor's.
     #[arg(last = true)]
@@ -216,6 +229,7 @@ fn run_host(args: &RunArgs) -> Result<ExitCode, CliError> {
     // The command travels as a file appended to the initramfs, so any shell
     // text survives (the kernel command line would split and unquote it).
     let initrd_files = guest_command_files(args);
+    let backend = args.pmu_backend.resolve(false);
     let config = VmConfig {
         kernel,
         initrd,
@@ -227,7 +241,7 @@ fn run_host(args: &RunArgs) -> Result<ExitCode, CliError> {
         console_input: true,
         pmu: (args.pmu_freq > 0).then(|| PmuOptions {
             freq: args.pmu_freq,
-            backend: args.pmu_backend.into(),
+            backend,
         }),
     };
     let vm = Vm::new(config, Box::new(std::io::stdout()))?;
@@ -238,7 +252,7 @@ fn run_host(args: &RunArgs) -> Result<ExitCode, CliError> {
         if c.samples + c.lost + c.aux_bytes + errors > 0 {
             eprintln!(
                 "perfvisor: pvpmu: backend={} {}",
-                Backend::from(args.pmu_backend),
+                backend,
                 pvpmu_summary(&c)
             );
         }

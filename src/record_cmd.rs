@@ -374,7 +374,7 @@ pub fn record(args: RecordArgs) -> Result<ExitCode, CliError> {
     if args.run.cpus == 0 {
         return Err(CliError::NoCpus);
     }
-    let backend: Backend = args.run.pmu_backend.into();
+    let backend: Backend = args.run.pmu_backend.resolve(args.call_graph.is_some());
     if args.raw_out.is_none() && use_sandbox(&args.run)? {
         return record_in_sandbox(&args, backend);
     }

@@ -38,8 +38,25 @@ fn tool_and_host(r: &Run) -> (HashMap<String, String>, HashMap<String, String>) 
     (tool, host)
 }
 
-/// Share of the expected samples (freq x time the workload ran) that must arrive.
+/// Share of the expected samples (freq x the workload's CPU time as the
+/// event counted it) that must arrive on a capable host.
 const MIN_DELIVERY: f64 = 0.9;
+/// The same inside the L1 sandbox. There every exit of the nested guest is
+/// emulated by TCG: a kick (an exit to user space) costs milliseconds, and
+/// the host timer, which counts only guest-mode time, misses the share of
+/// the vCPU's time spent in those exits. On a quiet 2-core machine it
+/// measured 85-88% (kick) and 87-93% (host timer), and 70-82% while other
+/// QEMU instances competed for the cores (docs/platform.md); the bar is set
+/// so a loaded CI machine does not flake, and the test prints the ratio.
+const MIN_DELIVERY_NESTED: f64 = 0.6;
+
+fn min_delivery() -> f64 {
+    if std::env::var_os("PERFVISOR_TESTS_INSIDE_SANDBOX").is_some() {
+        MIN_DELIVERY_NESTED
+    } else {
+        MIN_DELIVERY
+    }
+}
 
 fn end_to_end(backend: &str) {
     let r = boot(&[
@@ -53,8 +70,11 @@ fn end_to_end(backend: &str) {
         "the tool found no checker violation or trace decode error",
     );
     let (tool, host) = tool_and_host(&r);
+    // Expected: the workload's CPU time as the event counted it (the
+    // pvpmu cpu-clock count), times the frequency.
     let samples = num(&tool, "samples");
-    let expected = 1000.0 * 3.0;
+    let expected = num(&tool, "expected") as f64;
+    r.check(expected > 2000.0, "the workload ran for most of its 3 s");
     let delivery = samples as f64 / expected;
     println!(
         "[{backend}] samples {samples} of {expected} expected ({:.0}%), top {:?}",
@@ -93,13 +113,21 @@ fn end_to_end(backend: &str) {
         );
     }
     r.check(num(&host, "err_state") == 0, "no state page errors");
+    let min = min_delivery();
     r.check(
-        delivery >= MIN_DELIVERY,
+        delivery >= min,
         &format!(
             "at least {:.0}% of the expected samples arrive",
-            MIN_DELIVERY * 100.0
+            min * 100.0
         ),
     );
+}
+
+#[test]
+fn pvpmu_tool_end_to_end_default_backend() {
+    boot_test("pvpmu_tool_end_to_end_default_backend", || {
+        end_to_end("auto")
+    });
 }
 
 #[test]

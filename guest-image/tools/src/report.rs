@@ -38,6 +38,9 @@ pub struct Report {
     /// PERF_RECORD_LOST sum, which misses drops after the last record that
     /// fitted.
     pub lost_counted: u64,
+    /// The events' own counts at the end (pvpmu cpu-clock: ns the sampled
+    /// tasks or CPUs ran while the event was on), summed.
+    pub count_ns: u64,
     /// PERF_RECORD_THROTTLE.
     pub throttles: u64,
     /// PERF_RECORD_UNTHROTTLE.
@@ -262,6 +265,14 @@ impl Report {
         kv("mode", &self.mode);
         kv("lost_samples", &self.lost_samples);
         kv("lost_counted", &self.lost_counted);
+        kv("count_ns", &self.count_ns);
+        // Samples a perfect sampler would have taken in that time.
+        let expected = match (self.freq, self.period) {
+            (f, _) if f > 0 => self.count_ns * f / 1_000_000_000,
+            (_, p) if p > 0 => self.count_ns / p,
+            _ => 0,
+        };
+        kv("expected", &expected);
         kv("unthrottles", &self.unthrottles);
         kv("aux_partial", &self.aux_partial);
         kv("aux_collision", &self.aux_collision);

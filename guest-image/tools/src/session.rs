@@ -678,7 +678,10 @@ pub fn run(o: &Options) -> Result<Report, SetupError> {
         // miss when nothing fitted after the last drop. (For an inherited
         // event, drops by child events are not included.)
         match perf::read_value_and_lost(&r.fd) {
-            Ok((_, lost)) => report.lost_counted += lost,
+            Ok((count, lost)) => {
+                report.lost_counted += lost;
+                report.count_ns += count;
+            }
             Err(e) => report
                 .notes
                 .push(format!("read of cpu {}: {e}", r.reader.cpu)),
