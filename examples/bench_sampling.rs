@@ -286,11 +286,58 @@ fn linux_part(rounds: usize) {
     }
 }
 
+/// `perfvisor record` against `perfvisor run` on the same workload, at
+/// 1 kHz, without and with callchains (issue: recording overhead).
+fn record_part(rounds: usize) {
+    let perfvisor = std::env::var("PERFVISOR_BIN").expect("PERFVISOR_BIN");
+    let go = |args: &[&str]| -> Option<(f64, String)> {
+        let out = Command::new(&perfvisor).args(args).output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        Some((workload_rate(&text)?, text))
+    };
+    println!("perfvisor record in the L1 sandbox: pv-workload --seconds 3 at 1 kHz, {rounds} rounds, medians");
+    let cases: [(&str, &[&str]); 3] = [
+        ("perfvisor run (no sampling)", &["run", "--kvm", "host", "--pmu-freq", "0", "--"]),
+        ("perfvisor record (IP only)", &["record", "--kvm", "host", "--pmu-freq", "0", "-F", "1000", "-o", "/tmp/r1.data", "--"]),
+        (
+            "perfvisor record --call-graph fp",
+            &["record", "--kvm", "host", "--pmu-freq", "0", "-F", "1000", "--call-graph", "fp", "-o", "/tmp/r2.data", "--"],
+        ),
+    ];
+    let mut base = 0.0;
+    for (i, (name, args)) in cases.iter().enumerate() {
+        let mut rates = Vec::new();
+        let mut walk = String::new();
+        for _ in 0..rounds {
+            let mut a = args.to_vec();
+            a.push("pv-workload --seconds 3");
+            if let Some((r, text)) = go(&a) {
+                rates.push(r);
+                if let Some(l) = text.lines().find(|l| l.contains("callchain walk:")) {
+                    walk = l.trim().to_string();
+                }
+            }
+        }
+        if rates.is_empty() {
+            println!("  {name:<34} no result");
+            continue;
+        }
+        let r = median(rates);
+        if i == 0 {
+            base = r;
+            println!("  {name:<34} {r:>8.1} M/s");
+        } else {
+            println!("  {name:<34} {r:>8.1} M/s  slowdown {:>6.1}%  {walk}", (base / r - 1.0) * 100.0);
+        }
+    }
+}
+
 fn main() {
     let rounds: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(3);
     if std::env::var_os("PERFVISOR_BENCH_INNER").is_some() {
         payload_part(rounds, "L1 sandbox's nested kvm-amd");
         linux_part(rounds);
+        record_part(rounds);
         return;
     }
     payload_part(rounds, "this host's /dev/kvm");

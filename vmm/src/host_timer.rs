@@ -137,13 +137,16 @@ impl HostTimer {
             if ty != record::SAMPLE {
                 return;
             }
-            let user = match cpumode {
-                misc::GUEST_USER => true,
-                misc::GUEST_KERNEL => false,
-                _ => return,
-            };
+            if !matches!(cpumode, misc::GUEST_USER | misc::GUEST_KERNEL) {
+                return;
+            }
             let word = |i: usize| u64::from_le_bytes(rec[i..i + 8].try_into().unwrap_or([0; 8]));
-            f(word(8), user, word(16));
+            let ip = word(8);
+            // User or kernel by the address (x86-64 kernels live in the
+            // upper half): the host's GUEST_USER/GUEST_KERNEL comes from the
+            // CPL KVM reports, which nested SVM under TCG gets wrong.
+            let user = ip >> 63 == 0;
+            f(ip, user, word(16));
         });
     }
 }
