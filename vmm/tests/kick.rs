@@ -187,3 +187,23 @@ fn kvm_binary_stats_are_readable_on_the_vcpu_thread() {
     assert_eq!(names.len(), values.len());
     assert!(names.iter().any(|n| n == "exits"), "{names:?}");
 }
+
+#[test]
+fn a_faulting_guest_ends_with_its_rip_instead_of_hanging() {
+    require_kvm();
+    // ud2 at CPL3 with no IDT: #UD, then a double and a triple fault.
+    let mut vm = PayloadVm::new(&[0x0f, 0x0b], &[]).unwrap();
+    vm.start().unwrap();
+    match vm.wait(Duration::from_secs(10)) {
+        VmOutcome::TripleFault { vcpu, rip } => {
+            assert_eq!(vcpu, 0);
+            println!("triple fault reported at RIP 0x{rip:x}");
+        }
+        VmOutcome::Error(e) => {
+            // Some KVMs report the fault as an internal error instead; it
+            // must still name the vCPU and RIP.
+            assert!(e.contains("vCPU 0") && e.contains("RIP"), "{e}");
+        }
+        other => panic!("expected a triple fault, got {other:?}"),
+    }
+}
