@@ -54,94 +54,114 @@ echo guest-alive";
 #[test]
 fn hostile_guest_cannot_hurt_the_host() {
     boot_test("hostile_guest_cannot_hurt_the_host", || {
-        let r = boot(&["--cpus", "2", "--", GUEST]);
-        r.check(
-            r.status == 0,
-            "perfvisor exits with the guest command's status 0",
-        );
-        r.check(
-            r.stdout.contains("guest-alive"),
-            "the guest is alive after the attack",
-        );
-        r.check(
-            !r.stdout.contains("rmmod-failed"),
-            "the real driver could be removed",
-        );
-        for bad in [
-            "Oops",
-            "BUG:",
-            "Kernel panic",
-            "general protection",
-            "WARNING:",
-        ] {
-            r.check(!r.stdout.contains(bad), &format!("no guest '{bad}'"));
+        // Both samplers: the kick backend follows the guest's (hostile)
+        // period, the host timer samples at --pmu-freq whatever it says.
+        // Both boots first, so that a failure shows what both did.
+        let runs: Vec<(&str, Run)> = ["kick", "host-timer"]
+            .into_iter()
+            .map(|b| (b, boot(&["--cpus", "2", "--pmu-backend", b, "--", GUEST])))
+            .collect();
+        for (backend, r) in &runs {
+            summary(backend, r);
         }
-        r.check(!r.stderr.contains("panicked"), "no panic in perfvisor");
-        r.check(
-            r.stdout.contains("evil-insmod-status=0") && r.stdout.contains("evil-rmmod-status=0"),
-            "the module loaded (its init ran every attack) and unloaded",
-        );
-        let evil = kv(&r.stdout, "pvpmu-evil: result=");
-        r.check(!evil.is_empty(), "the module printed its result line");
-        let result = r
-            .stdout
-            .lines()
-            .filter_map(|l| l.find("pvpmu-evil: result=").map(|i| &l[i..]))
-            .last()
-            .unwrap_or("");
-        println!("guest: {result}");
-        println!(
-            "guest: {}",
-            r.stdout
-                .lines()
-                .filter_map(|l| l.find("pvpmu-evil: detail").map(|i| &l[i..]))
-                .last()
-                .unwrap_or("")
-        );
-        let host = kv(&r.stderr, "perfvisor: pvpmu: ");
-        r.check(!host.is_empty(), "perfvisor printed the device counters");
-        println!(
-            "host: err_commands={:?} err_pages={:?} err_tails={:?} err_state={:?} samples={:?}",
-            host.get("err_commands"),
-            host.get("err_pages"),
-            host.get("err_tails"),
-            host.get("err_state"),
-            host.get("samples")
-        );
-        r.check(
-            result.starts_with("pvpmu-evil: result=PASS"),
-            "the hostile module's checks passed",
-        );
-        r.check(
-            num(&r, &evil, "canaries_changed") == 0,
-            "no canary page changed",
-        );
-        r.check(
-            num(&r, &evil, "samples_after") > 0,
-            "samples after the attack",
-        );
-        r.check(
-            num(&r, &evil, "rejected") > 0
-                && num(&r, &evil, "commands") > num(&r, &evil, "rejected"),
-            "commands were issued and rejected",
-        );
-        // The host's own counters saw at least what the guest read from the
-        // error registers (the module's last command was not an error, so
-        // they match unless the host counts more).
-        for k in ["err_commands", "err_pages", "err_tails", "err_state"] {
-            let (h, g) = (num(&r, &host, k), num(&r, &evil, k));
-            r.check(h > 0, &format!("the host counted {k}"));
-            r.check(
-                h >= g,
-                &format!("host {k}={h} covers the guest's reading {g}"),
-            );
+        for (backend, r) in &runs {
+            check(backend, r);
         }
-        // The real driver works on the device afterwards.
-        r.check(r.stdout.contains("tool-status=0"), "pvpmu-tool ran cleanly");
-        let tool = kv(&r.stdout, "pvpmu-tool: ");
-        r.check(
-            num(&r, &tool, "samples") > 0,
-            "the real driver gets samples after the attack",
-        );
     });
+}
+
+/// The last line holding `marker`, from `marker` on.
+fn line_from<'a>(text: &'a str, marker: &str) -> &'a str {
+    text.lines()
+        .filter_map(|l| l.find(marker).map(|i| &l[i..]))
+        .last()
+        .unwrap_or("")
+}
+
+/// The module's verdict and numbers and the host's counters.
+fn summary(backend: &str, r: &Run) {
+    println!(
+        "[{backend}] guest: {}",
+        line_from(&r.stdout, "pvpmu-evil: result=")
+    );
+    println!(
+        "[{backend}] guest: {}",
+        line_from(&r.stdout, "pvpmu-evil: detail")
+    );
+    println!(
+        "[{backend}] host: {}",
+        line_from(&r.stderr, "perfvisor: pvpmu: ")
+    );
+}
+
+/// The checks of one boot with the hostile module, sampled with `backend`.
+fn check(backend: &str, r: &Run) {
+    r.check(
+        r.status == 0,
+        "perfvisor exits with the guest command's status 0",
+    );
+    r.check(
+        r.stdout.contains("guest-alive"),
+        "the guest is alive after the attack",
+    );
+    r.check(
+        !r.stdout.contains("rmmod-failed"),
+        "the real driver could be removed",
+    );
+    for bad in [
+        "Oops",
+        "BUG:",
+        "Kernel panic",
+        "general protection",
+        "WARNING:",
+    ] {
+        r.check(!r.stdout.contains(bad), &format!("no guest '{bad}'"));
+    }
+    r.check(!r.stderr.contains("panicked"), "no panic in perfvisor");
+    r.check(
+        r.stdout.contains("evil-insmod-status=0") && r.stdout.contains("evil-rmmod-status=0"),
+        "the module loaded (its init ran every attack) and unloaded",
+    );
+    let evil = kv(&r.stdout, "pvpmu-evil: result=");
+    r.check(!evil.is_empty(), "the module printed its result line");
+    let host = kv(&r.stderr, "perfvisor: pvpmu: ");
+    r.check(!host.is_empty(), "perfvisor printed the device counters");
+    r.check(
+        host.get("backend").map(String::as_str) == Some(backend),
+        &format!("perfvisor sampled with the {backend} backend"),
+    );
+    r.check(
+        line_from(&r.stdout, "pvpmu-evil: result=").starts_with("pvpmu-evil: result=PASS"),
+        "the hostile module's checks passed (its FAIL lines say which did not)",
+    );
+    r.check(
+        num(r, &evil, "canaries_changed") == 0,
+        "no canary page changed",
+    );
+    r.check(
+        num(r, &evil, "samples_after") > 0,
+        "samples after the attack",
+    );
+    r.check(
+        num(r, &evil, "rejected") > 0 && num(r, &evil, "commands") > num(r, &evil, "rejected"),
+        "commands were issued and rejected",
+    );
+    // The host's own counters saw at least what the guest read from the
+    // error registers (the module's last commands were not errors, so they
+    // match unless the host counts more).
+    for k in ["err_commands", "err_pages", "err_tails", "err_state"] {
+        let (h, g) = (num(r, &host, k), num(r, &evil, k));
+        r.check(h > 0, &format!("the host counted {k}"));
+        r.check(
+            h >= g,
+            &format!("host {k}={h} covers the guest's reading {g}"),
+        );
+    }
+    // The real driver works on the device afterwards.
+    r.check(r.stdout.contains("tool-status=0"), "pvpmu-tool ran cleanly");
+    let tool = kv(&r.stdout, "pvpmu-tool: ");
+    r.check(
+        num(r, &tool, "samples") > 0,
+        "the real driver gets samples after the attack",
+    );
 }
