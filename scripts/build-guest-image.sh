@@ -194,6 +194,8 @@ stage_initramfs() {
     done
     install -D -m 0644 "$PV_EXIT_KO" "$stage/lib/perfvisor/pv_exit.ko"
     install -D -m 0644 "$PVPMU_KO" "$stage/lib/modules/perfvisor/pvpmu.ko"
+    # Test only, not loaded by /init (tests/hostile.rs, docs/pvpmu-hostile.md).
+    install -D -m 0644 "$PVPMU_EVIL_KO" "$stage/lib/perfvisor-test/pvpmu_evil.ko"
     if ((WITH_PERF)); then
         add_binary_with_libs "$stage" /usr/bin/perf
     fi
@@ -317,6 +319,9 @@ PV_EXIT_KO="$MODULE_KO"
 # pvpmu.ko: the paravirtual PMU driver (docs/pvpmu-driver.md); /init loads it.
 build_module "$REPO_ROOT/guest-image/pvpmu" pvpmu
 PVPMU_KO="$MODULE_KO"
+# pvpmu_evil.ko: a hostile guest for the device (docs/pvpmu-hostile.md); tests only.
+build_module "$REPO_ROOT/guest-image/pvpmu-evil" pvpmu_evil
+PVPMU_EVIL_KO="$MODULE_KO"
 
 # ----- guest-info.txt: where the kernel keeps the running task (perfvisor record) -----
 GI_SRC="$REPO_ROOT/guest-image/guest-info"
@@ -373,6 +378,7 @@ INITRAMFS_KEY=$({
     for exe in "${GUEST_EXES[@]}"; do echo "$(basename "$exe") $(sha256sum <"$exe")"; done
     echo "pv_exit.ko $(sha256sum <"$PV_EXIT_KO")"
     echo "pvpmu.ko $(sha256sum <"$PVPMU_KO")"
+    echo "pvpmu_evil.ko $(sha256sum <"$PVPMU_EVIL_KO")"
     echo "rootfs $(pv_hash_tree "$ROOTFS_SRC")"
     for d in "${EXTRA_DIRS[@]}"; do echo "extra $(pv_hash_tree "$d")"; done
     declare -f ldd_closure add_binary_with_libs cpio_newc_node stage_initramfs write_cpio
