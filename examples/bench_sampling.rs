@@ -45,7 +45,9 @@ use vmm_sys_util::eventfd::EventFd;
 fn loop_payload(iters: u32) -> Vec<u8> {
     let mut code = vec![0x48, 0xc7, 0xc1];
     code.extend_from_slice(&iters.to_le_bytes());
-    code.extend_from_slice(&[0x48, 0xff, 0xc9, 0x75, 0xfb, 0xb0, 0x00, 0xe6, 0xf4, 0xeb, 0xfe]);
+    code.extend_from_slice(&[
+        0x48, 0xff, 0xc9, 0x75, 0xfb, 0xb0, 0x00, 0xe6, 0xf4, 0xeb, 0xfe,
+    ]);
     code
 }
 
@@ -88,12 +90,18 @@ fn device(vm: &PayloadVm, freq: u32, backend: Backend) -> Pvpmu<vm_memory::Guest
     let mem = vm.memory().clone();
     let dev = Pvpmu::new(
         mem.clone(),
-        PvpmuConfig { nr_vcpus: 1, max_freq: freq, irq_line: 11, host_timer: backend == Backend::HostTimer },
+        PvpmuConfig {
+            nr_vcpus: 1,
+            max_freq: freq,
+            irq_line: 11,
+            host_timer: backend == Backend::HostTimer,
+        },
         EventFd::new(libc::EFD_NONBLOCK).unwrap(),
     );
     let mut mmio = dev.mmio();
     for i in 0..17u64 {
-        mem.write_obj(RING + i * 0x1000, GuestAddress(LIST + 8 * i)).unwrap();
+        mem.write_obj(RING + i * 0x1000, GuestAddress(LIST + 8 * i))
+            .unwrap();
     }
     let mut command = |c: u32, args: &[u64]| {
         for (i, a) in args.iter().enumerate() {
@@ -130,7 +138,13 @@ fn run_payload(iters: u32, mode: Mode, freq: u32) -> f64 {
         Mode::RawTimer => vm.set_hook(Box::new(OpenTimer(None, freq))),
         Mode::Full(backend) => {
             let dev = device(&vm, freq, backend);
-            vm.set_hook(Box::new(SampleHook::new(dev.clone(), 0, Arc::new(GuestClock::default()), backend, freq)));
+            vm.set_hook(Box::new(SampleHook::new(
+                dev.clone(),
+                0,
+                Arc::new(GuestClock::default()),
+                backend,
+                freq,
+            )));
             consume = Some((dev, Arc::new(AtomicBool::new(false))));
         }
     }
@@ -141,7 +155,9 @@ fn run_payload(iters: u32, mode: Mode, freq: u32) -> f64 {
     // delivery rate (host-timer modes; the raw floor kicks once to open it).
     let interval = match mode {
         Mode::None => None,
-        Mode::RawKick | Mode::Full(Backend::Kick) => Some(Duration::from_nanos(1_000_000_000 / u64::from(freq))),
+        Mode::RawKick | Mode::Full(Backend::Kick) => {
+            Some(Duration::from_nanos(1_000_000_000 / u64::from(freq)))
+        }
         Mode::RawTimer | Mode::Full(Backend::HostTimer) => Some(vmm::sampler::HOST_TIMER_FLUSH),
     };
     let kicker = interval.map(|iv| {
@@ -190,7 +206,10 @@ fn run_payload(iters: u32, mode: Mode, freq: u32) -> f64 {
     assert_eq!(outcome, VmOutcome::Status(0), "the payload finished");
     if let Some((dev, _)) = consume {
         let c = dev.counters();
-        assert!(c.samples > 0 || matches!(mode, Mode::Full(Backend::HostTimer)), "samples were written");
+        assert!(
+            c.samples > 0 || matches!(mode, Mode::Full(Backend::HostTimer)),
+            "samples were written"
+        );
     }
     secs
 }
@@ -205,12 +224,17 @@ fn payload_part(rounds: usize, where_: &str) {
     let mut iters: u32 = 100_000_000;
     let t = run_payload(iters, Mode::None, 1000);
     iters = ((iters as f64) * 1.5 / t).min(2.0e9) as u32;
-    println!("payload ({where_}): CPL3 dec/jnz loop of {iters} iterations, {rounds} rounds, medians");
+    println!(
+        "payload ({where_}): CPL3 dec/jnz loop of {iters} iterations, {rounds} rounds, medians"
+    );
     let modes: [(&str, Mode); 5] = [
         ("raw kick floor (kick + register read)", Mode::RawKick),
         ("raw host cpu-clock floor (exclude_host)", Mode::RawTimer),
         ("perfvisor, kick backend", Mode::Full(Backend::Kick)),
-        ("perfvisor, host-timer backend", Mode::Full(Backend::HostTimer)),
+        (
+            "perfvisor, host-timer backend",
+            Mode::Full(Backend::HostTimer),
+        ),
         ("no sampling (baseline)", Mode::None),
     ];
     for freq in [1000u32, 4000] {
@@ -223,11 +247,25 @@ fn payload_part(rounds: usize, where_: &str) {
         let base = median(times[modes.len() - 1].clone());
         for (k, (name, _)) in modes.iter().enumerate().take(modes.len() - 1) {
             let t = median(times[k].clone());
-            println!("  {freq:>4} Hz  {name:<42} {:>7.3} s  slowdown {:>6.1}%", t, (t / base - 1.0) * 100.0);
+            println!(
+                "  {freq:>4} Hz  {name:<42} {:>7.3} s  slowdown {:>6.1}%",
+                t,
+                (t / base - 1.0) * 100.0
+            );
         }
-        println!("  {freq:>4} Hz  {:<42} {base:>7.3} s", modes[modes.len() - 1].0);
-        let floor = ["raw kick", "raw host"].iter().zip([0usize, 1]).map(|(n, k)| (n, median(times[k].clone()) / base - 1.0)).fold((&"", f64::MAX), |a, b| if b.1 < a.1 { b } else { a });
-        let full: Vec<f64> = [2usize, 3].iter().map(|&k| median(times[k].clone()) / base - 1.0).collect();
+        println!(
+            "  {freq:>4} Hz  {:<42} {base:>7.3} s",
+            modes[modes.len() - 1].0
+        );
+        let floor = ["raw kick", "raw host"]
+            .iter()
+            .zip([0usize, 1])
+            .map(|(n, k)| (n, median(times[k].clone()) / base - 1.0))
+            .fold((&"", f64::MAX), |a, b| if b.1 < a.1 { b } else { a });
+        let full: Vec<f64> = [2usize, 3]
+            .iter()
+            .map(|&k| median(times[k].clone()) / base - 1.0)
+            .collect();
         let best_full = full.iter().cloned().fold(f64::MAX, f64::min);
         println!(
             "BENCH sampling payload {where_} {freq} Hz: cheaper floor {} {:.1}%, perfvisor best {:.1}% (kick {:.1}%, host-timer {:.1}%), added over floor {:.1} points, target <=10 {}",
@@ -244,7 +282,9 @@ fn payload_part(rounds: usize, where_: &str) {
 
 /// pv-workload's rate (M iterations/s) from its output.
 fn workload_rate(out: &str) -> Option<f64> {
-    let l = out.lines().find(|l| l.starts_with("pv-workload: mode hot"))?;
+    let l = out
+        .lines()
+        .find(|l| l.starts_with("pv-workload: mode hot"))?;
     let i = l.find(" M/s")?;
     let start = l[..i].rfind('(')? + 1;
     l[start..i].parse().ok()
@@ -253,7 +293,11 @@ fn workload_rate(out: &str) -> Option<f64> {
 fn linux_part(rounds: usize) {
     let perfvisor = std::env::var("PERFVISOR_BIN").expect("PERFVISOR_BIN");
     let run = |args: &[&str]| -> Option<(f64, String)> {
-        let out = Command::new(&perfvisor).args(["run", "--kvm", "host"]).args(args).output().ok()?;
+        let out = Command::new(&perfvisor)
+            .args(["run", "--kvm", "host"])
+            .args(args)
+            .output()
+            .ok()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let rate = workload_rate(&text)?;
         Some((rate, text))
@@ -271,8 +315,17 @@ fn linux_part(rounds: usize) {
         for backend in ["kick", "host-timer"] {
             let mut rates = Vec::new();
             for _ in 0..rounds {
-                let cmd = format!("pvpmu-tool --no-aux --freq {freq} --duration 5 -- pv-workload --seconds 3");
-                if let Some((r, _)) = run(&["--pmu-freq", &freq.to_string(), "--pmu-backend", backend, "--", &cmd]) {
+                let cmd = format!(
+                    "pvpmu-tool --no-aux --freq {freq} --duration 5 -- pv-workload --seconds 3"
+                );
+                if let Some((r, _)) = run(&[
+                    "--pmu-freq",
+                    &freq.to_string(),
+                    "--pmu-backend",
+                    backend,
+                    "--",
+                    &cmd,
+                ]) {
                     rates.push(r);
                 }
             }
@@ -293,8 +346,20 @@ fn delivery_part() {
     println!("delivery in the L1 sandbox (default backend, one vCPU, pv-workload --seconds 3):");
     let mut best = None;
     for freq in [1000u32, 2000, 4000, 8000, 16000] {
-        let cmd = format!("pvpmu-tool --no-aux --freq {freq} --duration 5 -- pv-workload --seconds 3");
-        let Ok(out) = Command::new(&perfvisor).args(["run", "--kvm", "host", "--pmu-freq", &freq.to_string(), "--", &cmd]).output() else {
+        let cmd =
+            format!("pvpmu-tool --no-aux --freq {freq} --duration 5 -- pv-workload --seconds 3");
+        let Ok(out) = Command::new(&perfvisor)
+            .args([
+                "run",
+                "--kvm",
+                "host",
+                "--pmu-freq",
+                &freq.to_string(),
+                "--",
+                &cmd,
+            ])
+            .output()
+        else {
             continue;
         };
         let text = String::from_utf8_lossy(&out.stdout);
@@ -303,9 +368,15 @@ fn delivery_part() {
             continue;
         };
         let get = |k: &str| -> u64 {
-            line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}="))?.parse().ok()).unwrap_or(0)
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{k}="))?.parse().ok())
+                .unwrap_or(0)
         };
-        let (samples, lost, expected) = (get("samples"), get("lost_counted").max(get("lost")), get("expected"));
+        let (samples, lost, expected) = (
+            get("samples"),
+            get("lost_counted").max(get("lost")),
+            get("expected"),
+        );
         let secs = get("count_ns") as f64 / 1e9;
         println!(
             "  {freq:>5} Hz: {samples} samples of {expected} expected ({:.0}%), {:.0} samples/s delivered, {lost} lost",
@@ -328,16 +399,47 @@ fn record_part(rounds: usize) {
     let perfvisor = std::env::var("PERFVISOR_BIN").expect("PERFVISOR_BIN");
     let go = |args: &[&str]| -> Option<(f64, String)> {
         let out = Command::new(&perfvisor).args(args).output().ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
         Some((workload_rate(&text)?, text))
     };
     println!("perfvisor record in the L1 sandbox: pv-workload --seconds 3 at 1 kHz, {rounds} rounds, medians");
     let cases: [(&str, &[&str]); 3] = [
-        ("perfvisor run (no sampling)", &["run", "--kvm", "host", "--pmu-freq", "0", "--"]),
-        ("perfvisor record (IP only)", &["record", "--kvm", "host", "--pmu-freq", "0", "-F", "1000", "-o", "/tmp/r1.data", "--"]),
+        (
+            "perfvisor run (no sampling)",
+            &["run", "--kvm", "host", "--pmu-freq", "0", "--"],
+        ),
+        (
+            "perfvisor record (IP only)",
+            &[
+                "record",
+                "--kvm",
+                "host",
+                "--pmu-freq",
+                "0",
+                "-F",
+                "1000",
+                "-o",
+                "/tmp/r1.data",
+                "--",
+            ],
+        ),
         (
             "perfvisor record --call-graph fp",
-            &["record", "--kvm", "host", "--pmu-freq", "0", "-F", "1000", "--call-graph", "fp", "-o", "/tmp/r2.data", "--"],
+            &[
+                "record",
+                "--kvm",
+                "host",
+                "--pmu-freq",
+                "0",
+                "-F",
+                "1000",
+                "--call-graph",
+                "fp",
+                "-o",
+                "/tmp/r2.data",
+                "--",
+            ],
         ),
     ];
     let mut base = 0.0;
@@ -363,13 +465,19 @@ fn record_part(rounds: usize) {
             base = r;
             println!("  {name:<34} {r:>8.1} M/s");
         } else {
-            println!("  {name:<34} {r:>8.1} M/s  slowdown {:>6.1}%  {walk}", (base / r - 1.0) * 100.0);
+            println!(
+                "  {name:<34} {r:>8.1} M/s  slowdown {:>6.1}%  {walk}",
+                (base / r - 1.0) * 100.0
+            );
         }
     }
 }
 
 fn main() {
-    let rounds: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(3);
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(3);
     if std::env::var_os("PERFVISOR_BENCH_INNER").is_some() {
         payload_part(rounds, "L1 sandbox's nested kvm-amd");
         linux_part(rounds);
@@ -379,9 +487,14 @@ fn main() {
     }
     payload_part(rounds, "this host's /dev/kvm");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let img = std::env::var_os("PERFVISOR_GUEST_IMAGE").map(PathBuf::from).unwrap_or_else(|| root.join("build/guest-image"));
+    let img = std::env::var_os("PERFVISOR_GUEST_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("build/guest-image"));
     let perfvisor = root.join("target/release/perfvisor");
-    assert!(perfvisor.exists(), "build perfvisor first: cargo build --release");
+    assert!(
+        perfvisor.exists(),
+        "build perfvisor first: cargo build --release"
+    );
     let exe = std::env::current_exe().expect("current exe");
     let job = sandbox::Job::new(["/bench/bench_sampling".to_string(), rounds.to_string()])
         .binary(&exe, "/bench/bench_sampling")
@@ -391,7 +504,11 @@ fn main() {
         .env("PERFVISOR_BENCH_INNER", "1")
         .env("PERFVISOR_BIN", "/bench/perfvisor")
         .env("PERFVISOR_GUEST_IMAGE", "/bench/image");
-    let sb = sandbox::Sandbox::locate().unwrap_or_else(|e| panic!("{e}")).timeout(Duration::from_secs(3600));
-    let out = sb.run(&job, &mut |l| println!("{l}")).unwrap_or_else(|e| panic!("{e}"));
+    let sb = sandbox::Sandbox::locate()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .timeout(Duration::from_secs(3600));
+    let out = sb
+        .run(&job, &mut |l| println!("{l}"))
+        .unwrap_or_else(|e| panic!("{e}"));
     std::process::exit(out.status);
 }

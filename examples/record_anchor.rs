@@ -26,7 +26,9 @@ fn which(name: &str) -> PathBuf {
 fn folded_kernel(text: &str) -> HashMap<String, u64> {
     let mut m = HashMap::new();
     for l in text.lines() {
-        let Some((stack, n)) = l.rsplit_once(' ') else { continue };
+        let Some((stack, n)) = l.rsplit_once(' ') else {
+            continue;
+        };
         let Ok(n) = n.parse::<u64>() else { continue };
         let leaf = stack.rsplit(';').next().unwrap_or("");
         if let Some(sym) = leaf.strip_suffix("_[k]") {
@@ -46,21 +48,32 @@ fn folded_kernel(text: &str) -> HashMap<String, u64> {
 fn perf_kernel(text: &str, sym: &record::Symbolizer) -> HashMap<String, u64> {
     let mut m = HashMap::new();
     for l in text.lines() {
-        let Some(rest) = l.split("PERF_RECORD_SAMPLE(IP, ").nth(1) else { continue };
-        let Some(misc) = rest.split(')').next().and_then(|v| u32::from_str_radix(v.trim_start_matches("0x"), 16).ok()) else {
+        let Some(rest) = l.split("PERF_RECORD_SAMPLE(IP, ").nth(1) else {
+            continue;
+        };
+        let Some(misc) = rest
+            .split(')')
+            .next()
+            .and_then(|v| u32::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+        else {
             continue;
         };
         if !matches!(misc & 7, 4 | 5) {
             continue;
         }
-        let Some(ip) = rest.split_whitespace().find_map(|w| w.strip_prefix("0x").and_then(|h| u64::from_str_radix(h, 16).ok()))
-        else {
+        let Some(ip) = rest.split_whitespace().find_map(|w| {
+            w.strip_prefix("0x")
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+        }) else {
             continue;
         };
         if ip < record::KERNEL_SPACE_START {
             continue;
         }
-        let name = sym.symbolize(ip, false, None).map(|s| s.name.to_string()).unwrap_or_else(|| "[unknown]".into());
+        let name = sym
+            .symbolize(ip, false, None)
+            .map(|s| s.name.to_string())
+            .unwrap_or_else(|| "[unknown]".into());
         *m.entry(name).or_default() += 1;
     }
     m
@@ -68,14 +81,20 @@ fn perf_kernel(text: &str, sym: &record::Symbolizer) -> HashMap<String, u64> {
 
 fn top(m: &HashMap<String, u64>, n: usize) -> Vec<(String, f64)> {
     let total: u64 = m.values().sum();
-    let mut v: Vec<_> = m.iter().map(|(k, c)| (k.clone(), *c as f64 / total.max(1) as f64)).collect();
+    let mut v: Vec<_> = m
+        .iter()
+        .map(|(k, c)| (k.clone(), *c as f64 / total.max(1) as f64))
+        .collect();
     v.sort_by(|a, b| b.1.total_cmp(&a.1));
     v.truncate(n);
     v
 }
 
 fn main() {
-    let secs: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let secs: u32 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5);
     // perfvisor's kick backend by default: a mechanism independent of the
     // host timer the anchor uses (host-timer is the same hrtimer, so it
     // would agree by construction).
@@ -83,7 +102,10 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let img = root.join("build/guest-image");
     let perfvisor = root.join("target/release/perfvisor");
-    assert!(perfvisor.exists(), "build perfvisor first: cargo build --release");
+    assert!(
+        perfvisor.exists(),
+        "build perfvisor first: cargo build --release"
+    );
     let out = std::env::temp_dir().join(format!("perfvisor-anchor-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     // One script, run where a capable KVM is: perfvisor records the guest,
@@ -97,7 +119,10 @@ fn main() {
          grep -E 'perfvisor record: [0-9]+ samples' /out/pv.log; wc -l /out/anchor-raw.txt"
     );
     println!("perfvisor record backend: {backend}");
-    let probe = std::process::Command::new(&perfvisor).arg("probe").output().expect("probe");
+    let probe = std::process::Command::new(&perfvisor)
+        .arg("probe")
+        .output()
+        .expect("probe");
     if probe.status.success() {
         panic!("this host's KVM is capable: run the script's commands here (not automated yet)");
     }
@@ -110,29 +135,52 @@ fn main() {
         .file(img.join("System.map"), "/bench/image/System.map")
         .env("PERFVISOR_GUEST_IMAGE", "/bench/image")
         .collect("/out", &out);
-    let sb = sandbox::Sandbox::locate().unwrap_or_else(|e| panic!("{e}")).timeout(Duration::from_secs(900));
-    let res = sb.run(&job, &mut |l| println!("  | {l}")).unwrap_or_else(|e| panic!("{e}"));
+    let sb = sandbox::Sandbox::locate()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .timeout(Duration::from_secs(900));
+    let res = sb
+        .run(&job, &mut |l| println!("  | {l}"))
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(res.status, 0, "the anchor run failed");
     let pv = folded_kernel(&std::fs::read_to_string(out.join("pv.folded")).unwrap_or_default());
     let mut sym = record::Symbolizer::new();
-    sym.set_kernel_symbols(img.join("System.map")).expect("guest System.map");
-    let anchor = perf_kernel(&std::fs::read_to_string(out.join("anchor-raw.txt")).unwrap_or_default(), &sym);
+    sym.set_kernel_symbols(img.join("System.map"))
+        .expect("guest System.map");
+    let anchor = perf_kernel(
+        &std::fs::read_to_string(out.join("anchor-raw.txt")).unwrap_or_default(),
+        &sym,
+    );
     let (tp, ta) = (top(&pv, 10), top(&anchor, 10));
     println!(
         "\nguest kernel symbols, share of guest kernel samples ({} perfvisor, {} perf cpu-clock:G)",
         pv.values().sum::<u64>(),
         anchor.values().sum::<u64>()
     );
-    println!("  {:<36} {:>6}   | {:<36} {:>6}", "perfvisor record", "%", "perf record -e cpu-clock:G", "%");
+    println!(
+        "  {:<36} {:>6}   | {:<36} {:>6}",
+        "perfvisor record", "%", "perf record -e cpu-clock:G", "%"
+    );
     for i in 0..10 {
-        let l = tp.get(i).map(|(s, p)| format!("{s:<36} {:>6.1}", p * 100.0)).unwrap_or_default();
-        let r = ta.get(i).map(|(s, p)| format!("{s:<36} {:>6.1}", p * 100.0)).unwrap_or_default();
+        let l = tp
+            .get(i)
+            .map(|(s, p)| format!("{s:<36} {:>6.1}", p * 100.0))
+            .unwrap_or_default();
+        let r = ta
+            .get(i)
+            .map(|(s, p)| format!("{s:<36} {:>6.1}", p * 100.0))
+            .unwrap_or_default();
         println!("  {l:<43}   | {r}");
     }
     // Agreement: for every symbol at 5% or more in either list, the shares
     // differ by at most max(5 points, 3 binomial sigmas of the smaller run).
-    let n = pv.values().sum::<u64>().min(anchor.values().sum::<u64>()).max(1) as f64;
-    let share = |m: &HashMap<String, u64>, s: &str| *m.get(s).unwrap_or(&0) as f64 / m.values().sum::<u64>().max(1) as f64;
+    let n = pv
+        .values()
+        .sum::<u64>()
+        .min(anchor.values().sum::<u64>())
+        .max(1) as f64;
+    let share = |m: &HashMap<String, u64>, s: &str| {
+        *m.get(s).unwrap_or(&0) as f64 / m.values().sum::<u64>().max(1) as f64
+    };
     let mut worst = 0.0f64;
     let mut ok = true;
     for s in tp.iter().chain(ta.iter()).map(|(s, _)| s) {
@@ -147,7 +195,11 @@ fn main() {
     }
     println!(
         "BENCH anchor: {} (largest excess over tolerance {:.1} points)",
-        if ok { "distributions agree within sampling noise" } else { "distributions DIFFER" },
+        if ok {
+            "distributions agree within sampling noise"
+        } else {
+            "distributions DIFFER"
+        },
         worst.max(0.0) * 100.0
     );
     if std::env::var_os("PERFVISOR_ANCHOR_KEEP").is_some() {

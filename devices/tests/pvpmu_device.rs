@@ -691,3 +691,40 @@ fn idle_task_in_the_kernel_image_and_throttling() {
     );
     assert_eq!(r.dev.counters().lost, 0);
 }
+
+#[test]
+fn err_tails_register_counts_and_survives_reset() {
+    let mut r = rig(1);
+    r.setup();
+    while r.dev.record_sample(0, &hs(1, false, 1)) != SampleResult::Lost {}
+    r.w64(CTRL + 1032, u64::MAX);
+    assert_eq!(r.dev.record_sample(0, &hs(1, false, 1)), SampleResult::Lost);
+    let n = r.read64(global::ERR_TAILS);
+    assert!(n >= 1, "ERR_TAILS counts the hostile tail");
+    assert_eq!(r.dev.counters().err_tails, n);
+    assert_eq!(r.cmd(0, cmd::RESET, &[]), status::OK);
+    assert_eq!(r.read64(global::ERR_TAILS), n, "the count survives RESET");
+}
+
+#[test]
+fn aux_head_near_the_top_of_u64_wraps() {
+    let mut r = rig(1);
+    r.setup();
+    r.w64(AUX_LIST, AUX);
+    assert_eq!(r.cmd(0, cmd::AUX_SET, &[AUX_LIST, 1, 0]), status::OK);
+    let id = r.ret0(0);
+    r.w64(STATE + guest::AUX_BUF, id);
+    r.w64(STATE + guest::AUX_HEAD, u64::MAX - 7);
+    r.w64(STATE + guest::AUX_ROOM, 4096);
+    r.w64(STATE + guest::AUX_WAKEUP, 0);
+    r.w64(STATE + guest::AUX_SEQ, 1);
+    assert!(
+        r.dev.aux_append(0, &[0x5a; 48]),
+        "written, wrapping at the buffer end"
+    );
+    let mut tail = [0u8; 8];
+    r.mem
+        .read_slice(&mut tail, GuestAddress(AUX + 4096 - 8))
+        .unwrap();
+    assert_eq!(tail, [0x5a; 8]);
+}

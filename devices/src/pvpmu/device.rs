@@ -328,7 +328,7 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
         CounterSnapshot {
             err_commands: l(&c.err_commands),
             err_pages: l(&c.err_pages),
-            err_tails: l(&c.err_tails) + self.ring_bad_tails(),
+            err_tails: l(&c.err_tails),
             err_state: l(&c.err_state),
             samples: l(&c.samples),
             lost: l(&c.lost),
@@ -338,20 +338,6 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
             aux_records: l(&c.aux_records),
             aux_exits: std::array::from_fn(|i| l(&c.aux_exits[i])),
         }
-    }
-
-    fn ring_bad_tails(&self) -> u64 {
-        self.inner
-            .slots
-            .iter()
-            .map(|s| {
-                lock(s)
-                    .ring
-                    .as_ref()
-                    .map(|r| r.stats().bad_data_tail)
-                    .unwrap_or(0)
-            })
-            .sum()
     }
 
     /// The MMIO bus device.
@@ -830,11 +816,18 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
         let Some(ring) = slot.ring.as_mut() else {
             return SampleResult::Idle;
         };
+        let bad_tails_before = ring.stats().bad_data_tail;
         let out = match ring.write_sample(&sample, &ids) {
             Ok(o) => o,
             Err(e) => return self.bad_state(&mut slot, &e.to_string()),
         };
         let c = &self.inner.counters;
+        // The producer counts (and logs) every nonsense data_tail it sees;
+        // the device's ERR_TAILS register keeps the total across rings.
+        c.err_tails.fetch_add(
+            ring.stats().bad_data_tail - bad_tails_before,
+            Ordering::Relaxed,
+        );
         let result = if out.written {
             c.samples.fetch_add(1, Ordering::Relaxed);
             state.set(
@@ -960,7 +953,9 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
             return false;
         };
         let size = buf.size();
-        let mut off = (slot.aux.head + slot.aux.written) % size;
+        // The head is the guest's value: wrapping keeps it modulo 2^64,
+        // which the power-of-two size divides.
+        let mut off = slot.aux.head.wrapping_add(slot.aux.written) % size;
         let mut rest = record;
         while !rest.is_empty() {
             let page = (off / regs::PAGE_SIZE) as usize;
