@@ -168,24 +168,23 @@ fn hostile_frame_pointers_do_not_stop_recording() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A minimal XML well-formedness check: tags nest and close.
+/// XML well-formedness: a real parser reads it to the end, tags balanced.
 fn well_formed(xml: &str) {
-    let mut stack: Vec<String> = Vec::new();
-    let mut rest = xml;
-    while let Some(i) = rest.find('<') {
-        rest = &rest[i + 1..];
-        let end = rest.find('>').expect("unterminated tag");
-        let tag = &rest[..end];
-        rest = &rest[end + 1..];
-        if tag.starts_with('?') || tag.starts_with('!') {
-            continue;
-        }
-        if let Some(name) = tag.strip_prefix('/') {
-            let open = stack.pop().expect("close without open");
-            assert_eq!(open, name.trim(), "mismatched tags");
-        } else if !tag.ends_with('/') {
-            stack.push(tag.split_whitespace().next().unwrap_or("").to_string());
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    reader.config_mut().check_end_names = true;
+    let mut depth = 0i64;
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(_)) => depth += 1,
+            Ok(Event::End(_)) => depth -= 1,
+            Ok(Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => panic!(
+                "the SVG is not well-formed XML at {}: {e}",
+                reader.buffer_position()
+            ),
         }
     }
-    assert!(stack.is_empty(), "unclosed tags: {stack:?}");
+    assert_eq!(depth, 0, "unbalanced tags");
 }
