@@ -10,21 +10,7 @@ mod harness;
 
 use std::collections::HashMap;
 
-use harness::{boot, boot_test, Run};
-
-/// `key=value` pairs of the last line containing `prefix`.
-fn kv(text: &str, prefix: &str) -> HashMap<String, String> {
-    text.lines()
-        .filter_map(|l| l.find(prefix).map(|i| &l[i + prefix.len()..]))
-        .last()
-        .map(|rest| {
-            rest.split_whitespace()
-                .filter_map(|w| w.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use harness::{boot, boot_test, kv, Run};
 
 fn num(r: &Run, m: &HashMap<String, String>, k: &str) -> u64 {
     let v = m.get(k).and_then(|v| v.parse().ok());

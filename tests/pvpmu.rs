@@ -7,21 +7,7 @@ mod harness;
 
 use std::collections::HashMap;
 
-use harness::{boot, boot_test, Run};
-
-/// `key=value` pairs of the line starting with `prefix`.
-fn kv(text: &str, prefix: &str) -> HashMap<String, String> {
-    text.lines()
-        .rev()
-        .find_map(|l| l.find(prefix).map(|i| &l[i + prefix.len()..]))
-        .map(|rest| {
-            rest.split_whitespace()
-                .filter_map(|w| w.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use harness::{boot, boot_test, kv, Run};
 
 fn num(m: &HashMap<String, String>, k: &str) -> u64 {
     m.get(k)

@@ -41,6 +41,21 @@ pub fn image_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("build/guest-image"))
 }
 
+/// `key=value` pairs of the last line containing `prefix` (the machine
+/// lines of pvpmu-tool, perfvisor's device counters, the hostile module).
+pub fn kv(text: &str, prefix: &str) -> HashMap<String, String> {
+    text.lines()
+        .rev()
+        .find_map(|l| l.find(prefix).map(|i| &l[i + prefix.len()..]))
+        .map(|rest| {
+            rest.split_whitespace()
+                .filter_map(|w| w.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// What one `perfvisor` invocation did.
 #[derive(Debug, Clone)]
 pub struct Run {

@@ -8,49 +8,16 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
-use devices::perf_ring::abi::{misc, record};
+use devices::perf_ring::abi::{misc, record, sample};
+use devices::perf_ring::attr::{
+    flag, PerfEventAttr, PERF_ATTR_SIZE_VER7, PERF_COUNT_SW_CPU_CLOCK, PERF_TYPE_SOFTWARE,
+};
 use devices::perf_ring::{Consumer, ReadMode, RingPages};
 
-const PERF_TYPE_SOFTWARE: u32 = 1;
-const PERF_COUNT_SW_CPU_CLOCK: u64 = 0;
-const PERF_SAMPLE_IP: u64 = 1 << 0;
-const PERF_SAMPLE_TIME: u64 = 1 << 2;
-const ATTR_EXCLUDE_HOST: u64 = 1 << 19;
-const ATTR_USE_CLOCKID: u64 = 1 << 25;
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
 /// Data pages of the host ring (32 KiB: 10 ms at 4 kHz is 40 records).
 const DATA_PAGES: usize = 8;
 const PAGE: usize = 4096;
-
-/// `struct perf_event_attr` up to PERF_ATTR_SIZE_VER7 (128 bytes).
-#[repr(C)]
-#[derive(Default)]
-struct PerfEventAttr {
-    type_: u32,
-    size: u32,
-    config: u64,
-    sample_period: u64,
-    sample_type: u64,
-    read_format: u64,
-    flags: u64,
-    wakeup_events: u32,
-    bp_type: u32,
-    config1: u64,
-    config2: u64,
-    branch_sample_type: u64,
-    sample_regs_user: u64,
-    sample_stack_user: u32,
-    clockid: i32,
-    sample_regs_intr: u64,
-    aux_watermark: u32,
-    sample_max_stack: u16,
-    reserved_2: u16,
-    aux_sample_size: u32,
-    reserved_3: u32,
-    sig_data: u64,
-}
-
-const _: () = assert!(std::mem::size_of::<PerfEventAttr>() == 128);
 
 /// One vCPU thread's host timer.
 pub struct HostTimer {
@@ -70,11 +37,11 @@ impl HostTimer {
     pub fn open_for_current_thread(freq: u32) -> io::Result<HostTimer> {
         let attr = PerfEventAttr {
             type_: PERF_TYPE_SOFTWARE,
-            size: std::mem::size_of::<PerfEventAttr>() as u32,
+            size: PERF_ATTR_SIZE_VER7,
             config: PERF_COUNT_SW_CPU_CLOCK,
-            sample_period: 1_000_000_000 / u64::from(freq.max(1)),
-            sample_type: PERF_SAMPLE_IP | PERF_SAMPLE_TIME,
-            flags: ATTR_EXCLUDE_HOST | ATTR_USE_CLOCKID,
+            sample_period_or_freq: 1_000_000_000 / u64::from(freq.max(1)),
+            sample_type: sample::IP | sample::TIME,
+            flags: flag::EXCLUDE_HOST | flag::USE_CLOCKID,
             clockid: libc::CLOCK_BOOTTIME,
             ..Default::default()
         };

@@ -16,6 +16,7 @@
 //! See docs/perf-ring.md for the protocol notes.
 
 pub mod abi;
+pub mod attr;
 pub mod aux;
 pub mod checker;
 pub mod consumer;

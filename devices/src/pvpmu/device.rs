@@ -1049,42 +1049,14 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
         }
     }
 
-    /// Append an EXIT record to vCPU `n`'s trace, if an AUX session is open.
-    pub fn trace_exit(&self, n: usize, exit: &TraceExit) -> bool {
-        let Some(slot_lock) = self.inner.slots.get(n) else {
-            return false;
-        };
-        let mut slot = lock(slot_lock);
-        if self.aux_room_left(&mut slot) == 0 {
-            return false;
-        }
-        let clock_offset = slot
-            .state
-            .map(|s| s.clock_offset(&*self.inner.mem))
-            .unwrap_or(0);
-        let rec = trace::Exit {
-            guest_ns: exit.kvmclock_ns.wrapping_sub(clock_offset),
-            rip: exit.rip,
-            addr: exit.addr,
-            reason: exit.reason,
-            size: exit.size,
-            host_ns: exit.handling_ns,
-        };
-        let mut buf = [0u8; trace::EXIT_RECORD_LEN];
-        let ok = self.trace_prologue(n, &mut slot, None)
-            && trace::encode_exit(&mut buf, n as u32, &rec).is_ok()
-            && self.aux_append_locked(&mut slot, &buf);
-        self.count_trace(ok, Some(exit.reason));
-        ok
-    }
-
-    /// Append a STATS record (after STATS_NAMES for `names`, once per buffer).
-    pub fn trace_stats(
+    /// Run `write` on vCPU `n`'s slot when an AUX session with room is open,
+    /// with the guest's clock offset (kvm-clock minus its perf clock); count
+    /// the record as written or dropped.
+    fn with_trace_session(
         &self,
         n: usize,
-        kvmclock_ns: u64,
-        names: &[String],
-        values: &[u64],
+        exit: Option<trace::ExitReason>,
+        write: impl FnOnce(&mut Slot<M>, u64) -> bool,
     ) -> bool {
         let Some(slot_lock) = self.inner.slots.get(n) else {
             return false;
@@ -1097,27 +1069,58 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
             .state
             .map(|s| s.clock_offset(&*self.inner.mem))
             .unwrap_or(0);
-        let count = values.len().min(names.len()).min(trace::MAX_STATS);
-        let stats: Vec<trace::Stat> = values[..count]
-            .iter()
-            .enumerate()
-            .map(|(i, v)| trace::Stat {
-                id: i as u64,
-                value: *v,
-            })
-            .collect();
-        let mut buf = vec![0u8; trace::stats_len(count)];
-        let ok = self.trace_prologue(n, &mut slot, Some(&names[..count]))
-            && trace::encode_stats(
-                &mut buf,
-                n as u32,
-                kvmclock_ns.wrapping_sub(clock_offset),
-                &stats,
-            )
-            .is_ok()
-            && self.aux_append_locked(&mut slot, &buf);
-        self.count_trace(ok, None);
+        let ok = write(&mut slot, clock_offset);
+        self.count_trace(ok, exit);
         ok
+    }
+
+    /// Append an EXIT record to vCPU `n`'s trace, if an AUX session is open.
+    pub fn trace_exit(&self, n: usize, exit: &TraceExit) -> bool {
+        self.with_trace_session(n, Some(exit.reason), |slot, clock_offset| {
+            let rec = trace::Exit {
+                guest_ns: exit.kvmclock_ns.wrapping_sub(clock_offset),
+                rip: exit.rip,
+                addr: exit.addr,
+                reason: exit.reason,
+                size: exit.size,
+                host_ns: exit.handling_ns,
+            };
+            let mut buf = [0u8; trace::EXIT_RECORD_LEN];
+            self.trace_prologue(n, slot, None)
+                && trace::encode_exit(&mut buf, n as u32, &rec).is_ok()
+                && self.aux_append_locked(slot, &buf)
+        })
+    }
+
+    /// Append a STATS record (after STATS_NAMES for `names`, once per buffer).
+    pub fn trace_stats(
+        &self,
+        n: usize,
+        kvmclock_ns: u64,
+        names: &[String],
+        values: &[u64],
+    ) -> bool {
+        self.with_trace_session(n, None, |slot, clock_offset| {
+            let count = values.len().min(names.len()).min(trace::MAX_STATS);
+            let stats: Vec<trace::Stat> = values[..count]
+                .iter()
+                .enumerate()
+                .map(|(i, v)| trace::Stat {
+                    id: i as u64,
+                    value: *v,
+                })
+                .collect();
+            let mut buf = vec![0u8; trace::stats_len(count)];
+            self.trace_prologue(n, slot, Some(&names[..count]))
+                && trace::encode_stats(
+                    &mut buf,
+                    n as u32,
+                    kvmclock_ns.wrapping_sub(clock_offset),
+                    &stats,
+                )
+                .is_ok()
+                && self.aux_append_locked(slot, &buf)
+        })
     }
 
     fn aux_open(&self, slot: &mut Slot<M>, view: AuxView) {
