@@ -446,9 +446,9 @@ fn record_part(rounds: usize) {
     for (i, (name, args)) in cases.iter().enumerate() {
         let mut rates = Vec::new();
         let mut walk = String::new();
+        let mut a = args.to_vec();
+        a.push("pv-workload --seconds 3");
         for _ in 0..rounds {
-            let mut a = args.to_vec();
-            a.push("pv-workload --seconds 3");
             if let Some((r, text)) = go(&a) {
                 rates.push(r);
                 if let Some(l) = text.lines().find(|l| l.contains("callchain walk:")) {

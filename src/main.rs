@@ -239,7 +239,7 @@ fn run_host(args: &RunArgs) -> Result<ExitCode, CliError> {
         cpus: args.cpus,
         timeout: args.timeout.map(Duration::from_secs),
         console_input: true,
-        pmu: (args.pmu_freq > 0).then(|| PmuOptions {
+        pmu: (args.pmu_freq > 0).then_some(PmuOptions {
             freq: args.pmu_freq,
             backend,
         }),

@@ -59,8 +59,8 @@ fn hostile_guest_cannot_hurt_the_host() {
 /// The last line holding `marker`, from `marker` on.
 fn line_from<'a>(text: &'a str, marker: &str) -> &'a str {
     text.lines()
-        .filter_map(|l| l.find(marker).map(|i| &l[i..]))
-        .last()
+        .rev()
+        .find_map(|l| l.find(marker).map(|i| &l[i..]))
         .unwrap_or("")
 }
 
