@@ -86,7 +86,32 @@ pub fn perfvisor_cmd(args: &[&str]) -> Run {
 }
 
 /// [`perfvisor_cmd`] with extra environment variables.
+///
+/// Inside the L1 sandbox a run that ends in a guest triple fault is run once
+/// more, loudly: nested kvm-amd under QEMU TCG triple-faults healthy guests
+/// now and then (about 1 boot in 20-40, at random points, including boots
+/// that only print; docs/platform.md). A failure that comes back is real.
 pub fn perfvisor_cmd_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let r = perfvisor_cmd_once(args, env);
+    if std::env::var_os(INSIDE_ENV).is_some() && is_triple_fault(&r) {
+        println!(
+            "!!! perfvisor {} ended in a guest triple fault after {:.1}s under the L1 sandbox's \
+             nested KVM; this platform does that now and then (docs/platform.md). \
+             Running it ONCE more; a second triple fault fails the test.\n!!! first run's stderr:\n{}",
+            args.join(" "),
+            r.elapsed.as_secs_f64(),
+            r.stderr.trim_end()
+        );
+        return perfvisor_cmd_once(args, env);
+    }
+    r
+}
+
+fn is_triple_fault(r: &Run) -> bool {
+    r.status == 126 && r.stderr.contains("guest triple fault")
+}
+
+fn perfvisor_cmd_once(args: &[&str], env: &[(&str, &str)]) -> Run {
     use std::io::Read;
     use std::process::Stdio;
     let start = Instant::now();
@@ -178,6 +203,9 @@ fn place() -> &'static Place {
 /// Result of one boot test inside the sandbox.
 struct InnerResult {
     passed: bool,
+    /// Reached its end marker (passed or failed), as opposed to dying with
+    /// the L1 or never starting.
+    finished: bool,
     output: String,
 }
 
@@ -198,7 +226,14 @@ fn collect(console: &str) -> HashMap<String, InnerResult> {
             let name = parts.next().unwrap_or("").to_string();
             let passed = parts.next().map(|v| v.trim() == "PASS").unwrap_or(false);
             let output = current.take().map(|(_, o)| o).unwrap_or_default();
-            results.insert(name, InnerResult { passed, output });
+            results.insert(
+                name,
+                InnerResult {
+                    passed,
+                    finished: true,
+                    output,
+                },
+            );
         } else if let Some((_, out)) = current.as_mut() {
             out.push_str(line);
             out.push('\n');
@@ -210,6 +245,7 @@ fn collect(console: &str) -> HashMap<String, InnerResult> {
             name,
             InnerResult {
                 passed: false,
+                finished: false,
                 output: output + "\n(the test did not finish inside the sandbox)",
             },
         );
@@ -235,38 +271,88 @@ fn sandbox_results() -> &'static SandboxResults {
             .memory_mib(3072)
             .cpus(2);
         let test_bin = std::env::current_exe().map_err(|e| e.to_string())?;
-        let job = sandbox::Job::new(["/tests/boot-tests", "--test-threads=1", "--nocapture"])
-            .binary(&test_bin, "/tests/boot-tests")
-            .binary(perfvisor(), "/perfvisor/perfvisor")
-            .file(image.join("vmlinux"), "/perfvisor/image/vmlinux")
-            .file(image.join("bzImage"), "/perfvisor/image/bzImage")
-            .file(image.join("initramfs.cpio"), "/perfvisor/image/initramfs.cpio")
-            .env(INSIDE_ENV, "1")
-            .env("PERFVISOR_BIN", "/perfvisor/perfvisor")
-            .env("PERFVISOR_GUEST_IMAGE", "/perfvisor/image")
-            .workdir("/tests");
         eprintln!("boot tests: host /dev/kvm cannot run guest user space; booting the L1 sandbox (QEMU TCG + kvm-amd) to run them");
         let start = Instant::now();
-        let mut console = String::new();
-        // PERFVISOR_TEST_VERBOSE=1 streams the sandbox console as it runs.
-        let verbose = std::env::var_os("PERFVISOR_TEST_VERBOSE").is_some();
-        let outcome = sb
-            .run(&job, &mut |line| {
+        let mut results = HashMap::new();
+        let mut summaries = Vec::new();
+        // A second L1 only when the first one died under the tests (the L1
+        // kernel itself, nested kvm-amd under QEMU TCG, crashes now and then:
+        // docs/platform.md). It reruns what did not finish; a death that
+        // comes back fails those tests.
+        for attempt in 1..=2 {
+            let mut argv = vec![
+                "/tests/boot-tests".to_string(),
+                "--test-threads=1".into(),
+                "--nocapture".into(),
+            ];
+            let finished: Vec<&String> = results
+                .iter()
+                .filter(|(_, r): &(&String, &InnerResult)| r.finished)
+                .map(|(n, _)| n)
+                .collect();
+            if !finished.is_empty() {
+                argv.push("--exact".into());
+                for name in finished {
+                    argv.push("--skip".into());
+                    argv.push(name.clone());
+                }
+            }
+            let job = sandbox::Job::new(argv)
+                .binary(&test_bin, "/tests/boot-tests")
+                .binary(perfvisor(), "/perfvisor/perfvisor")
+                .file(image.join("vmlinux"), "/perfvisor/image/vmlinux")
+                .file(image.join("bzImage"), "/perfvisor/image/bzImage")
+                .file(image.join("initramfs.cpio"), "/perfvisor/image/initramfs.cpio")
+                .env(INSIDE_ENV, "1")
+                .env("PERFVISOR_BIN", "/perfvisor/perfvisor")
+                .env("PERFVISOR_GUEST_IMAGE", "/perfvisor/image")
+                .workdir("/tests");
+            let mut console = String::new();
+            // PERFVISOR_TEST_VERBOSE=1 streams the sandbox console as it runs.
+            let verbose = std::env::var_os("PERFVISOR_TEST_VERBOSE").is_some();
+            let outcome = sb.run(&job, &mut |line| {
                 if verbose {
                     eprintln!("L1| {line}");
                 }
                 console.push_str(line);
                 console.push('\n');
-            })
-            .map_err(|e| format!("the L1 sandbox run failed: {e}"))?;
-        let summary = format!(
-            "L1 sandbox: boot {:.1}s, total {:.1}s, inner test binary exit status {}",
-            outcome.l1_boot.as_secs_f64(),
-            start.elapsed().as_secs_f64(),
-            outcome.status
-        );
+            });
+            results.extend(collect(&console));
+            match outcome {
+                Ok(outcome) => {
+                    summaries.push(format!(
+                        "L1 sandbox: boot {:.1}s, total {:.1}s, inner test binary exit status {}",
+                        outcome.l1_boot.as_secs_f64(),
+                        start.elapsed().as_secs_f64(),
+                        outcome.status
+                    ));
+                    break;
+                }
+                Err(e @ sandbox::Error::NoExitMarker { .. }) if attempt == 1 => {
+                    let msg = format!(
+                        "!!! the L1 sandbox died under the boot tests (attempt 1): {e}\n\
+                         !!! nested kvm-amd under QEMU TCG does that now and then (docs/platform.md); \
+                         booting a second L1 ONCE for the tests that did not finish"
+                    );
+                    eprintln!("{msg}");
+                    summaries.push(
+                        "!!! the first L1 sandbox died under the boot tests (its console tail is in \
+                         the test log); a second L1 ran the tests that had not finished"
+                            .into(),
+                    );
+                }
+                Err(e) => {
+                    summaries.push(format!("the L1 sandbox run failed (attempt {attempt}): {e}"));
+                    if results.is_empty() {
+                        return Err(summaries.join("\n"));
+                    }
+                    break;
+                }
+            }
+        }
+        let summary = summaries.join("\n");
         eprintln!("{summary}");
-        Ok((collect(&console), summary))
+        Ok((results, summary))
     })
 }
 
