@@ -4,6 +4,11 @@
 //! byte written becomes perfvisor's exit status (see docs/devices.md). Under a
 //! VMM without that port the write is ignored, so this tool exits 1 and the
 //! caller falls back to `poweroff -f`.
+//!
+//! Before the write it waits until the console has sent everything queued to
+//! it: a process's console writes return once the bytes are in the tty's
+//! transmit buffer (up to 4 KiB for the 8250 driver), and the VM ends at the
+//! port write, so without the wait the tail of a command's output is lost.
 
 use std::process::ExitCode;
 
@@ -20,6 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    drain_console();
     // SAFETY: ioperm only changes this process's I/O permission bitmap; the
     // arguments name one port. It fails cleanly without CAP_SYS_RAWIO.
     if unsafe { libc::ioperm(DEBUG_EXIT_PORT as libc::c_ulong, 1, 1) } != 0 {
@@ -37,4 +43,29 @@ fn main() -> ExitCode {
     // Still running: the port is not perfvisor's debug-exit device.
     eprintln!("pv-exit: no perfvisor debug-exit device answered at port 0x{DEBUG_EXIT_PORT:x}");
     ExitCode::from(1)
+}
+
+/// Wait until stdout's and /dev/console's output queues are empty (tcdrain:
+/// the tty layer waits for its buffer and then for the UART's transmitter).
+/// Not a terminal, or no console: nothing to wait for. A console that stopped
+/// sending does not keep the VM alive: the wait gives up after 10 s.
+fn drain_console() {
+    let (done, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        // SAFETY: tcdrain only blocks until the descriptor's output is sent;
+        // an fd that is not a terminal fails with ENOTTY, which is ignored.
+        unsafe { libc::tcdrain(libc::STDOUT_FILENO) };
+        let console = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open("/dev/console");
+        if let Ok(console) = console {
+            // SAFETY: as above, on a descriptor this thread owns.
+            unsafe { libc::tcdrain(console.as_raw_fd()) };
+        }
+        let _ = done.send(());
+    });
+    let _ = wait.recv_timeout(std::time::Duration::from_secs(10));
 }
