@@ -50,7 +50,7 @@ pub enum Error {
     NoKvm { tail: String },
     #[error("sandbox job timed out after {timeout:?} (QEMU killed); console tail:\n{tail}")]
     Timeout { timeout: Duration, tail: String },
-    #[error("QEMU exited ({status}) before the job reported its exit status; console tail:\n{tail}{stderr}")]
+    #[error("the L1 sandbox died: QEMU exited ({status}) before the job reported its exit status. Nested kvm-amd under QEMU TCG does that now and then (docs/platform.md); run it again. Console tail:\n{tail}{stderr}")]
     NoExitMarker {
         status: String,
         tail: String,
@@ -196,9 +196,14 @@ pub struct Sandbox {
 /// `loglevel=3` keeps the L1 kernel's own error messages (such as nested
 /// KVM's "Unhandled WRMSR" for the guest's PMU probe) out of the job's
 /// console; emergencies still print.
+/// `softlockup_panic=1 watchdog_thresh=30` turns an L1 CPU stuck in the
+/// kernel for 60 s into an L1 panic (QEMU then exits, [`Error::NoExitMarker`])
+/// instead of a job that hangs until its timeout: nested kvm-amd under TCG
+/// has left perfvisor's thread spinning in the L1 kernel for minutes after
+/// the guest had ended (docs/platform.md).
 const BASE_CMDLINE: &str = "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off nokaslr \
      tsc=reliable no_timer_check i8042.noaux i8042.nokbd i8042.nopnp audit=0 \
-     random.trust_cpu=on cryptomgr.notests";
+     random.trust_cpu=on cryptomgr.notests softlockup_panic=1 watchdog_thresh=30";
 
 /// How long QEMU may take to power off after the job's exit marker before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
