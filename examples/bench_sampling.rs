@@ -1,7 +1,9 @@
 //! Sampling overhead: how much host sampling slows a CPU-bound guest, at
 //! 1 kHz and 4 kHz, against no sampling, measured in one run.
 //!
-//!   cargo run --release --example bench_sampling [-- ROUNDS]
+//!   cargo run --release --example bench_sampling [-- ROUNDS [PARTS]]
+//!
+//! PARTS is a comma list of payload, linux, delivery, record (default all).
 //!
 //! (`scripts/bench-sampling.sh` wraps it.) Two parts:
 //!
@@ -478,14 +480,27 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(3);
+    // Which parts: a comma list of payload, linux, delivery, record (default all).
+    let parts = std::env::args().nth(2).unwrap_or_else(|| "all".into());
+    let want = |p: &str| parts == "all" || parts.split(',').any(|w| w == p);
     if std::env::var_os("PERFVISOR_BENCH_INNER").is_some() {
-        payload_part(rounds, "L1 sandbox's nested kvm-amd");
-        linux_part(rounds);
-        delivery_part();
-        record_part(rounds);
+        if want("payload") {
+            payload_part(rounds, "L1 sandbox's nested kvm-amd");
+        }
+        if want("linux") {
+            linux_part(rounds);
+        }
+        if want("delivery") {
+            delivery_part();
+        }
+        if want("record") {
+            record_part(rounds);
+        }
         return;
     }
-    payload_part(rounds, "this host's /dev/kvm");
+    if want("payload") {
+        payload_part(rounds, "this host's /dev/kvm");
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let img = std::env::var_os("PERFVISOR_GUEST_IMAGE")
         .map(PathBuf::from)
@@ -496,14 +511,18 @@ fn main() {
         "build perfvisor first: cargo build --release"
     );
     let exe = std::env::current_exe().expect("current exe");
-    let job = sandbox::Job::new(["/bench/bench_sampling".to_string(), rounds.to_string()])
-        .binary(&exe, "/bench/bench_sampling")
-        .binary(&perfvisor, "/bench/perfvisor")
-        .file(img.join("vmlinux"), "/bench/image/vmlinux")
-        .file(img.join("initramfs.cpio"), "/bench/image/initramfs.cpio")
-        .env("PERFVISOR_BENCH_INNER", "1")
-        .env("PERFVISOR_BIN", "/bench/perfvisor")
-        .env("PERFVISOR_GUEST_IMAGE", "/bench/image");
+    let job = sandbox::Job::new([
+        "/bench/bench_sampling".to_string(),
+        rounds.to_string(),
+        parts,
+    ])
+    .binary(&exe, "/bench/bench_sampling")
+    .binary(&perfvisor, "/bench/perfvisor")
+    .file(img.join("vmlinux"), "/bench/image/vmlinux")
+    .file(img.join("initramfs.cpio"), "/bench/image/initramfs.cpio")
+    .env("PERFVISOR_BENCH_INNER", "1")
+    .env("PERFVISOR_BIN", "/bench/perfvisor")
+    .env("PERFVISOR_GUEST_IMAGE", "/bench/image");
     let sb = sandbox::Sandbox::locate()
         .unwrap_or_else(|e| panic!("{e}"))
         .timeout(Duration::from_secs(3600));
