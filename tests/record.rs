@@ -188,3 +188,66 @@ fn well_formed(xml: &str) {
     }
     assert_eq!(depth, 0, "unbalanced tags");
 }
+
+#[test]
+fn ctrl_c_stops_the_recording_and_writes_the_outputs() {
+    require_image();
+    let dir = out_dir("record-ctrl-c");
+    let data = dir.join("perf.data");
+    let folded = dir.join("out.folded");
+    // A workload far longer than the test: only the Ctrl-C can end it in time.
+    let args = [
+        "record",
+        "--timeout",
+        "300",
+        "-o",
+        data.to_str().unwrap(),
+        "--folded",
+        folded.to_str().unwrap(),
+        // The kick backend: guest tasks, so user IPs resolve.
+        "--call-graph",
+        "fp",
+        "--",
+        "pv-workload --seconds 200",
+    ];
+    let r = harness::perfvisor_cmd_interrupted(
+        &args,
+        "perfvisor-guest: init reached",
+        std::time::Duration::from_secs(4),
+    );
+    let which = if r.stderr.contains("inside the L1 sandbox") {
+        "the L1 sandbox"
+    } else {
+        "this host's /dev/kvm"
+    };
+    println!(
+        "perfvisor record ran on {which}; status {} in {:.1}s\n--- stderr:\n{}",
+        r.status,
+        r.elapsed.as_secs_f64(),
+        r.stderr
+    );
+    r.check(
+        r.status == 0,
+        "a Ctrl-C ends the recording cleanly (exit 0)",
+    );
+    r.check(
+        r.elapsed.as_secs() < 150,
+        "it ends long before the 200 s workload would",
+    );
+    let folded = std::fs::read_to_string(&folded).unwrap_or_default();
+    let samples: u64 = folded
+        .lines()
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum();
+    println!("folded stacks after the Ctrl-C: {samples} samples");
+    r.check(samples > 100, "the folded stacks hold the samples taken");
+    r.check(
+        folded.contains("workload_hot"),
+        "and show the workload's hot function",
+    );
+    let (script, _) = host_perf(&["script", "-i", data.to_str().unwrap()]);
+    r.check(
+        script.contains("workload_hot"),
+        "the host's perf reads the perf.data written after the Ctrl-C",
+    );
+}

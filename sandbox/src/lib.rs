@@ -28,8 +28,9 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -48,6 +49,8 @@ pub enum Error {
     Ldd { path: PathBuf, msg: String },
     #[error("no /dev/kvm inside the L1 sandbox after loading the kvm modules (QEMU must run with -cpu EPYC,+svm); console tail:\n{tail}")]
     NoKvm { tail: String },
+    #[error("stopped: the L1 sandbox was killed on request before the job ended")]
+    Stopped,
     #[error("sandbox job timed out after {timeout:?} (QEMU killed); console tail:\n{tail}")]
     Timeout { timeout: Duration, tail: String },
     #[error("the L1 sandbox died: QEMU exited ({status}) before the job reported its exit status. Nested kvm-amd under QEMU TCG does that now and then (docs/platform.md); run it again. Console tail:\n{tail}{stderr}")]
@@ -89,6 +92,8 @@ pub struct Job {
     workdir: String,
     /// (L1 directory, host directory): copied back after the job.
     collect: Option<(String, PathBuf)>,
+    /// Stop requests from the caller (see [`Job::stoppable`]).
+    stop: Option<Arc<AtomicU32>>,
 }
 
 impl Job {
@@ -106,6 +111,7 @@ impl Job {
             env: Vec::new(),
             workdir: "/".into(),
             collect: None,
+            stop: None,
         }
     }
 
@@ -146,6 +152,17 @@ impl Job {
     /// them to a few MiB.
     pub fn collect(mut self, guest: &str, host: impl Into<PathBuf>) -> Job {
         self.collect = Some((guest.into(), host.into()));
+        self
+    }
+
+    /// Let the caller stop the job: when `stop` becomes 1 (e.g. on the
+    /// caller's first Ctrl-C) the job gets SIGTERM inside the L1 and the run
+    /// goes on until it has exited, so it can write its results (collected
+    /// as usual); at 2 or more QEMU is killed at once. QEMU runs in its own
+    /// process group then, so a Ctrl-C at the terminal reaches only the
+    /// caller, which must handle SIGINT and bump `stop`.
+    pub fn stoppable(mut self, stop: Arc<AtomicU32>) -> Job {
+        self.stop = Some(stop);
         self
     }
 
@@ -204,6 +221,12 @@ pub struct Sandbox {
 const BASE_CMDLINE: &str = "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off nokaslr \
      tsc=reliable no_timer_check i8042.noaux i8042.nokbd i8042.nopnp audit=0 \
      random.trust_cpu=on cryptomgr.notests softlockup_panic=1 watchdog_thresh=30";
+
+/// How long a stopped job may take to exit and hand back its results.
+const STOP_GRACE: Duration = Duration::from_secs(120);
+
+/// How often a stoppable job's run checks for stop requests.
+const STOP_POLL: Duration = Duration::from_millis(100);
 
 /// How long QEMU may take to power off after the job's exit marker before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -331,15 +354,23 @@ impl Sandbox {
             &cpio_path,
             job.collect.as_ref().map(|_| collect_file.as_path()),
         ));
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        if job.stop.is_some() {
+            use std::os::unix::process::CommandExt;
+            // Its own process group: the terminal's Ctrl-C is the caller's.
+            cmd.process_group(0);
+            cmd.stdin(Stdio::piped());
+        } else {
+            cmd.stdin(Stdio::null());
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         log::debug!("sandbox: {cmd:?}");
         let start = Instant::now();
         let child = cmd
             .spawn()
             .map_err(io_err(format!("starting {}", self.qemu.display())))?;
         let mut child = KillOnDrop(child);
+        let mut stdin = child.0.stdin.take();
+        let mut stop_sent = false;
         let (tx, rx) = mpsc::channel::<Event>();
         let stdout = child.0.stdout.take().expect("piped stdout");
         let stderr = child.0.stderr.take().expect("piped stderr");
@@ -358,6 +389,7 @@ impl Sandbox {
         let mut status = None;
         let mut no_kvm = false;
         let mut timed_out = false;
+        let mut killed_on_request = false;
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -365,9 +397,37 @@ impl Sandbox {
                 timed_out = status.is_none() && !no_kvm;
                 break;
             }
-            match rx.recv_timeout(deadline - now) {
+            let requests = job.stop.as_ref().map_or(0, |s| s.load(Ordering::Acquire));
+            if requests >= 2 && status.is_none() {
+                console("sandbox: stopped again; killing the L1");
+                killed_on_request = true;
+                break;
+            }
+            if requests >= 1 && !stop_sent {
+                stop_sent = true;
+                console(
+                    "sandbox: stopping the job (SIGTERM inside the L1); stop again to kill the L1",
+                );
+                // The L1's /init reads this line from its console.
+                if let Some(mut w) = stdin.take() {
+                    use std::io::Write;
+                    let _ = writeln!(w, "{}", markers.stop);
+                    let _ = w.flush();
+                    stdin = Some(w);
+                }
+                deadline = deadline.min(Instant::now() + STOP_GRACE);
+            }
+            let wait = (deadline - now).min(if job.stop.is_some() {
+                STOP_POLL
+            } else {
+                Duration::MAX
+            });
+            match rx.recv_timeout(wait) {
                 Ok(Event::Out(raw)) => {
                     let line = clean_line(&raw);
+                    if line.contains(&markers.stop) {
+                        continue;
+                    }
                     all.push_str(&line);
                     all.push('\n');
                     tail.push_back(line.clone());
@@ -417,7 +477,7 @@ impl Sandbox {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
-        let exit = if timed_out {
+        let exit = if timed_out || killed_on_request {
             child.kill();
             None
         } else {
@@ -451,6 +511,7 @@ impl Sandbox {
                     console: all,
                 })
             }
+            (None, None) if killed_on_request => Err(Error::Stopped),
             (None, None) => Err(Error::Timeout {
                 timeout: self.timeout,
                 tail: tail_text(),
@@ -680,8 +741,7 @@ if [ ! -c /dev/kvm ]; then
 fi
 mkdir -p {workdir} && cd {workdir} || {{ echo "{exit_prefix}126@@"; poweroff -f; }}
 {exports}echo "{start}"
-{collect_pre}{argv} </dev/null
-status=$?
+{collect_pre}{run}
 {collect_post}echo "{exit_prefix}$status@@"
 poweroff -f
 "#,
@@ -700,11 +760,23 @@ poweroff -f
             ),
             None => String::new(),
         },
+        run = if job.stop.is_some() {
+            // Stoppable: the job in the background, and a reader of the
+            // console's input that sends it SIGTERM on the stop line.
+            format!(
+                "stty -echo </dev/console 2>/dev/null\n{argv} </dev/null &\njob=$!\n\
+                 ( while read -r l; do [ \"$l\" = \"{stop}\" ] && kill -TERM $job; done ) </dev/console &\n\
+                 watch=$!\nwait $job\nstatus=$?\nkill $watch 2>/dev/null",
+                argv = argv.join(" "),
+                stop = m.stop,
+            )
+        } else {
+            format!("{} </dev/null\nstatus=$?", argv.join(" "))
+        },
         no_kvm = m.no_kvm,
         workdir = shell_quote(&job.workdir),
         exit_prefix = m.exit_prefix,
         start = m.start,
-        argv = argv.join(" "),
     )
 }
 
@@ -713,6 +785,8 @@ struct Markers {
     start: String,
     exit_prefix: String,
     no_kvm: String,
+    /// Written to the L1's console input to stop a stoppable job.
+    stop: String,
 }
 
 impl Markers {
@@ -721,6 +795,7 @@ impl Markers {
             start: format!("@@sandbox-{nonce}-start@@"),
             exit_prefix: format!("@@sandbox-{nonce}-exit="),
             no_kvm: format!("@@sandbox-{nonce}-no-kvm@@"),
+            stop: format!("@@sandbox-{nonce}-stop@@"),
         }
     }
 

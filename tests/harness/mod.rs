@@ -93,7 +93,17 @@ pub fn perfvisor_cmd(args: &[&str]) -> Run {
 /// guests now and then and its L1 kernel sometimes locks up or dies
 /// (docs/platform.md). A failure that comes back is real.
 pub fn perfvisor_cmd_env(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let r = perfvisor_cmd_once(args, env);
+    with_platform_retry(args, || perfvisor_cmd_once(args, env, None))
+}
+
+/// [`perfvisor_cmd`], sending perfvisor SIGINT (a Ctrl-C) `after` its stdout
+/// first shows `when`.
+pub fn perfvisor_cmd_interrupted(args: &[&str], when: &str, after: Duration) -> Run {
+    with_platform_retry(args, || perfvisor_cmd_once(args, &[], Some((when, after))))
+}
+
+fn with_platform_retry(args: &[&str], mut go: impl FnMut() -> Run) -> Run {
+    let r = go();
     let sandboxed = std::env::var_os(INSIDE_ENV).is_some()
         || r.stderr.contains("running the guest inside the L1 sandbox");
     if let Some(what) = platform_failure(&r).filter(|_| sandboxed) {
@@ -105,7 +115,7 @@ pub fn perfvisor_cmd_env(args: &[&str], env: &[(&str, &str)]) -> Run {
             r.elapsed.as_secs_f64(),
             r.stderr.trim_end()
         );
-        return perfvisor_cmd_once(args, env);
+        return go();
     }
     r
 }
@@ -124,9 +134,14 @@ fn platform_failure(r: &Run) -> Option<&'static str> {
     }
 }
 
-fn perfvisor_cmd_once(args: &[&str], env: &[(&str, &str)]) -> Run {
+fn perfvisor_cmd_once(
+    args: &[&str],
+    env: &[(&str, &str)],
+    interrupt: Option<(&str, Duration)>,
+) -> Run {
     use std::io::Read;
     use std::process::Stdio;
+    use std::sync::{Arc, Mutex};
     let start = Instant::now();
     let mut child = Command::new(perfvisor())
         .args(args)
@@ -136,36 +151,63 @@ fn perfvisor_cmd_once(args: &[&str], env: &[(&str, &str)]) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", perfvisor().display()));
-    let mut out = child.stdout.take().expect("piped");
-    let mut err = child.stderr.take().expect("piped");
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
+    let collect = |mut pipe: Box<dyn Read + Send>| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let b = buf.clone();
+        let t = std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                b.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        (buf, t)
+    };
+    let (out, t_out) = collect(Box::new(child.stdout.take().expect("piped")));
+    let (err, t_err) = collect(Box::new(child.stderr.take().expect("piped")));
+    let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
+    let mut interrupt_at: Option<Instant> = None;
+    let mut interrupted = false;
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break s.code().unwrap_or(-1),
             Ok(None) if start.elapsed() > RUN_LIMIT => {
                 let _ = child.kill();
                 let _ = child.wait();
-                let so = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned();
-                let se = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
-                panic!("perfvisor {} did not exit within {RUN_LIMIT:?}; killed it\n--- stdout:\n{so}\n--- stderr:\n{se}", args.join(" "));
+                let _ = (t_out.join(), t_err.join());
+                panic!(
+                    "perfvisor {} did not exit within {RUN_LIMIT:?}; killed it\n--- stdout:\n{}\n--- stderr:\n{}",
+                    args.join(" "),
+                    text(&out),
+                    text(&err)
+                );
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => panic!("waiting for perfvisor: {e}"),
         }
+        if let (Some((when, after)), false) = (interrupt, interrupted) {
+            if interrupt_at.is_none() && text(&out).contains(when) {
+                interrupt_at = Some(Instant::now() + after);
+            }
+            if interrupt_at.is_some_and(|t| Instant::now() >= t) {
+                println!(
+                    "sending SIGINT to perfvisor after {:.1}s",
+                    start.elapsed().as_secs_f64()
+                );
+                // SAFETY: kill(2) on our own child's pid, which has not been
+                // reaped yet (try_wait above saw it running).
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+                interrupted = true;
+            }
+        }
     };
+    let _ = (t_out.join(), t_err.join());
     Run {
         status,
-        stdout: String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned(),
-        stderr: String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned(),
+        stdout: text(&out),
+        stderr: text(&err),
         elapsed: start.elapsed(),
     }
 }
