@@ -403,7 +403,17 @@ fn record_part(rounds: usize) {
         let out = Command::new(&perfvisor).args(args).output().ok()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
-        Some((workload_rate(&text)?, text))
+        match workload_rate(&text) {
+            Some(r) => Some((r, text)),
+            None => {
+                let tail: Vec<&str> = text.lines().rev().take(6).collect();
+                eprintln!("  no workload rate in the output; its last lines:");
+                for l in tail.iter().rev() {
+                    eprintln!("    {l}");
+                }
+                None
+            }
+        }
     };
     println!("perfvisor record in the L1 sandbox: pv-workload --seconds 3 at 1 kHz, {rounds} rounds, medians");
     let cases: [(&str, &[&str]); 3] = [
@@ -520,6 +530,8 @@ fn main() {
     .binary(&perfvisor, "/bench/perfvisor")
     .file(img.join("vmlinux"), "/bench/image/vmlinux")
     .file(img.join("initramfs.cpio"), "/bench/image/initramfs.cpio")
+    .file(img.join("System.map"), "/bench/image/System.map")
+    .file(img.join("guest-info.txt"), "/bench/image/guest-info.txt")
     .env("PERFVISOR_BENCH_INNER", "1")
     .env("PERFVISOR_BIN", "/bench/perfvisor")
     .env("PERFVISOR_GUEST_IMAGE", "/bench/image");
