@@ -459,6 +459,8 @@ fn record_part(rounds: usize) {
         let mut rates = Vec::new();
         let mut walk = String::new();
         let mut a = args.to_vec();
+        // A guest that hangs must not hang the benchmark.
+        a.splice(1..1, ["--timeout", "120"]);
         a.push("pv-workload --seconds 3");
         for _ in 0..rounds {
             if let Some((r, text)) = go(&a) {
