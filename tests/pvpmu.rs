@@ -25,22 +25,20 @@ fn tool_and_host(r: &Run) -> (HashMap<String, String>, HashMap<String, String>) 
 }
 
 /// Share of the expected samples (freq x the workload's CPU time as the
-/// event counted it) that must arrive: the bar, for every backend
-/// on a capable host, and for the host timer (the default) everywhere: it
-/// tunes its period for the ticks that land in exits (vmm::host_timer).
+/// event counted it) that must arrive on a capable host.
 const MIN_DELIVERY: f64 = 0.9;
-/// The kick backend inside the L1 sandbox. There every exit of the nested
-/// guest is emulated by TCG and a kick (an exit to user space) costs about
-/// a millisecond, as much as the 1 kHz interval: on a quiet 2-core machine
-/// it delivered 85-89%, and 70-82% while other QEMU instances competed for
-/// the cores (docs/platform.md). The test prints the ratio.
-const MIN_DELIVERY_NESTED_KICK: f64 = 0.6;
-/// More than this share means the host timer over-corrected.
-const MAX_DELIVERY: f64 = 1.15;
+/// The same inside the L1 sandbox. There every exit of the nested guest is
+/// emulated by TCG: a kick (an exit to user space) costs milliseconds, and
+/// the host timer, which counts only guest-mode time, misses the share of
+/// the vCPU's time spent in those exits. On a quiet 2-core machine it
+/// measured 85-88% (kick) and 87-93% (host timer), and 70-82% while other
+/// QEMU instances competed for the cores (docs/platform.md); the bar is set
+/// so a loaded CI machine does not flake, and the test prints the ratio.
+const MIN_DELIVERY_NESTED: f64 = 0.6;
 
-fn min_delivery(backend: &str) -> f64 {
-    if backend == "kick" && std::env::var_os("PERFVISOR_TESTS_INSIDE_SANDBOX").is_some() {
-        MIN_DELIVERY_NESTED_KICK
+fn min_delivery() -> f64 {
+    if std::env::var_os("PERFVISOR_TESTS_INSIDE_SANDBOX").is_some() {
+        MIN_DELIVERY_NESTED
     } else {
         MIN_DELIVERY
     }
@@ -101,19 +99,12 @@ fn end_to_end(backend: &str) {
         );
     }
     r.check(num(&host, "err_state") == 0, "no state page errors");
-    let min = min_delivery(backend);
+    let min = min_delivery();
     r.check(
         delivery >= min,
         &format!(
             "at least {:.0}% of the expected samples arrive",
             min * 100.0
-        ),
-    );
-    r.check(
-        delivery <= MAX_DELIVERY,
-        &format!(
-            "at most {:.0}% of the expected samples arrive (no over-correction)",
-            MAX_DELIVERY * 100.0
         ),
     );
 }

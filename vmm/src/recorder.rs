@@ -149,7 +149,6 @@ impl VcpuHook for RecordHook {
             if let Some(mut timer) = self.timer.take() {
                 let mut got = Vec::new();
                 timer.drain(|ip, user, t| got.push((ip, user, t)));
-                timer.retune(Some(1_000_000_000 / u64::from(self.cfg.freq.max(1))));
                 self.timer = Some(timer);
                 for (ip, user, t) in got {
                     let period = self.period(t);

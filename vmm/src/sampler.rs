@@ -14,11 +14,6 @@
 //!
 //! Either way the guest's ring is written only on the vCPU's own thread,
 //! while the vCPU is outside guest mode (see devices::pvpmu).
-//!
-//! The host timer keeps the guest event's rate as its frequency mode asks,
-//! making up for ticks lost in exits (`HostTimer::retune`). The kick
-//! backend does not: a kick that arrives while the previous one is still
-//! being served is served by the same hook run.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -45,6 +40,7 @@ const MAX_CATCH_UP: u32 = 8;
 const STATS_INTERVAL: Duration = Duration::from_millis(100);
 /// Poll period while no guest event is active.
 const IDLE_POLL: Duration = Duration::from_millis(10);
+
 /// Which mechanism takes samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -197,7 +193,6 @@ impl VcpuHook for SampleHook {
     fn on_kick(&mut self, vcpu: &mut VcpuContext<'_>) {
         let n = self.index;
         let (dev, clock) = (self.dev.clone(), self.clock.clone());
-        let wanted = dev.wanted_interval(n);
         if let Some(timer) = self.host_timer() {
             timer.drain(|ip, user, boot_ns| {
                 let s = HostSample {
@@ -209,8 +204,6 @@ impl VcpuHook for SampleHook {
                 };
                 dev.record_sample(n, &s);
             });
-            // The guest event's rate, made up for ticks lost in exits.
-            timer.retune(wanted);
         } else if let (Ok(regs), Ok(sregs)) = (vcpu.regs(), vcpu.sregs()) {
             let now = boottime_ns();
             let s = HostSample {
