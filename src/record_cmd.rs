@@ -11,8 +11,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use record::{
@@ -501,42 +500,6 @@ pub fn record(args: RecordArgs) -> Result<ExitCode, CliError> {
     Ok(exit_code(report.outcome.exit_code()))
 }
 
-/// SIGINT and SIGTERM count here while a sandboxed recording runs.
-static STOP_REQUESTS: OnceLock<Arc<AtomicU32>> = OnceLock::new();
-
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    // OnceLock::get is an atomic load; fetch_add is lock-free: both are
-    // async-signal-safe.
-    if let Some(n) = STOP_REQUESTS.get() {
-        n.fetch_add(1, Ordering::AcqRel);
-    }
-}
-
-/// The stop counter for a sandboxed recording, with SIGINT and SIGTERM
-/// routed to it.
-fn stop_requests() -> Result<Arc<AtomicU32>, CliError> {
-    let n = STOP_REQUESTS
-        .get_or_init(|| Arc::new(AtomicU32::new(0)))
-        .clone();
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: installs a handler that only touches atomics; the
-        // sigaction struct is zero-initialised and filled before the call.
-        let r = unsafe {
-            let mut act: libc::sigaction = std::mem::zeroed();
-            act.sa_sigaction = on_stop_signal as *const () as usize;
-            libc::sigemptyset(&mut act.sa_mask);
-            libc::sigaction(sig, &act, std::ptr::null_mut())
-        };
-        if r != 0 {
-            return Err(CliError::Record(format!(
-                "installing the SIGINT handler: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
-    }
-    Ok(n)
-}
-
 /// Record inside the L1 sandbox into a raw file, copy it back, write the
 /// outputs here.
 fn record_in_sandbox(args: &RecordArgs, backend: Backend) -> Result<ExitCode, CliError> {
@@ -562,7 +525,9 @@ fn record_in_sandbox(args: &RecordArgs, backend: Backend) -> Result<ExitCode, Cl
     // Ctrl-C (or SIGTERM) stops the recording inside the L1 the way it
     // stops a direct one; the outputs are still written. A second one kills
     // the L1.
-    job = job.stoppable(stop_requests()?);
+    let stops = vmm::exit::interrupt_counter()
+        .map_err(|e| CliError::Record(format!("installing the SIGINT handler: {e}")))?;
+    job = job.stoppable(stops);
     let outcome = sandbox_for(&args.run)?.run(&job, &mut |line: &str| {
         // The inner perfvisor's progress and summary are about the raw
         // half; keep its progress, drop its summary (ours follows).

@@ -409,11 +409,10 @@ impl Sandbox {
                     "sandbox: stopping the job (SIGTERM inside the L1); stop again to kill the L1",
                 );
                 // The L1's /init reads this line from its console.
-                if let Some(mut w) = stdin.take() {
+                if let Some(w) = stdin.as_mut() {
                     use std::io::Write;
                     let _ = writeln!(w, "{}", markers.stop);
                     let _ = w.flush();
-                    stdin = Some(w);
                 }
                 deadline = deadline.min(Instant::now() + STOP_GRACE);
             }

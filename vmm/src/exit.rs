@@ -1,8 +1,8 @@
 //! How a VM ends: the first reason reported wins, every vCPU and the event
 //! loop are told to stop.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
@@ -185,8 +185,15 @@ impl ExitState {
 
 /// The eventfd a signal handler writes to (-1: none).
 static INTERRUPT_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+/// SIGINT and SIGTERM received since [`interrupt_counter`] was first called.
+static INTERRUPTS: OnceLock<Arc<AtomicU32>> = OnceLock::new();
 
 extern "C" fn on_interrupt(_: libc::c_int) {
+    // OnceLock::get is an atomic load and fetch_add is lock-free: both are
+    // async-signal-safe.
+    if let Some(n) = INTERRUPTS.get() {
+        n.fetch_add(1, Ordering::AcqRel);
+    }
     let fd = INTERRUPT_FD.load(Ordering::Relaxed);
     if fd >= 0 {
         let one: u64 = 1;
@@ -196,14 +203,12 @@ extern "C" fn on_interrupt(_: libc::c_int) {
     }
 }
 
-/// Route SIGINT and SIGTERM to `evt` (kept open for the process's life).
-pub(crate) fn install_interrupt_handler(evt: EventFd) -> std::io::Result<()> {
-    use std::os::fd::IntoRawFd;
-    let fd = evt.into_raw_fd();
-    INTERRUPT_FD.store(fd, Ordering::Relaxed);
+/// Handle SIGINT and SIGTERM with [`on_interrupt`] instead of dying.
+fn route_interrupt_signals() -> std::io::Result<()> {
     for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: installs a handler that only calls write(2); the sigaction
-        // struct is zero-initialised and filled before the call.
+        // SAFETY: installs a handler that only touches atomics and calls
+        // write(2); the sigaction struct is zero-initialised and filled
+        // before the call.
         let r = unsafe {
             let mut act: libc::sigaction = std::mem::zeroed();
             act.sa_sigaction = on_interrupt as *const () as usize;
@@ -215,6 +220,24 @@ pub(crate) fn install_interrupt_handler(evt: EventFd) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Route SIGINT and SIGTERM to `evt` (kept open for the process's life).
+pub(crate) fn install_interrupt_handler(evt: EventFd) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    INTERRUPT_FD.store(evt.into_raw_fd(), Ordering::Relaxed);
+    route_interrupt_signals()
+}
+
+/// Count SIGINT and SIGTERM, instead of dying of them, in the returned
+/// counter (the same one on every call), e.g. to stop work that runs
+/// elsewhere (`sandbox::Job::stoppable`).
+pub fn interrupt_counter() -> std::io::Result<Arc<AtomicU32>> {
+    let n = INTERRUPTS
+        .get_or_init(|| Arc::new(AtomicU32::new(0)))
+        .clone();
+    route_interrupt_signals()?;
+    Ok(n)
 }
 
 #[cfg(test)]
