@@ -416,52 +416,28 @@ fn record_part(rounds: usize) {
         }
     };
     println!("perfvisor record in the L1 sandbox: pv-workload --seconds 3 at 1 kHz, {rounds} rounds, medians");
-    let cases: [(&str, &[&str]); 3] = [
-        (
-            "perfvisor run (no sampling)",
-            &["run", "--kvm", "host", "--pmu-freq", "0", "--"],
-        ),
+    // (name, subcommand, its options); all run the same guest and workload.
+    let cases: [(&str, &str, &[&str]); 3] = [
+        ("perfvisor run (no sampling)", "run", &[]),
         (
             "perfvisor record (IP only)",
-            &[
-                "record",
-                "--kvm",
-                "host",
-                "--pmu-freq",
-                "0",
-                "-F",
-                "1000",
-                "-o",
-                "/tmp/r1.data",
-                "--",
-            ],
+            "record",
+            &["-F", "1000", "-o", "/tmp/r1.data"],
         ),
         (
             "perfvisor record --call-graph fp",
-            &[
-                "record",
-                "--kvm",
-                "host",
-                "--pmu-freq",
-                "0",
-                "-F",
-                "1000",
-                "--call-graph",
-                "fp",
-                "-o",
-                "/tmp/r2.data",
-                "--",
-            ],
+            "record",
+            &["-F", "1000", "--call-graph", "fp", "-o", "/tmp/r2.data"],
         ),
     ];
     let mut base = 0.0;
-    for (i, (name, args)) in cases.iter().enumerate() {
+    for (i, (name, sub, opts)) in cases.iter().enumerate() {
         let mut rates = Vec::new();
         let mut walk = String::new();
-        let mut a = args.to_vec();
-        // A guest that hangs must not hang the benchmark.
-        a.splice(1..1, ["--timeout", "120"]);
-        a.push("pv-workload --seconds 3");
+        // A guest that hangs must not hang the benchmark (--timeout).
+        let mut a = vec![*sub, "--kvm", "host", "--timeout", "120", "--pmu-freq", "0"];
+        a.extend_from_slice(opts);
+        a.extend(["--", "pv-workload --seconds 3"]);
         for _ in 0..rounds {
             if let Some((r, text)) = go(&a) {
                 rates.push(r);
