@@ -57,6 +57,25 @@ fn sample<'a>(i: u64, ip: u64, user: bool, chain: &'a [u64]) -> GuestSample<'a> 
 }
 
 /// 3 samples in schedule, 1 in do_syscall_64, no callchains.
+/// `perf script -G -F fields` on `out` (no warnings), its non-empty lines.
+fn script_lines(out: &Path, fields: &str) -> Vec<String> {
+    let script = run_perf(&[
+        "script",
+        "-i",
+        out.to_str().expect("utf-8"),
+        "-G",
+        "-F",
+        fields,
+    ]);
+    assert_quiet("perf script", &script);
+    script
+        .stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect()
+}
+
 fn write_kernel_only(path: &Path, meta: &RecordMeta) -> WriteSummary {
     let sched = inside(kernel_fn("schedule"), 0x10, false);
     let sys = inside(kernel_fn("do_syscall_64"), 0x8, false);
@@ -176,21 +195,8 @@ fn threads_share_the_process_binary() {
         w.sample(&s).expect("sample");
     }
     w.finish().expect("finish");
-    let script = run_perf(&[
-        "script",
-        "-i",
-        out.to_str().expect("utf-8"),
-        "-G",
-        "-F",
-        "tid,ip,sym",
-    ]);
-    assert_quiet("perf script", &script);
-    let lines: Vec<&str> = script
-        .stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .collect();
-    assert_eq!(lines.len(), 3, "{}", script.stdout);
+    let lines = script_lines(&out, "tid,ip,sym");
+    assert_eq!(lines.len(), 3, "{lines:#?}");
     for (l, tid) in lines.iter().zip(["78", "77", "79"]) {
         assert!(l.contains(tid) && l.contains("workload_hot"), "{l}");
     }
@@ -346,21 +352,8 @@ fn exec_changes_the_mapped_binary() {
         w.sample(&s).expect("sample");
     }
     w.finish().expect("finish");
-    let script = run_perf(&[
-        "script",
-        "-i",
-        out.to_str().expect("utf-8"),
-        "-G",
-        "-F",
-        "comm,ip,sym",
-    ]);
-    assert_quiet("perf script", &script);
-    let lines: Vec<&str> = script
-        .stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .collect();
-    assert_eq!(lines.len(), 3, "{}", script.stdout);
+    let lines = script_lines(&out, "comm,ip,sym");
+    assert_eq!(lines.len(), 3, "{lines:#?}");
     assert!(
         lines[0].contains("sh") && lines[0].contains("[unknown]"),
         "{}",
