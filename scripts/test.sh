@@ -29,7 +29,7 @@ scripts/fetch-sandbox.sh
 pv_phase "cargo test --workspace"
 # --nocapture: every boot test prints which KVM it used.
 set +e
-cargo test --workspace --release --locked -- --nocapture 2>&1 | tee "$CACHE_ROOT/last-test.log"
+cargo test --workspace --release --locked --no-fail-fast -- --nocapture 2>&1 | tee "$CACHE_ROOT/last-test.log"
 rc=${PIPESTATUS[0]}
 set -e
 ((rc == 0)) || pv_die "cargo test failed (status $rc); full log in $CACHE_ROOT/last-test.log"
