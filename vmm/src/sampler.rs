@@ -40,6 +40,13 @@ const MAX_CATCH_UP: u32 = 8;
 const STATS_INTERVAL: Duration = Duration::from_millis(100);
 /// Poll period while no guest event is active.
 const IDLE_POLL: Duration = Duration::from_millis(10);
+/// How long a vCPU keeps its cadence after its event went inactive (the
+/// guest task was switched out, or the driver throttles): a task that comes
+/// back within this time is sampled on the old cadence, without a fresh
+/// interval's wait and the idle poll's delay.
+const PAUSE_GRACE: Duration = Duration::from_millis(50);
+/// Re-check period while a due kick waits for the previous one's hook.
+const PENDING_POLL: Duration = Duration::from_micros(50);
 
 /// Which mechanism takes samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,7 +322,7 @@ fn run(
     // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
     let start = Instant::now();
-    let mut next_due: Vec<Option<Instant>> = vec![None; vcpus.len()];
+    let mut cadence: Vec<Option<Cadence>> = vec![None; vcpus.len()];
     let mut last_resync = start;
     clock.resync(&vm);
     while !stop.load(Ordering::Acquire) && !exit.stopping() {
@@ -331,33 +338,76 @@ fn run(
                 Schedule::Fixed(interval) => Some(*interval),
             };
             // The host timer samples by itself; the kick only moves them.
-            let interval = match backend {
+            let wanted = match backend {
                 Backend::Kick => wanted,
                 Backend::HostTimer => wanted.map(|_| HOST_TIMER_FLUSH),
             };
-            let Some(interval) = interval else {
-                next_due[i] = None;
+            let c = &mut cadence[i];
+            match (wanted, c.as_mut()) {
+                (Some(interval), Some(c)) if c.interval == interval => c.paused_at = None,
+                (Some(interval), _) => {
+                    *c = Some(Cadence {
+                        interval,
+                        due: now + interval,
+                        sent: now,
+                        paused_at: None,
+                    })
+                }
+                (None, Some(p)) => {
+                    let since = *p.paused_at.get_or_insert(now);
+                    if now.duration_since(since) > PAUSE_GRACE {
+                        *c = None;
+                    }
+                }
+                (None, None) => {}
+            }
+            let Some(c) = c.as_mut() else {
                 continue;
             };
-            let due = *next_due[i].get_or_insert(now + interval);
-            if due <= now {
-                let _ = h.kick();
-                // Keep the cadence (a late tick is caught up by the next
-                // one); only after falling far behind start over, rather
-                // than kick in a burst.
-                let mut next = due + interval;
-                if now.saturating_duration_since(next) > interval * MAX_CATCH_UP {
-                    next = now + interval;
+            if c.due <= now {
+                if c.paused_at.is_some() {
+                    // Inactive: the ticks up to now are due to no one.
+                    let missed = (now - c.due).as_nanos() / c.interval.as_nanos().max(1);
+                    c.due += c.interval * (missed as u32).saturating_add(1);
+                } else if h.kick_pending() && now.saturating_duration_since(c.sent) < c.interval * 2
+                {
+                    // A kick now would merge with the unserved one and
+                    // the guest would get one sample for two ticks: wait
+                    // for the hook, then send this tick's kick. (After two
+                    // intervals, send it anyway: the vCPU may have missed
+                    // the signal between its checks.)
+                } else {
+                    let _ = h.kick();
+                    c.sent = now;
+                    c.due += c.interval;
                 }
-                next_due[i] = Some(next);
+                // Keep the cadence (late ticks are caught up one kick at a
+                // time); only after falling far behind start over rather
+                // than kick in a long burst.
+                if now.saturating_duration_since(c.due) > c.interval * MAX_CATCH_UP {
+                    c.due = now + c.interval;
+                }
             }
-            sleep_until = sleep_until.min(next_due[i].unwrap_or(sleep_until));
+            // Still due: the unserved kick's hook or the next catch-up kick.
+            sleep_until = sleep_until.min(c.due.max(now + PENDING_POLL));
         }
         let now = Instant::now();
         if sleep_until > now {
             precise_sleep(sleep_until - now);
         }
     }
+}
+
+/// One vCPU's sampling clock.
+#[derive(Clone, Copy)]
+struct Cadence {
+    interval: Duration,
+    /// When the next kick is due.
+    due: Instant,
+    /// When the last kick was sent.
+    sent: Instant,
+    /// Since when the guest's event is inactive (ticks pass, no kicks).
+    paused_at: Option<Instant>,
 }
 
 /// Sleep with sub-millisecond precision (the thread's timer slack is set to

@@ -215,6 +215,12 @@ impl VcpuHandle {
         self.served.load(Ordering::Acquire)
     }
 
+    /// Is a kick sent and not yet served? A kick sent now would coalesce
+    /// with it: the hook runs once for both.
+    pub fn kick_pending(&self) -> bool {
+        self.requested.load(Ordering::Acquire) > self.served.load(Ordering::Acquire)
+    }
+
     fn signal(&self) -> Result<(), VcpuError> {
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
         let tid = thread.ok_or(VcpuError::NotRunning { vcpu: self.index })?;
