@@ -160,7 +160,9 @@ fn run_payload(iters: u32, mode: Mode, freq: u32) -> f64 {
         Mode::RawKick | Mode::Full(Backend::Kick) => {
             Some(Duration::from_nanos(1_000_000_000 / u64::from(freq)))
         }
-        Mode::RawTimer | Mode::Full(Backend::HostTimer) => Some(vmm::sampler::HOST_TIMER_FLUSH),
+        Mode::RawTimer | Mode::Full(Backend::HostTimer) => {
+            Some(vmm::sampler::host_timer_flush(freq))
+        }
     };
     let kicker = interval.map(|iv| {
         let (h, stop) = (h.clone(), stop.clone());

@@ -18,6 +18,8 @@ const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
 /// Data pages of the host ring (32 KiB: 10 ms at 4 kHz is 40 records).
 const DATA_PAGES: usize = 8;
 const PAGE: usize = 4096;
+/// Samples the host ring holds (24 bytes each: header, IP, TIME).
+pub const RING_SAMPLES: u32 = (DATA_PAGES * PAGE / 24) as u32;
 
 /// One vCPU thread's host timer.
 pub struct HostTimer {

@@ -682,6 +682,11 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
         (!ev.throttled).then(|| self.interval_ns(&ev))
     }
 
+    /// The highest sampling rate the host was configured for (Hz).
+    pub fn max_freq(&self) -> u32 {
+        self.inner.cfg.max_freq
+    }
+
     fn min_interval_ns(&self) -> u64 {
         1_000_000_000 / u64::from(self.inner.cfg.max_freq.max(1))
     }
