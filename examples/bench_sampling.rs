@@ -68,8 +68,8 @@ impl VcpuHook for OpenTimer {
     fn on_kick(&mut self, _vcpu: &mut VcpuContext<'_>) {
         match self.0.as_mut() {
             None => self.0 = HostTimer::open_for_current_thread(self.1).ok(),
-            Some(t) => t.drain(|ip, _, _| {
-                std::hint::black_box(ip);
+            Some(t) => t.drain(|tick| {
+                std::hint::black_box(tick);
             }),
         }
     }

@@ -27,30 +27,33 @@ fn tool_and_host(r: &Run) -> (HashMap<String, String>, HashMap<String, String>) 
 /// Share of the expected samples (freq x the workload's CPU time as the
 /// event counted it) that must arrive on a capable host.
 const MIN_DELIVERY: f64 = 0.9;
-/// The same inside the L1 sandbox. There every exit of the nested guest is
-/// emulated by TCG: a kick (an exit to user space) costs milliseconds, and
-/// the host timer, which counts only guest-mode time, misses the share of
-/// the vCPU's time spent in those exits. On a quiet 2-core machine it
-/// measured 85-88% (kick) and 87-93% (host timer), and 70-82% while other
-/// QEMU instances competed for the cores (docs/platform.md); the bar is set
-/// so a loaded CI machine does not flake, and the test prints the ratio.
-const MIN_DELIVERY_NESTED: f64 = 0.6;
+/// The same for the host timer inside the L1 sandbox. There every exit of
+/// the nested guest is emulated by TCG and takes hundreds of microseconds;
+/// host ticks that land in the VMM during an exit are placed at the exit's
+/// RIP, but those in the L1 kernel's part of it (about 6% of the vCPU
+/// thread's time) have no known guest RIP and are dropped. Measured 94-95%
+/// (docs/platform.md); the bar leaves room for a loaded CI machine.
+const MIN_DELIVERY_NESTED_HOST_TIMER: f64 = 0.85;
+/// No more than this share: the host keeps the guest event's rate.
+const MAX_DELIVERY: f64 = 1.1;
 
-fn min_delivery() -> f64 {
-    if std::env::var_os("PERFVISOR_TESTS_INSIDE_SANDBOX").is_some() {
-        MIN_DELIVERY_NESTED
+fn min_delivery(backend: &str) -> f64 {
+    let nested = std::env::var_os("PERFVISOR_TESTS_INSIDE_SANDBOX").is_some();
+    // "auto" is the host timer wherever perf_event_open works, as here.
+    if nested && backend != "kick" {
+        MIN_DELIVERY_NESTED_HOST_TIMER
     } else {
         MIN_DELIVERY
     }
 }
 
 fn end_to_end(backend: &str) {
-    let r = boot(&[
-        "--pmu-backend",
-        backend,
-        "--",
-        "pvpmu-tool --freq 1000 --duration 4 -- pv-workload --seconds 3",
-    ]);
+    end_to_end_at(backend, 1000);
+}
+
+fn end_to_end_at(backend: &str, freq: u32) {
+    let cmd = format!("pvpmu-tool --freq {freq} --duration 4 -- pv-workload --seconds 3");
+    let r = boot(&["--pmu-backend", backend, "--", &cmd]);
     r.check(
         r.status == 0,
         "the tool found no checker violation or trace decode error",
@@ -60,10 +63,13 @@ fn end_to_end(backend: &str) {
     // pvpmu cpu-clock count), times the frequency.
     let samples = num(&tool, "samples");
     let expected = num(&tool, "expected") as f64;
-    r.check(expected > 2000.0, "the workload ran for most of its 3 s");
+    r.check(
+        expected > 2.0 * f64::from(freq),
+        "the workload ran for most of its 3 s",
+    );
     let delivery = samples as f64 / expected;
     println!(
-        "[{backend}] samples {samples} of {expected} expected ({:.0}%), top {:?}",
+        "[{backend}, {freq} Hz] samples {samples} of {expected} expected ({:.0}%), top {:?}",
         delivery * 100.0,
         tool.get("top")
     );
@@ -99,7 +105,7 @@ fn end_to_end(backend: &str) {
         );
     }
     r.check(num(&host, "err_state") == 0, "no state page errors");
-    let min = min_delivery();
+    let min = min_delivery(backend);
     r.check(
         delivery >= min,
         &format!(
@@ -107,6 +113,22 @@ fn end_to_end(backend: &str) {
             min * 100.0
         ),
     );
+    r.check(
+        delivery <= MAX_DELIVERY,
+        &format!(
+            "at most {:.0}% of the expected samples arrive (the guest's rate is kept)",
+            MAX_DELIVERY * 100.0
+        ),
+    );
+}
+
+/// The host timer ticks at --pmu-freq (1 kHz); a guest event asking for
+/// 250 Hz gets 250 samples a second, not 1000.
+#[test]
+fn host_timer_keeps_a_lower_guest_rate() {
+    boot_test("host_timer_keeps_a_lower_guest_rate", || {
+        end_to_end_at("host-timer", 250)
+    });
 }
 
 #[test]

@@ -95,29 +95,50 @@ impl HostTimer {
         })
     }
 
-    /// Hand every guest sample since the last drain to `f(ip, user, boottime_ns)`.
-    pub fn drain(&mut self, mut f: impl FnMut(u64, bool, u64)) {
+    /// Hand every tick since the last drain to `f(tick)`, oldest first.
+    pub fn drain(&mut self, mut f: impl FnMut(Tick)) {
         let _ = self.consumer.read_batch(None, |_, rec| {
             if rec.len() < 24 {
                 return;
             }
             let ty = u32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]);
-            let cpumode = u16::from_le_bytes([rec[4], rec[5]]) & misc::CPUMODE_MASK;
             if ty != record::SAMPLE {
                 return;
             }
-            if !matches!(cpumode, misc::GUEST_USER | misc::GUEST_KERNEL) {
-                return;
-            }
+            let cpumode = u16::from_le_bytes([rec[4], rec[5]]) & misc::CPUMODE_MASK;
             let word = |i: usize| u64::from_le_bytes(rec[i..i + 8].try_into().unwrap_or([0; 8]));
-            let ip = word(8);
-            // User or kernel by the address (x86-64 kernels live in the
-            // upper half): the host's GUEST_USER/GUEST_KERNEL comes from the
-            // CPL KVM reports, which nested SVM under TCG gets wrong.
-            let user = ip >> 63 == 0;
-            f(ip, user, word(16));
+            let (ip, boot_ns) = (word(8), word(16));
+            f(match cpumode {
+                // User or kernel by the address (x86-64 kernels live in the
+                // upper half): the host's GUEST_USER/GUEST_KERNEL comes from
+                // the CPL KVM reports, which nested SVM under TCG gets wrong.
+                misc::GUEST_USER | misc::GUEST_KERNEL => Tick::Guest {
+                    ip,
+                    user: ip >> 63 == 0,
+                    boot_ns,
+                },
+                // The host kernel's cpu-clock has no exclude_host for
+                // software events (Linux 6.1 checks only exclude_user and
+                // exclude_kernel), so ticks in the vCPU thread's host time
+                // arrive too, with host IPs.
+                misc::USER => Tick::HostUser { boot_ns },
+                _ => Tick::HostKernel { boot_ns },
+            });
         });
     }
+}
+
+/// One host timer tick on a vCPU thread (CLOCK_BOOTTIME ns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tick {
+    /// In guest mode: the guest's IP and mode.
+    Guest { ip: u64, user: bool, boot_ns: u64 },
+    /// In the VMM's user space, handling an exit: the guest is stopped at
+    /// that exit's RIP.
+    HostUser { boot_ns: u64 },
+    /// In the host kernel (KVM_RUN's own work, in-kernel exits): the guest
+    /// RIP at that moment is not known to the VMM.
+    HostKernel { boot_ns: u64 },
 }
 
 impl Drop for HostTimer {

@@ -16,7 +16,7 @@ use std::time::Instant;
 use kvm_bindings::{kvm_msr_entry, Msrs};
 use vm_memory::GuestMemoryMmap;
 
-use crate::host_timer::HostTimer;
+use crate::host_timer::{HostTimer, Tick};
 use crate::introspect::{
     current_task, walk_frame_pointers, GuestAddressSpace, GuestTask, KernelInfo,
 };
@@ -148,7 +148,13 @@ impl VcpuHook for RecordHook {
             }
             if let Some(mut timer) = self.timer.take() {
                 let mut got = Vec::new();
-                timer.drain(|ip, user, t| got.push((ip, user, t)));
+                // Guest-mode ticks only, like the host's `perf record -e
+                // cpu-clock:G` (the anchor this command is checked against).
+                timer.drain(|tick| {
+                    if let Tick::Guest { ip, user, boot_ns } = tick {
+                        got.push((ip, user, boot_ns));
+                    }
+                });
                 self.timer = Some(timer);
                 for (ip, user, t) in got {
                     let period = self.period(t);

@@ -26,7 +26,7 @@ use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
 use crate::exit::ExitState;
-use crate::host_timer::HostTimer;
+use crate::host_timer::{HostTimer, Tick};
 use crate::kvm_stats::VcpuStats;
 use crate::vcpu::{ExitInfo, ExitKind, VcpuContext, VcpuHandle, VcpuHook};
 
@@ -133,6 +133,83 @@ pub struct SampleHook {
     stats_failed: bool,
     stats_values: Vec<u64>,
     last_stats: Option<Instant>,
+    /// Host timer: recent exits to the VMM, to place ticks taken in them.
+    windows: ExitWindows,
+    /// Host timer: keeps the guest event's rate when it asks for less than
+    /// the host timer's.
+    gate: RateGate,
+    tick_counts: TickCounts,
+}
+
+/// Host timer ticks by where they landed (logged when the vCPU ends).
+#[derive(Default, Debug)]
+struct TickCounts {
+    guest: u64,
+    in_exits: u64,
+    dropped: u64,
+}
+
+/// A stretch of time in which the guest was stopped at `rip` while the
+/// VMM handled an exit (CLOCK_BOOTTIME ns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ExitWindow {
+    start_ns: u64,
+    end_ns: u64,
+    rip: u64,
+}
+
+/// The last [`ExitWindows::CAPACITY`] exit windows, oldest first.
+#[derive(Default)]
+struct ExitWindows(std::collections::VecDeque<ExitWindow>);
+
+impl ExitWindows {
+    /// More than a flush interval's worth of exits for a guest that exits
+    /// to the VMM every few tens of microseconds.
+    const CAPACITY: usize = 512;
+
+    fn push(&mut self, w: ExitWindow) {
+        if self.0.len() == Self::CAPACITY {
+            self.0.pop_front();
+        }
+        self.0.push_back(w);
+    }
+
+    /// The guest RIP during an exit that contains `t`, looking in `current`
+    /// (the exit being handled) too.
+    fn find(&self, t: u64, current: Option<ExitWindow>) -> Option<u64> {
+        if let Some(c) = current.filter(|c| c.start_ns <= t) {
+            return Some(c.rip);
+        }
+        let i = self.0.partition_point(|w| w.start_ns <= t);
+        let w = self.0.get(i.checked_sub(1)?)?;
+        (t <= w.end_ns).then_some(w.rip)
+    }
+}
+
+/// Thins host timer ticks to the guest event's own rate when that is lower
+/// than the host timer's: a tick is taken when it is due on a cadence of
+/// `interval`, within half a host tick (timer jitter), else dropped.
+#[derive(Default, Debug)]
+struct RateGate {
+    next_ns: u64,
+}
+
+impl RateGate {
+    fn admit(&mut self, t: u64, interval: u64, tick: u64) -> bool {
+        if interval <= tick {
+            self.next_ns = 0;
+            return true;
+        }
+        if t.saturating_add(tick / 2) < self.next_ns {
+            return false;
+        }
+        self.next_ns = self.next_ns.saturating_add(interval);
+        if self.next_ns <= t {
+            // First tick, or a gap of more than an interval: start over.
+            self.next_ns = t.saturating_add(interval);
+        }
+        true
+    }
 }
 
 /// Called on every exit with the device and vCPU index (the AUX exit trace).
@@ -162,6 +239,9 @@ impl SampleHook {
             stats_failed: false,
             stats_values: Vec::new(),
             last_stats: None,
+            windows: ExitWindows::default(),
+            gate: RateGate::default(),
+            tick_counts: TickCounts::default(),
         }
     }
 
@@ -213,17 +293,53 @@ impl VcpuHook for SampleHook {
     fn on_kick(&mut self, vcpu: &mut VcpuContext<'_>) {
         let n = self.index;
         let (dev, clock) = (self.dev.clone(), self.clock.clone());
-        if let Some(timer) = self.host_timer() {
-            timer.drain(|ip, user, boot_ns| {
-                let s = HostSample {
-                    ip,
-                    user,
-                    kvmclock_ns: clock.kvmclock_at(boot_ns),
-                    host_ns: boot_ns,
-                    callers: &[],
-                };
-                dev.record_sample(n, &s);
+        if self.host_timer().is_some() {
+            // This exit, so far: ticks in it since KVM_RUN returned belong
+            // to the RIP the guest stopped at.
+            let now = boottime_ns();
+            let current = vcpu.regs().ok().map(|r| ExitWindow {
+                start_ns: now.saturating_sub(vcpu.since_exit().as_nanos() as u64),
+                end_ns: u64::MAX,
+                rip: r.rip,
             });
+            let interval = dev.wanted_interval(n).unwrap_or(0);
+            let tick_ns = 1_000_000_000 / u64::from(self.freq.max(1));
+            let (windows, gate, counts) = (&self.windows, &mut self.gate, &mut self.tick_counts);
+            if let Some(timer) = self.timer.as_mut() {
+                timer.drain(|tick| {
+                    let (ip, user, boot_ns) = match tick {
+                        Tick::Guest { ip, user, boot_ns } => {
+                            counts.guest += 1;
+                            (ip, user, boot_ns)
+                        }
+                        Tick::HostUser { boot_ns } => match windows.find(boot_ns, current) {
+                            Some(rip) => {
+                                counts.in_exits += 1;
+                                (rip, rip >> 63 == 0, boot_ns)
+                            }
+                            None => {
+                                counts.dropped += 1;
+                                return;
+                            }
+                        },
+                        Tick::HostKernel { .. } => {
+                            counts.dropped += 1;
+                            return;
+                        }
+                    };
+                    if !gate.admit(boot_ns, interval, tick_ns) {
+                        return;
+                    }
+                    let s = HostSample {
+                        ip,
+                        user,
+                        kvmclock_ns: clock.kvmclock_at(boot_ns),
+                        host_ns: boot_ns,
+                        callers: &[],
+                    };
+                    dev.record_sample(n, &s);
+                });
+            }
         } else if let (Ok(regs), Ok(sregs)) = (vcpu.regs(), vcpu.sregs()) {
             let now = boottime_ns();
             let s = HostSample {
@@ -241,6 +357,14 @@ impl VcpuHook for SampleHook {
     fn on_exit(&mut self, vcpu: &mut VcpuContext<'_>, exit: &ExitInfo) {
         if let Some(f) = self.exits.as_mut() {
             f(&self.dev, self.index, exit);
+        }
+        if self.timer.is_some() && exit.rip != 0 {
+            let now = boottime_ns();
+            self.windows.push(ExitWindow {
+                start_ns: now.saturating_sub(exit.handling.as_nanos() as u64),
+                end_ns: now,
+                rip: exit.rip,
+            });
         }
         if !self.dev.aux_wanted(self.index) {
             return;
@@ -271,6 +395,22 @@ impl VcpuHook for SampleHook {
         {
             self.last_stats = Some(Instant::now());
             self.snapshot_stats(vcpu, kvmclock_ns);
+        }
+    }
+}
+
+impl Drop for SampleHook {
+    fn drop(&mut self) {
+        if self.timer.is_some() {
+            let c = &self.tick_counts;
+            log::info!(
+                "pvpmu: vCPU {}: host timer ticks: {} in guest mode, {} in exits to the VMM \
+                 (at the exit's RIP), {} dropped (host kernel: guest RIP unknown)",
+                self.index,
+                c.guest,
+                c.in_exits,
+                c.dropped
+            );
         }
     }
 }
@@ -449,5 +589,82 @@ mod tests {
             );
         }
         assert!(host_timer_flush(100_000) >= Duration::from_millis(3));
+    }
+
+    /// Jittery host ticks every `tick` ns for `secs`; how many the gate takes.
+    fn admitted(interval: u64, tick: u64, secs: u64) -> u64 {
+        let mut g = RateGate::default();
+        let n = secs * 1_000_000_000 / tick;
+        (1..=n)
+            .filter(|i| {
+                // +-10% jitter, deterministic.
+                let jitter = (i * 7919 % 21) as i64 - 10;
+                let t = (i * tick) as i64 + jitter * tick as i64 / 100;
+                g.admit(t as u64, interval, tick)
+            })
+            .count() as u64
+    }
+
+    #[test]
+    fn rate_gate_keeps_the_guest_events_rate() {
+        let ms = 1_000_000;
+        // At or above the host rate: every tick.
+        assert_eq!(admitted(ms, ms, 2), 2000);
+        assert_eq!(admitted(ms / 4, ms, 2), 2000);
+        // Below it: the guest's rate, whatever the jitter (+-1 for the
+        // ends of the 2 s).
+        let near = |n: u64, want: u64| n.abs_diff(want) <= 1;
+        assert!(near(admitted(10 * ms, ms, 2), 200));
+        assert!(near(admitted(4 * ms, ms, 2), 500));
+        let n = admitted(1_111_111, ms, 2);
+        assert!((1790..=1810).contains(&n), "900 Hz from 1 kHz: {n}");
+    }
+
+    #[test]
+    fn rate_gate_starts_over_after_a_gap() {
+        let mut g = RateGate::default();
+        assert!(g.admit(1_000, 100, 10));
+        assert!(!g.admit(1_050, 100, 10));
+        assert!(g.admit(1_100, 100, 10));
+        // A long pause (event off): the next tick is taken at once.
+        assert!(g.admit(9_000, 100, 10));
+        assert!(!g.admit(9_010, 100, 10));
+    }
+
+    #[test]
+    fn exit_windows_place_ticks_at_the_exits_rip() {
+        let mut w = ExitWindows::default();
+        w.push(ExitWindow {
+            start_ns: 100,
+            end_ns: 200,
+            rip: 0xa,
+        });
+        w.push(ExitWindow {
+            start_ns: 300,
+            end_ns: 310,
+            rip: 0xb,
+        });
+        assert_eq!(w.find(150, None), Some(0xa));
+        assert_eq!(w.find(200, None), Some(0xa));
+        assert_eq!(w.find(250, None), None, "between exits the guest ran");
+        assert_eq!(w.find(50, None), None);
+        assert_eq!(w.find(305, None), Some(0xb));
+        let cur = ExitWindow {
+            start_ns: 400,
+            end_ns: u64::MAX,
+            rip: 0xc,
+        };
+        assert_eq!(w.find(450, Some(cur)), Some(0xc));
+        assert_eq!(w.find(305, Some(cur)), Some(0xb));
+        assert_eq!(w.find(350, Some(cur)), None);
+        for i in 0..2 * ExitWindows::CAPACITY as u64 {
+            w.push(ExitWindow {
+                start_ns: 1000 + 10 * i,
+                end_ns: 1005 + 10 * i,
+                rip: i,
+            });
+        }
+        assert_eq!(w.0.len(), ExitWindows::CAPACITY);
+        assert_eq!(w.find(150, None), None, "old windows are forgotten");
     }
 }

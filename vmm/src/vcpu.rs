@@ -134,12 +134,19 @@ pub struct VcpuContext<'a> {
     index: u8,
     fd: &'a mut VcpuFd,
     sync_regs: bool,
+    returned: Instant,
 }
 
 impl VcpuContext<'_> {
     /// This vCPU's index (its APIC id).
     pub fn index(&self) -> u8 {
         self.index
+    }
+
+    /// Time since KVM_RUN returned with this exit: how long the guest has
+    /// been stopped at its current RIP, as far as the VMM can tell.
+    pub fn since_exit(&self) -> Duration {
+        self.returned.elapsed()
     }
 
     /// General registers: from kvm_run's sync area when KVM offers it (no
@@ -379,7 +386,7 @@ impl Vcpu {
         *self.handle.thread.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    fn serve_kick(&mut self) {
+    fn serve_kick(&mut self, returned: Instant) {
         self.fd.set_kvm_immediate_exit(0);
         // Everything requested up to now is served by this one hook run.
         let seq = self.handle.requested.load(Ordering::Acquire);
@@ -388,6 +395,7 @@ impl Vcpu {
                 index: self.index,
                 fd: &mut self.fd,
                 sync_regs: self.sync_regs,
+                returned,
             };
             hook.on_kick(&mut ctx);
         }
@@ -396,8 +404,10 @@ impl Vcpu {
 
     fn run_loop(&mut self) -> Result<(), VcpuError> {
         while !self.exit.stopping() {
-            let started = Instant::now();
-            let (kind, addr, size) = match self.fd.run() {
+            let run = self.fd.run();
+            // Handling time counts from here: KVM_RUN has returned.
+            let returned = Instant::now();
+            let (kind, addr, size) = match run {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     if !self.pio.read(u64::from(port), data) {
                         data.fill(0xff);
@@ -462,7 +472,7 @@ impl Vcpu {
                     });
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    self.serve_kick();
+                    self.serve_kick(returned);
                     (ExitKind::Kick, 0, 0)
                 }
                 Err(source) => {
@@ -486,12 +496,13 @@ impl Vcpu {
                     rip,
                     addr,
                     size,
-                    handling: started.elapsed(),
+                    handling: returned.elapsed(),
                 };
                 let mut ctx = VcpuContext {
                     index: self.index,
                     fd: &mut self.fd,
                     sync_regs: self.sync_regs,
+                    returned,
                 };
                 hook.on_exit(&mut ctx, &info);
             }
