@@ -242,9 +242,11 @@ fn main() {
         .binary(which("qemu-system-x86_64"), "/usr/bin/qemu-system-x86_64")
         .dir("/usr/share/qemu", "/usr/share/qemu")
         .dir("/usr/share/seabios", "/usr/share/seabios")
-        .file(img.join("vmlinux"), "/bench/image/vmlinux")
-        .file(img.join("bzImage"), "/bench/image/bzImage")
-        .file(img.join("initramfs.cpio"), "/bench/image/initramfs.cpio")
+        .files_in(
+            &img,
+            &["vmlinux", "bzImage", "initramfs.cpio"],
+            "/bench/image",
+        )
         .env("PERFVISOR_BENCH_INNER", "1")
         .env("PERFVISOR_BIN", "/bench/perfvisor")
         .env("PERFVISOR_GUEST_IMAGE", "/bench/image");

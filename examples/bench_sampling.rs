@@ -130,8 +130,24 @@ fn device(vm: &PayloadVm, freq: u32, backend: Backend) -> Pvpmu<vm_memory::Guest
     dev
 }
 
-/// Seconds the loop took under `mode` at `freq`.
+/// Seconds the loop took under `mode` at `freq`. A guest triple fault
+/// under the L1 sandbox's nested KVM (docs/platform.md: it happens now and
+/// then with asynchronous exits, even to this payload) repeats the run, at
+/// most twice, saying so.
 fn run_payload(iters: u32, mode: Mode, freq: u32) -> f64 {
+    for _ in 0..2 {
+        match try_run_payload(iters, mode, freq) {
+            Ok(secs) => return secs,
+            Err(outcome) => println!(
+                "!!! {mode:?} at {freq} Hz ended in {outcome:?} (the nested KVM's triple faults, docs/platform.md); running it again"
+            ),
+        }
+    }
+    try_run_payload(iters, mode, freq)
+        .unwrap_or_else(|o| panic!("{mode:?} at {freq} Hz: {o:?} three times"))
+}
+
+fn try_run_payload(iters: u32, mode: Mode, freq: u32) -> Result<f64, VmOutcome> {
     let mut vm = PayloadVm::new(&loop_payload(iters), &[]).expect("payload VM");
     let mut consume: Option<(Pvpmu<vm_memory::GuestMemoryMmap>, Arc<AtomicBool>)> = None;
     match mode {
@@ -207,6 +223,9 @@ fn run_payload(iters: u32, mode: Mode, freq: u32) -> f64 {
     if let Some(d) = drainer {
         let _ = d.join();
     }
+    if matches!(outcome, VmOutcome::TripleFault { .. }) {
+        return Err(outcome);
+    }
     assert_eq!(outcome, VmOutcome::Status(0), "the payload finished");
     if let Some((dev, _)) = consume {
         let c = dev.counters();
@@ -215,7 +234,7 @@ fn run_payload(iters: u32, mode: Mode, freq: u32) -> f64 {
             "samples were written"
         );
     }
-    secs
+    Ok(secs)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -508,9 +527,11 @@ fn main() {
     ])
     .binary(&exe, "/bench/bench_sampling")
     .binary(&perfvisor, "/bench/perfvisor")
-    .file(img.join("vmlinux"), "/bench/image/vmlinux")
-    .file(img.join("initramfs.cpio"), "/bench/image/initramfs.cpio")
-    .file(img.join("System.map"), "/bench/image/System.map")
+    .files_in(
+        &img,
+        &["vmlinux", "initramfs.cpio", "System.map"],
+        "/bench/image",
+    )
     .file(img.join("guest-info.txt"), "/bench/image/guest-info.txt")
     .env("PERFVISOR_BENCH_INNER", "1")
     .env("PERFVISOR_BIN", "/bench/perfvisor")

@@ -130,9 +130,11 @@ fn main() {
     let job = sandbox::Job::shell(&script)
         .binary(&perfvisor, "/bench/perfvisor")
         .binary(which("perf"), "/usr/bin/perf")
-        .file(img.join("vmlinux"), "/bench/image/vmlinux")
-        .file(img.join("initramfs.cpio"), "/bench/image/initramfs.cpio")
-        .file(img.join("System.map"), "/bench/image/System.map")
+        .files_in(
+            &img,
+            &["vmlinux", "initramfs.cpio", "System.map"],
+            "/bench/image",
+        )
         .env("PERFVISOR_GUEST_IMAGE", "/bench/image")
         .collect("/out", &out);
     let sb = sandbox::Sandbox::locate()

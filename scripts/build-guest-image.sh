@@ -300,15 +300,18 @@ done
 
 # ----- out-of-tree modules, each cached in the kernel's directory by its source -----
 # build_module SRC_DIR NAME: build SRC_DIR against the kernel tree (once per source
-# hash) and set MODULE_KO to the resulting NAME.ko.
+# hash) and set MODULE_KO to the resulting NAME.ko. The shared headers of
+# guest-image/include (the pvpmu interface) are copied in as include/, and
+# are part of the hash.
 build_module() {
-    local src="$1" name="$2" dir
-    dir="$KDIR/$(basename "$src")-$(pv_hash_tree "$src")"
+    local src="$1" name="$2" dir inc="$REPO_ROOT/guest-image/include"
+    dir="$KDIR/$(basename "$src")-$({ pv_hash_tree "$src"; pv_hash_tree "$inc"; } | pv_hash)"
     MODULE_KO="$dir/$name.ko"
     [[ -f "$MODULE_KO" ]] && return 0
     pv_phase "$name.ko (out-of-tree module against the kernel tree)"
     rm -rf "$dir.tmp"
     cp -r "$src" "$dir.tmp"
+    cp -r "$inc" "$dir.tmp/include"
     kernel_make "$KTREE" "$KLOG" M="$dir.tmp" modules
     [[ -f "$dir.tmp/$name.ko" ]] || pv_die "building $src did not produce $name.ko; see $KLOG"
     mv "$dir.tmp" "$dir"

@@ -76,101 +76,10 @@
 #include <asm/page.h>
 #include <asm/pgtable_types.h>
 
-/* Registers (docs/pvpmu.md "Registers"). */
-#define PVPMU_REGION_SIZE	0x1000
-#define PVPMU_REG_MAGIC		0x000
-#define PVPMU_REG_VERSION	0x004
-#define PVPMU_REG_FEATURES	0x008
-#define PVPMU_REG_NR_VCPUS	0x00c
-#define PVPMU_REG_MAX_FREQ	0x010
-#define PVPMU_REG_IRQ		0x014
-#define PVPMU_REG_SAMPLE_TYPES	0x018
-#define PVPMU_REG_ERR_COMMANDS	0x040
-#define PVPMU_REG_ERR_PAGES	0x048
-#define PVPMU_REG_ERR_TAILS	0x050
-#define PVPMU_REG_ERR_STATE	0x058
-#define PVPMU_REG_SAMPLES	0x060
-#define PVPMU_REG_LOST		0x068
-#define PVPMU_REG_AUX_BYTES	0x070
-#define PVPMU_REG_INTERRUPTS	0x078
+#include "pvpmu_if.h"
 
-#define PVPMU_MAGIC		0x55504d50
-#define PVPMU_IF_VERSION	1
-#define PVPMU_F_AUX		BIT(1)
-
-#define PVPMU_BANK(n)		(0x100 + (n) * 0x40)
-#define PVPMU_MAX_BANKS		((PVPMU_REGION_SIZE - 0x100) / 0x40)
-#define PVPMU_B_CMD		0x00
-#define PVPMU_B_STATUS		0x04
-#define PVPMU_B_ARG0		0x08
-#define PVPMU_B_ARG1		0x10
-#define PVPMU_B_ARG2		0x18
-#define PVPMU_B_RET0		0x20
-
-#define CMD_SET_STATE		1
-#define CMD_SET_RING		2
-#define CMD_START		3
-#define CMD_STOP		4
-#define CMD_RESET		5
-#define CMD_AUX_SET		6
-#define CMD_AUX_CLEAR		7
-
-#define ST_OK			0
-#define ST_EINVAL		1
-#define ST_EBUSY		2
-#define ST_ENOENT		3
-#define ST_EFAULT		4
-#define ST_ENOSYS		5
-#define W(x)			BIT(ST_##x)
-
-#define SF_EXCLUDE_USER		BIT(0)
-#define SF_EXCLUDE_KERNEL	BIT(1)
-#define SF_FREQ			BIT(2)
-
-/* The shared state page (docs/pvpmu.md "The shared state page"). */
-struct pvpmu_state {
-	u32 version;
-	u32 active;
-	u32 gen;
-	u32 flags;
-	u64 sample_type;
-	u64 read_format;
-	u64 sample_id_all;
-	u64 period;
-	u64 id;
-	u64 stream_id;
-	u32 cpu;
-	u32 pid_filter;
-	u64 clock_offset;
-	u64 current_task_gpa;
-	u64 page_offset;
-	u32 task_pid_off;
-	u32 task_tgid_off;
-	u32 throttled;
-	u32 __guest_free0;
-	u64 kimage_virt;
-	u64 kimage_phys;
-	u8 __guest_free1[0x100 - 0x80];
-	u64 aux_seq;
-	u64 aux_buf;
-	u64 aux_head;
-	u64 aux_room;
-	u64 aux_wakeup;
-	u8 __guest_free2[0x800 - 0x128];
-	u64 irq_seq;
-	u64 samples;
-	u64 lost;
-	u64 aux_done_seq;
-	u64 aux_written;
-	u64 aux_flags;
-	u64 aux_written_seq;
-	u8 __host_free[0x1000 - 0x838];
-};
-
-static_assert(sizeof(struct pvpmu_state) == PAGE_SIZE);
-static_assert(offsetof(struct pvpmu_state, kimage_phys) == 0x078);
-static_assert(offsetof(struct pvpmu_state, aux_wakeup) == 0x120);
-static_assert(offsetof(struct pvpmu_state, aux_written_seq) == 0x830);
+/* A mask of acceptable statuses, e.g. W(OK) | W(EBUSY). */
+#define W(x)			BIT(PVPMU_ST_##x)
 
 /* The sane event: IP, TID, TIME, ID, CPU, PERIOD -> 56-byte samples. */
 #define SANE_TYPE	(PERF_SAMPLE_IP | PERF_SAMPLE_TID | PERF_SAMPLE_TIME | \
@@ -403,11 +312,11 @@ static u32 evil_cmd(struct evil *e, unsigned int bank, u32 cmd, u64 a0,
 	writel(cmd, b + PVPMU_B_CMD);
 	st = readl(b + PVPMU_B_STATUS);
 	if (ret0)
-		*ret0 = st == ST_OK ? readq(b + PVPMU_B_RET0) : 0;
+		*ret0 = st == PVPMU_ST_OK ? readq(b + PVPMU_B_RET0) : 0;
 	atomic_long_inc(&e->commands);
-	if (st != ST_OK) {
+	if (st != PVPMU_ST_OK) {
 		atomic_long_inc(&e->rejected);
-		atomic_long_inc(st == ST_EFAULT ? &e->rej_pages : &e->rej_cmds);
+		atomic_long_inc(st == PVPMU_ST_EFAULT ? &e->rej_pages : &e->rej_cmds);
 	}
 	return st;
 }
@@ -457,12 +366,12 @@ static u32 expect(struct evil *e, unsigned int bank, const char *what, u32 cmd,
 	if (st >= 32 || !(want & BIT(st))) {
 		fail(e, "bank %u: %s (cmd %u, %#llx, %#llx, %#llx): status %u (%s), want mask %#x",
 		     bank, what, cmd, a0, a1, a2, st, st_name(st), want);
-		if (st == ST_OK && !(want & W(OK))) {
-			if (cmd == CMD_AUX_SET && r)
-				evil_cmd(e, bank, CMD_AUX_CLEAR, r, 0, 0, NULL);
-			else if (cmd == CMD_SET_STATE || cmd == CMD_SET_RING ||
-				 cmd == CMD_START)
-				evil_cmd(e, bank, CMD_RESET, 0, 0, 0, NULL);
+		if (st == PVPMU_ST_OK && !(want & W(OK))) {
+			if (cmd == PVPMU_CMD_AUX_SET && r)
+				evil_cmd(e, bank, PVPMU_CMD_AUX_CLEAR, r, 0, 0, NULL);
+			else if (cmd == PVPMU_CMD_SET_STATE || cmd == PVPMU_CMD_SET_RING ||
+				 cmd == PVPMU_CMD_START)
+				evil_cmd(e, bank, PVPMU_CMD_RESET, 0, 0, 0, NULL);
 		}
 	}
 	if (ret0)
@@ -704,13 +613,13 @@ static void attack_widths(struct evil *e, unsigned int b)
 		before = rd_reg(e, PVPMU_REG_ERR_COMMANDS);
 		switch (widths[i]) {
 		case 1:
-			writeb(CMD_START, bk + PVPMU_B_CMD);
+			writeb(PVPMU_CMD_START, bk + PVPMU_B_CMD);
 			break;
 		case 2:
-			writew(CMD_START, bk + PVPMU_B_CMD);
+			writew(PVPMU_CMD_START, bk + PVPMU_B_CMD);
 			break;
 		default:
-			writeq(CMD_START, bk + PVPMU_B_CMD);
+			writeq(PVPMU_CMD_START, bk + PVPMU_B_CMD);
 			break;
 		}
 		after = rd_reg(e, PVPMU_REG_ERR_COMMANDS);
@@ -722,15 +631,15 @@ static void attack_widths(struct evil *e, unsigned int b)
 			fail(e, "bank %u: %u-byte CMD write moved ERR_COMMANDS by %lld, want 1",
 			     b, widths[i], (long long)(after - before));
 		}
-		if (readl(bk + PVPMU_B_STATUS) != ST_ENOSYS)
+		if (readl(bk + PVPMU_B_STATUS) != PVPMU_ST_ENOSYS)
 			fail(e, "bank %u: a %u-byte CMD write ran a command", b, widths[i]);
 	}
 	/* Bytes of CMD at other offsets are not CMD: ignored, not counted. */
 	before = rd_reg(e, PVPMU_REG_ERR_COMMANDS);
-	writeb(CMD_START, bk + PVPMU_B_CMD + 1);
-	writew(CMD_START, bk + PVPMU_B_CMD + 2);
-	writeb(CMD_START, bk + PVPMU_B_CMD + 3);
-	if (readl(bk + PVPMU_B_STATUS) != ST_ENOSYS)
+	writeb(PVPMU_CMD_START, bk + PVPMU_B_CMD + 1);
+	writew(PVPMU_CMD_START, bk + PVPMU_B_CMD + 2);
+	writeb(PVPMU_CMD_START, bk + PVPMU_B_CMD + 3);
+	if (readl(bk + PVPMU_B_STATUS) != PVPMU_ST_ENOSYS)
 		fail(e, "bank %u: a write inside CMD at offset 1..3 ran a command", b);
 	if (rd_reg(e, PVPMU_REG_ERR_COMMANDS) != before)
 		fail(e, "bank %u: writes at CMD+1..3 were counted as commands", b);
@@ -747,9 +656,9 @@ static void attack_widths(struct evil *e, unsigned int b)
 		fail(e, "bank %u: a narrow ARG0 write changed it (%#llx)", b,
 		     readq(bk + PVPMU_B_ARG0));
 	/* STATUS and RET0 are read-only; offsets 0x28..0x3f do not exist. */
-	writel(ST_OK, bk + PVPMU_B_STATUS);
+	writel(PVPMU_ST_OK, bk + PVPMU_B_STATUS);
 	writeq(U64_MAX, bk + PVPMU_B_RET0);
-	if (readl(bk + PVPMU_B_STATUS) != ST_ENOSYS || readq(bk + PVPMU_B_RET0))
+	if (readl(bk + PVPMU_B_STATUS) != PVPMU_ST_ENOSYS || readq(bk + PVPMU_B_RET0))
 		fail(e, "bank %u: STATUS or RET0 took a write", b);
 	for (i = 0x28; i < 0x40; i += 8) {
 		writeq(U64_MAX, bk + i);
@@ -773,39 +682,39 @@ static void attack_bank_basic(struct evil *e, unsigned int b)
 		expect(e, b, "unknown command", unknown[i], 1, 2, 3, W(ENOSYS), NULL);
 	attack_widths(e, b);
 
-	expect(e, b, "START without setup", CMD_START, 0, 0, 0, W(ENOENT), NULL);
-	expect(e, b, "STOP without START", CMD_STOP, 0, 0, 0, W(OK), NULL);
-	expect(e, b, "RESET", CMD_RESET, 0, 0, 0, W(OK), NULL);
-	expect(e, b, "RESET again", CMD_RESET, 0, 0, 0, W(OK), NULL);
+	expect(e, b, "START without setup", PVPMU_CMD_START, 0, 0, 0, W(ENOENT), NULL);
+	expect(e, b, "STOP without START", PVPMU_CMD_STOP, 0, 0, 0, W(OK), NULL);
+	expect(e, b, "RESET", PVPMU_CMD_RESET, 0, 0, 0, W(OK), NULL);
+	expect(e, b, "RESET again", PVPMU_CMD_RESET, 0, 0, 0, W(OK), NULL);
 	for (i = 0; i < ARRAY_SIZE(ids); i++)
-		expect(e, b, "AUX_CLEAR of an unknown id", CMD_AUX_CLEAR, ids[i],
+		expect(e, b, "AUX_CLEAR of an unknown id", PVPMU_CMD_AUX_CLEAR, ids[i],
 		       0, 0, W(ENOENT), NULL);
 
 	/* SET_STATE at hostile addresses. */
 	for (i = 0; i < e->nr_bad; i++)
-		expect(e, b, e->bad_name[i], CMD_SET_STATE, e->bad[i], 0, 0,
+		expect(e, b, e->bad_name[i], PVPMU_CMD_SET_STATE, e->bad[i], 0, 0,
 		       W(EFAULT), NULL);
 	/* GPA 0 is RAM to the host (nothing is written at SET_STATE). */
-	st = expect(e, b, "SET_STATE at GPA 0", CMD_SET_STATE, 0, 0, 0,
+	st = expect(e, b, "SET_STATE at GPA 0", PVPMU_CMD_SET_STATE, 0, 0, 0,
 		    W(OK) | W(EFAULT), NULL);
-	if (st == ST_OK)
-		expect(e, b, "START with a state page but no ring", CMD_START,
+	if (st == PVPMU_ST_OK)
+		expect(e, b, "START with a state page but no ring", PVPMU_CMD_START,
 		       0, 0, 0, W(ENOENT), NULL);
-	expect(e, b, "RESET", CMD_RESET, 0, 0, 0, W(OK), NULL);
+	expect(e, b, "RESET", PVPMU_CMD_RESET, 0, 0, 0, W(OK), NULL);
 
 	/* SET_RING: bad counts (the list itself names canaries). */
 	list_canaries(e, NR_CANARY, -1, 0);
 	for (i = 0; i < ARRAY_SIZE(counts_ring); i++)
-		expect(e, b, "SET_RING with a bad count", CMD_SET_RING, e->list_pa,
+		expect(e, b, "SET_RING with a bad count", PVPMU_CMD_SET_RING, e->list_pa,
 		       counts_ring[i], 0, W(EINVAL), NULL);
 	/* SET_RING: the list itself at hostile addresses. */
 	for (i = 0; i < e->nr_bad; i++)
 		if (e->bad_list_ok[i])
-			expect(e, b, e->bad_name[i], CMD_SET_RING, e->bad[i],
+			expect(e, b, e->bad_name[i], PVPMU_CMD_SET_RING, e->bad[i],
 			       1, 0, W(EFAULT), NULL);
-	expect(e, b, "ring list straddles the end of RAM", CMD_SET_RING,
+	expect(e, b, "ring list straddles the end of RAM", PVPMU_CMD_SET_RING,
 	       e->ram_end - 8, 1, 0, W(EFAULT), NULL);
-	expect(e, b, "ring list straddles the end of RAM (16 pages)", CMD_SET_RING,
+	expect(e, b, "ring list straddles the end of RAM (16 pages)", PVPMU_CMD_SET_RING,
 	       e->ram_end - 64, 16, 0, W(EFAULT), NULL);
 	/* SET_RING: canaries and one bad entry (control or data). */
 	for (i = 0; i < e->nr_bad; i++) {
@@ -813,34 +722,34 @@ static void attack_bank_basic(struct evil *e, unsigned int b)
 
 		for (j = 0; j < ARRAY_SIZE(at); j++) {
 			list_canaries(e, 5, at[j], e->bad[i]);
-			expect(e, b, e->bad_name[i], CMD_SET_RING, e->list_pa, 4, 0,
+			expect(e, b, e->bad_name[i], PVPMU_CMD_SET_RING, e->list_pa, 4, 0,
 			       W(EFAULT), NULL);
 		}
 	}
 	list_canaries(e, 5, 4, e->canary_pa[1]);
-	expect(e, b, "ring names a page twice", CMD_SET_RING, e->list_pa, 4, 0,
+	expect(e, b, "ring names a page twice", PVPMU_CMD_SET_RING, e->list_pa, 4, 0,
 	       W(EFAULT), NULL);
 	list_canaries(e, 3, 2, e->canary_pa[0]);
-	expect(e, b, "ring control page is also a data page", CMD_SET_RING,
+	expect(e, b, "ring control page is also a data page", PVPMU_CMD_SET_RING,
 	       e->list_pa, 2, 0, W(EFAULT), NULL);
 	/* 256 data pages: 64 canaries, the rest outside RAM. */
 	list_canaries(e, NR_CANARY, -1, 0);
 	for (i = NR_CANARY; i < 257; i++)
 		e->list[i] = e->ram_end + (u64)(i - NR_CANARY) * PAGE_SIZE;
-	expect(e, b, "256-page ring mostly outside RAM", CMD_SET_RING, e->list_pa,
+	expect(e, b, "256-page ring mostly outside RAM", PVPMU_CMD_SET_RING, e->list_pa,
 	       256, 0, W(EFAULT), NULL);
 
 	/* AUX_SET: bad counts. */
 	list_canaries(e, NR_CANARY, -1, 0);
 	for (i = 0; i < ARRAY_SIZE(counts_aux); i++)
-		expect(e, b, "AUX_SET with a bad count", CMD_AUX_SET, e->list_pa,
+		expect(e, b, "AUX_SET with a bad count", PVPMU_CMD_AUX_SET, e->list_pa,
 		       counts_aux[i], 0, W(EINVAL), NULL);
 	/* AUX_SET: the list at hostile addresses. */
 	for (i = 0; i < e->nr_bad; i++)
 		if (e->bad_list_ok[i])
-			expect(e, b, e->bad_name[i], CMD_AUX_SET, e->bad[i],
+			expect(e, b, e->bad_name[i], PVPMU_CMD_AUX_SET, e->bad[i],
 			       1, 0, W(EFAULT), NULL);
-	expect(e, b, "AUX list straddles the end of RAM", CMD_AUX_SET,
+	expect(e, b, "AUX list straddles the end of RAM", PVPMU_CMD_AUX_SET,
 	       e->ram_end - 8, 4, 1, W(EFAULT), NULL);
 	/* AUX_SET: 64 canaries and one bad entry, first, middle or last. */
 	for (i = 0; i < e->nr_bad; i++) {
@@ -848,23 +757,23 @@ static void attack_bank_basic(struct evil *e, unsigned int b)
 
 		for (j = 0; j < ARRAY_SIZE(at); j++) {
 			list_canaries(e, NR_CANARY, at[j], e->bad[i]);
-			expect(e, b, e->bad_name[i], CMD_AUX_SET, e->list_pa,
+			expect(e, b, e->bad_name[i], PVPMU_CMD_AUX_SET, e->list_pa,
 			       NR_CANARY, j == 2 ? U64_MAX : 0, W(EFAULT), NULL);
 		}
 	}
 	list_canaries(e, NR_CANARY, 40, e->canary_pa[7]);
-	expect(e, b, "AUX list names a page twice", CMD_AUX_SET, e->list_pa,
+	expect(e, b, "AUX list names a page twice", PVPMU_CMD_AUX_SET, e->list_pa,
 	       NR_CANARY, 0, W(EFAULT), NULL);
 	/* 4096 pages (a 32 KiB list): 64 canaries, then pages outside RAM. */
 	list_canaries(e, NR_CANARY, -1, 0);
 	for (i = NR_CANARY; i < LIST_ENTRIES; i++)
 		e->list[i] = e->ram_end + (u64)(i - NR_CANARY) * PAGE_SIZE;
-	expect(e, b, "4096-page AUX buffer mostly outside RAM", CMD_AUX_SET,
+	expect(e, b, "4096-page AUX buffer mostly outside RAM", PVPMU_CMD_AUX_SET,
 	       e->list_pa, LIST_ENTRIES, 0, W(EFAULT), NULL);
 	/* ... and one of the 64 canaries, each named 64 times. */
 	for (i = 0; i < LIST_ENTRIES; i++)
 		e->list[i] = e->canary_pa[i % NR_CANARY];
-	expect(e, b, "4096-page AUX buffer of 64 canaries repeated", CMD_AUX_SET,
+	expect(e, b, "4096-page AUX buffer of 64 canaries repeated", PVPMU_CMD_AUX_SET,
 	       e->list_pa, LIST_ENTRIES, 0, W(EFAULT), NULL);
 }
 
@@ -876,54 +785,54 @@ static void attack_bank_overlap(struct evil *e, unsigned int b)
 	u64 st_o = pa(e->bst[o]), rc_o = pa(e->brc[o]), rd_o = pa(e->brd[o]);
 
 	if (o != b) {
-		expect(e, b, "SET_STATE at another bank's state page", CMD_SET_STATE,
+		expect(e, b, "SET_STATE at another bank's state page", PVPMU_CMD_SET_STATE,
 		       st_o, 0, 0, W(EFAULT), NULL);
 		expect(e, b, "SET_STATE at another bank's ring control page",
-		       CMD_SET_STATE, rc_o, 0, 0, W(EFAULT), NULL);
+		       PVPMU_CMD_SET_STATE, rc_o, 0, 0, W(EFAULT), NULL);
 		e->list[0] = rc_b;
 		e->list[1] = rd_o;
-		expect(e, b, "ring with another bank's data page", CMD_SET_RING,
+		expect(e, b, "ring with another bank's data page", PVPMU_CMD_SET_RING,
 		       e->list_pa, 1, 0, W(EFAULT), NULL);
 		e->list[0] = st_o;
 		e->list[1] = rd_b;
-		expect(e, b, "ring with another bank's state page", CMD_SET_RING,
+		expect(e, b, "ring with another bank's state page", PVPMU_CMD_SET_RING,
 		       e->list_pa, 1, 0, W(EFAULT), NULL);
 		e->list[0] = rd_o;
-		expect(e, b, "AUX buffer on another bank's ring", CMD_AUX_SET,
+		expect(e, b, "AUX buffer on another bank's ring", PVPMU_CMD_AUX_SET,
 		       e->list_pa, 1, 0, W(EFAULT), NULL);
 	}
-	expect(e, b, "SET_STATE at this bank's own ring page", CMD_SET_STATE,
+	expect(e, b, "SET_STATE at this bank's own ring page", PVPMU_CMD_SET_STATE,
 	       rd_b, 0, 0, W(EFAULT), NULL);
 	e->list[0] = rc_b;
 	e->list[1] = st_b;
-	expect(e, b, "ring with this bank's own state page", CMD_SET_RING,
+	expect(e, b, "ring with this bank's own state page", PVPMU_CMD_SET_RING,
 	       e->list_pa, 1, 0, W(EFAULT), NULL);
 	e->list[0] = st_b;
-	expect(e, b, "AUX buffer on this bank's state page", CMD_AUX_SET,
+	expect(e, b, "AUX buffer on this bank's state page", PVPMU_CMD_AUX_SET,
 	       e->list_pa, 1, 0, W(EFAULT), NULL);
 	list_canaries(e, 4, 2, rc_o);
-	expect(e, b, "AUX buffer of canaries and a declared ring page", CMD_AUX_SET,
+	expect(e, b, "AUX buffer of canaries and a declared ring page", PVPMU_CMD_AUX_SET,
 	       e->list_pa, 4, 0, W(EFAULT), NULL);
 	list_canaries(e, 5, 3, st_o);
-	expect(e, b, "ring of canaries and a declared state page", CMD_SET_RING,
+	expect(e, b, "ring of canaries and a declared state page", PVPMU_CMD_SET_RING,
 	       e->list_pa, 4, 0, W(EFAULT), NULL);
 
 	/* Reconfiguring while running. The state page says active = 0, so
 	 * the host takes no samples for this bank.
 	 */
-	expect(e, b, "START", CMD_START, 0, 0, 0, W(OK), NULL);
+	expect(e, b, "START", PVPMU_CMD_START, 0, 0, 0, W(OK), NULL);
 	e->list[0] = rc_b;
 	e->list[1] = rd_b;
-	expect(e, b, "SET_RING while running", CMD_SET_RING, e->list_pa, 1, 0,
+	expect(e, b, "SET_RING while running", PVPMU_CMD_SET_RING, e->list_pa, 1, 0,
 	       W(EBUSY), NULL);
-	expect(e, b, "SET_STATE while running", CMD_SET_STATE, st_b, 0, 0,
+	expect(e, b, "SET_STATE while running", PVPMU_CMD_SET_STATE, st_b, 0, 0,
 	       W(EBUSY), NULL);
 	list_canaries(e, 5, -1, 0);
-	expect(e, b, "SET_RING of canaries while running", CMD_SET_RING,
+	expect(e, b, "SET_RING of canaries while running", PVPMU_CMD_SET_RING,
 	       e->list_pa, 4, 0, W(EBUSY), NULL);
-	expect(e, b, "START again", CMD_START, 0, 0, 0, W(OK), NULL);
-	expect(e, b, "STOP", CMD_STOP, 0, 0, 0, W(OK), NULL);
-	expect(e, b, "STOP again", CMD_STOP, 0, 0, 0, W(OK), NULL);
+	expect(e, b, "START again", PVPMU_CMD_START, 0, 0, 0, W(OK), NULL);
+	expect(e, b, "STOP", PVPMU_CMD_STOP, 0, 0, 0, W(OK), NULL);
+	expect(e, b, "STOP again", PVPMU_CMD_STOP, 0, 0, 0, W(OK), NULL);
 }
 
 static void phase_registers(struct evil *e)
@@ -943,11 +852,11 @@ static void phase_registers(struct evil *e)
 
 	/* Declared pages on the first banks, then overlaps. */
 	for (b = 0; b < e->nr_res; b++) {
-		expect(e, b, "SET_STATE (own page)", CMD_SET_STATE, pa(e->bst[b]),
+		expect(e, b, "SET_STATE (own page)", PVPMU_CMD_SET_STATE, pa(e->bst[b]),
 		       0, 0, W(OK), NULL);
 		e->list[0] = pa(e->brc[b]);
 		e->list[1] = pa(e->brd[b]);
-		expect(e, b, "SET_RING (own pages)", CMD_SET_RING, e->list_pa, 1, 0,
+		expect(e, b, "SET_RING (own pages)", PVPMU_CMD_SET_RING, e->list_pa, 1, 0,
 		       W(OK), NULL);
 		/* SET_RING zeroed the data page; from now on nobody may write it. */
 		fill_pattern(e->brd[b], 1000 + b);
@@ -958,26 +867,26 @@ static void phase_registers(struct evil *e)
 	/* Rejected commands declared nothing: the 64 canaries are all free. */
 	list_canaries(e, NR_CANARY, -1, 0);
 	if (expect(e, 0, "AUX_SET of the 64 canaries (nothing is written)",
-		   CMD_AUX_SET, e->list_pa, NR_CANARY, 0, W(OK), &id) == ST_OK) {
+		   PVPMU_CMD_AUX_SET, e->list_pa, NR_CANARY, 0, W(OK), &id) == PVPMU_ST_OK) {
 		if (!id)
 			fail(e, "AUX_SET returned buffer id 0");
-		expect(e, 0, "AUX_CLEAR", CMD_AUX_CLEAR, id, 0, 0, W(OK), NULL);
-		expect(e, 0, "AUX_CLEAR again", CMD_AUX_CLEAR, id, 0, 0, W(ENOENT),
+		expect(e, 0, "AUX_CLEAR", PVPMU_CMD_AUX_CLEAR, id, 0, 0, W(OK), NULL);
+		expect(e, 0, "AUX_CLEAR again", PVPMU_CMD_AUX_CLEAR, id, 0, 0, W(ENOENT),
 		       NULL);
 	}
 
 	for (b = 0; b < e->nr_res; b++) {
-		expect(e, b, "RESET", CMD_RESET, 0, 0, 0, W(OK), NULL);
-		expect(e, b, "RESET again", CMD_RESET, 0, 0, 0, W(OK), NULL);
+		expect(e, b, "RESET", PVPMU_CMD_RESET, 0, 0, 0, W(OK), NULL);
+		expect(e, b, "RESET again", PVPMU_CMD_RESET, 0, 0, 0, W(OK), NULL);
 		if (!check_pattern(e->brd[b], 1000 + b))
 			fail(e, "bank %u: a data page of an idle ring changed (a rejected command wrote it?)",
 			     b);
 	}
 	/* RESET freed them for another bank. */
 	if (e->nr_res > 1) {
-		expect(e, 1, "SET_STATE at bank 0's former state page", CMD_SET_STATE,
+		expect(e, 1, "SET_STATE at bank 0's former state page", PVPMU_CMD_SET_STATE,
 		       pa(e->bst[0]), 0, 0, W(OK), NULL);
-		expect(e, 1, "RESET", CMD_RESET, 0, 0, 0, W(OK), NULL);
+		expect(e, 1, "RESET", PVPMU_CMD_RESET, 0, 0, 0, W(OK), NULL);
 	}
 
 	/* Every rejection is counted once: EFAULT in ERR_PAGES, the rest and
@@ -998,9 +907,9 @@ static void phase_registers(struct evil *e)
 		void __iomem *bk = e->regs + PVPMU_BANK(b);
 
 		writeq(pa(e->sst), bk + PVPMU_B_ARG0);
-		writel(CMD_SET_STATE, bk + PVPMU_B_CMD);
-		writel(CMD_START, bk + PVPMU_B_CMD);
-		writeb(CMD_RESET, bk + PVPMU_B_CMD);
+		writel(PVPMU_CMD_SET_STATE, bk + PVPMU_B_CMD);
+		writel(PVPMU_CMD_START, bk + PVPMU_B_CMD);
+		writeb(PVPMU_CMD_RESET, bk + PVPMU_B_CMD);
 		if (readl(bk + PVPMU_B_STATUS) || readq(bk + PVPMU_B_ARG0) ||
 		    readq(bk + PVPMU_B_RET0))
 			fail(e, "bank %u (>= NR_VCPUS) does not read as 0", b);
@@ -1140,7 +1049,7 @@ static void phase_state(struct evil *e, struct pvpmu_state *s)
 	 */
 	deactivate(s);
 	spin_ms(e, 40);
-	s->flags = SF_FREQ;
+	s->flags = PVPMU_SF_FREQ;
 	s->period = 0;
 	activate(e, s);
 	spin_ms(e, q);
@@ -1227,7 +1136,7 @@ static void phase_state(struct evil *e, struct pvpmu_state *s)
 	state_sane(e, s, e->cpu);
 
 	/* S7: odd flags and fields the host must just carry or ignore. */
-	s->flags = SF_EXCLUDE_USER | SF_EXCLUDE_KERNEL;
+	s->flags = PVPMU_SF_EXCLUDE_USER | PVPMU_SF_EXCLUDE_KERNEL;
 	activate(e, s);
 	spin_ms(e, q / 2);
 	s->flags = U32_MAX;
@@ -1296,11 +1205,11 @@ static void phase_tails(struct evil *e, struct pvpmu_state *s)
 	u64 hostile[7];
 	unsigned int i, q = max(phase_ms / 4, 10u);
 
-	expect(e, e->cpu, "STOP", CMD_STOP, 0, 0, 0, W(OK), NULL);
-	if (expect(e, e->cpu, "SET_RING (one data page)", CMD_SET_RING,
-		   ring_list(e, r), r->nr, 0, W(OK), NULL) != ST_OK)
+	expect(e, e->cpu, "STOP", PVPMU_CMD_STOP, 0, 0, 0, W(OK), NULL);
+	if (expect(e, e->cpu, "SET_RING (one data page)", PVPMU_CMD_SET_RING,
+		   ring_list(e, r), r->nr, 0, W(OK), NULL) != PVPMU_ST_OK)
 		return;
-	expect(e, e->cpu, "START", CMD_START, 0, 0, 0, W(OK), NULL);
+	expect(e, e->cpu, "START", PVPMU_CMD_START, 0, 0, 0, W(OK), NULL);
 	state_sane(e, s, e->cpu);
 	lost0 = rd_reg(e, PVPMU_REG_LOST);
 	activate(e, s);
@@ -1471,8 +1380,8 @@ static void phase_aux(struct evil *e, struct pvpmu_state *s)
 	for (i = 0; i < AUX_PAGES; i++)
 		alist[i] = pa(e->aux[i]);
 	aux_fill(e);
-	if (expect(e, e->cpu, "AUX_SET (own pages)", CMD_AUX_SET, pa(e->alist),
-		   AUX_PAGES, 0, W(OK), &id) != ST_OK || !id) {
+	if (expect(e, e->cpu, "AUX_SET (own pages)", PVPMU_CMD_AUX_SET, pa(e->alist),
+		   AUX_PAGES, 0, W(OK), &id) != PVPMU_ST_OK || !id) {
 		fail(e, "A: cannot register an AUX buffer");
 		return;
 	}
@@ -1524,7 +1433,7 @@ static void phase_aux(struct evil *e, struct pvpmu_state *s)
 		poke(e);
 	if (READ_ONCE(s->aux_written_seq) != seq)
 		fail(e, "A: no trace bytes in a fresh session");
-	expect(e, e->cpu, "AUX_CLEAR of a buffer a session names", CMD_AUX_CLEAR,
+	expect(e, e->cpu, "AUX_CLEAR of a buffer a session names", PVPMU_CMD_AUX_CLEAR,
 	       id, 0, 0, W(OK), NULL);
 	live_del(e, id);
 	for (i = 0; i < AUX_PAGES; i++)
@@ -1538,13 +1447,13 @@ static void phase_aux(struct evil *e, struct pvpmu_state *s)
 	for (i = 0; i < AUX_PAGES; i++)
 		if (memcmp(e->snap + i * PAGE_SIZE, page_address(e->aux[i]), PAGE_SIZE))
 			fail(e, "A: the host wrote AUX page %u after AUX_CLEAR", i);
-	expect(e, e->cpu, "AUX_CLEAR again", CMD_AUX_CLEAR, id, 0, 0, W(ENOENT), NULL);
+	expect(e, e->cpu, "AUX_CLEAR again", PVPMU_CMD_AUX_CLEAR, id, 0, 0, W(ENOENT), NULL);
 	/* The pages are free again. */
-	if (expect(e, e->cpu, "AUX_SET of the cleared pages", CMD_AUX_SET,
-		   pa(e->alist), AUX_PAGES, 0, W(OK), &id2) == ST_OK) {
+	if (expect(e, e->cpu, "AUX_SET of the cleared pages", PVPMU_CMD_AUX_SET,
+		   pa(e->alist), AUX_PAGES, 0, W(OK), &id2) == PVPMU_ST_OK) {
 		if (id2 == id)
 			fail(e, "A: AUX_SET reused buffer id %llu", id);
-		expect(e, e->cpu, "AUX_CLEAR", CMD_AUX_CLEAR, id2, 0, 0, W(OK), NULL);
+		expect(e, e->cpu, "AUX_CLEAR", PVPMU_CMD_AUX_CLEAR, id2, 0, 0, W(OK), NULL);
 	}
 	aux_post(s, 0, 0, 0, 0);
 	n = reg_delta(e, PVPMU_REG_AUX_BYTES, bytes0);
@@ -1570,24 +1479,24 @@ static int evil_cthread(void *arg)
 		schedule_timeout_uninterruptible(1);
 	c = READ_ONCE(e->cpu);
 	while (!READ_ONCE(e->c_stop) && !kthread_should_stop()) {
-		if (evil_cmd(e, o, CMD_AUX_SET, pa(e->clist), 1, 0, &id) == ST_OK &&
+		if (evil_cmd(e, o, PVPMU_CMD_AUX_SET, pa(e->clist), 1, 0, &id) == PVPMU_ST_OK &&
 		    id) {
 			WRITE_ONCE(e->c_id, id);
 			(void)readl(e->regs + PVPMU_REG_MAGIC);
-			if (evil_cmd(e, o, CMD_AUX_CLEAR, id, 0, 0, NULL) != ST_OK)
+			if (evil_cmd(e, o, PVPMU_CMD_AUX_CLEAR, id, 0, 0, NULL) != PVPMU_ST_OK)
 				WRITE_ONCE(e->c_done, -1);
 		}
 		/* The sampling bank's ring data page: must be refused. */
 		clist[1] = pa(e->tring.pg[1]);
-		st = evil_cmd(e, o, CMD_SET_RING, pa(e->clist), 1, 0, NULL);
-		if (st != ST_EFAULT) {
+		st = evil_cmd(e, o, PVPMU_CMD_SET_RING, pa(e->clist), 1, 0, NULL);
+		if (st != PVPMU_ST_EFAULT) {
 			e->c_bad++;
-			if (st == ST_OK)
-				evil_cmd(e, o, CMD_RESET, 0, 0, 0, NULL);
+			if (st == PVPMU_ST_OK)
+				evil_cmd(e, o, PVPMU_CMD_RESET, 0, 0, 0, NULL);
 		}
 		/* STOP and START the sampling CPU's bank under its feet. */
-		evil_cmd(e, c, CMD_STOP, 0, 0, 0, NULL);
-		evil_cmd(e, c, CMD_START, 0, 0, 0, NULL);
+		evil_cmd(e, c, PVPMU_CMD_STOP, 0, 0, 0, NULL);
+		evil_cmd(e, c, PVPMU_CMD_START, 0, 0, 0, NULL);
 		e->c_loops++;
 		cond_resched();
 	}
@@ -1647,13 +1556,13 @@ static void phase_health(struct evil *e)
 	u64 head;
 	unsigned int c = e->cpu;
 
-	expect(e, c, "RESET", CMD_RESET, 0, 0, 0, W(OK), NULL);
-	expect(e, c, "RESET again", CMD_RESET, 0, 0, 0, W(OK), NULL);
-	if (expect(e, c, "SET_STATE (clean)", CMD_SET_STATE, pa(e->hst), 0, 0,
+	expect(e, c, "RESET", PVPMU_CMD_RESET, 0, 0, 0, W(OK), NULL);
+	expect(e, c, "RESET again", PVPMU_CMD_RESET, 0, 0, 0, W(OK), NULL);
+	if (expect(e, c, "SET_STATE (clean)", PVPMU_CMD_SET_STATE, pa(e->hst), 0, 0,
 		   W(OK), NULL) ||
-	    expect(e, c, "SET_RING (clean)", CMD_SET_RING, ring_list(e, r), r->nr,
+	    expect(e, c, "SET_RING (clean)", PVPMU_CMD_SET_RING, ring_list(e, r), r->nr,
 		   0, W(OK), NULL) ||
-	    expect(e, c, "START (clean)", CMD_START, 0, 0, 0, W(OK), NULL)) {
+	    expect(e, c, "START (clean)", PVPMU_CMD_START, 0, 0, 0, W(OK), NULL)) {
 		fail(e, "H: the device refuses a clean setup");
 		return;
 	}
@@ -1681,7 +1590,7 @@ static void phase_health(struct evil *e)
 	if (READ_ONCE(s->samples) < p.samples)
 		fail(e, "H: the state page counts %llu samples, the ring has %lu",
 		     READ_ONCE(s->samples), p.samples);
-	expect(e, c, "RESET", CMD_RESET, 0, 0, 0, W(OK), NULL);
+	expect(e, c, "RESET", PVPMU_CMD_RESET, 0, 0, 0, W(OK), NULL);
 }
 
 /* ------------------------------------------------------------------------
@@ -1787,10 +1696,10 @@ static void run_pinned(struct evil *e, struct task_struct *ct)
 		fail(e, "running on CPU %u, not on CPU %u as asked", c, e->cpu);
 		return;
 	}
-	if (expect(e, c, "SET_STATE", CMD_SET_STATE, pa(e->sst), 0, 0, W(OK), NULL) ||
-	    expect(e, c, "SET_RING", CMD_SET_RING, ring_list(e, &e->sring),
+	if (expect(e, c, "SET_STATE", PVPMU_CMD_SET_STATE, pa(e->sst), 0, 0, W(OK), NULL) ||
+	    expect(e, c, "SET_RING", PVPMU_CMD_SET_RING, ring_list(e, &e->sring),
 		   e->sring.nr, 0, W(OK), NULL) ||
-	    expect(e, c, "START", CMD_START, 0, 0, 0, W(OK), NULL)) {
+	    expect(e, c, "START", PVPMU_CMD_START, 0, 0, 0, W(OK), NULL)) {
 		put_cpu();
 		fail(e, "S: cannot set up a valid state page and ring");
 		return;
@@ -1934,10 +1843,10 @@ static int __init evil_init(void)
 report:
 	/* Nothing may write our pages any more. */
 	for (b = 0; e->regs && b < e->nr_vcpus; b++)
-		expect(e, b, "final RESET", CMD_RESET, 0, 0, 0, W(OK), NULL);
+		expect(e, b, "final RESET", PVPMU_CMD_RESET, 0, 0, 0, W(OK), NULL);
 	for (i = 0; e->regs && i < MAX_LIVE_IDS; i++)
 		if (e->live_ids[i])
-			expect(e, e->cpu, "final AUX_CLEAR", CMD_AUX_CLEAR,
+			expect(e, e->cpu, "final AUX_CLEAR", PVPMU_CMD_AUX_CLEAR,
 			       e->live_ids[i], 0, 0, W(OK), NULL);
 	if (e->have_irq)
 		free_irq(irq, e);

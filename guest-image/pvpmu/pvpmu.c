@@ -53,108 +53,10 @@
 #include <asm/pvclock.h>
 #include <asm/kvmclock.h>
 
-/* Registers (docs/pvpmu.md "Registers"). */
-#define PVPMU_REGION_SIZE	0x1000
-#define PVPMU_REG_MAGIC		0x000
-#define PVPMU_REG_VERSION	0x004
-#define PVPMU_REG_FEATURES	0x008
-#define PVPMU_REG_NR_VCPUS	0x00c
-#define PVPMU_REG_MAX_FREQ	0x010
-#define PVPMU_REG_IRQ		0x014
-#define PVPMU_REG_SAMPLE_TYPES	0x018
-#define PVPMU_REG_COUNTERS	0x040	/* 8 u64 counters: stats/dev_* in sysfs */
-
-#define PVPMU_MAGIC		0x55504d50
-#define PVPMU_IF_VERSION	1
-#define PVPMU_F_SAMPLING	BIT(0)
-#define PVPMU_F_AUX		BIT(1)
-#define PVPMU_F_HOST_TIMER	BIT(2)
-
-/* Per-vCPU command banks. */
-#define PVPMU_BANK(n)		(0x100 + (n) * 0x40)
-#define PVPMU_MAX_BANKS		((PVPMU_REGION_SIZE - 0x100) / 0x40)
-#define PVPMU_B_CMD		0x00
-#define PVPMU_B_STATUS		0x04
-#define PVPMU_B_ARG0		0x08
-#define PVPMU_B_ARG1		0x10
-#define PVPMU_B_ARG2		0x18
-#define PVPMU_B_RET0		0x20
-
-enum pvpmu_cmd {
-	PVPMU_CMD_SET_STATE	= 1,
-	PVPMU_CMD_SET_RING	= 2,
-	PVPMU_CMD_START		= 3,
-	PVPMU_CMD_STOP		= 4,
-	PVPMU_CMD_RESET		= 5,
-	PVPMU_CMD_AUX_SET	= 6,
-	PVPMU_CMD_AUX_CLEAR	= 7,
-};
+#include "pvpmu_if.h"
 
 /* Not a device status: this CPU has no command bank. */
 #define PVPMU_ST_NO_BANK	0xffffffffu
-
-#define PVPMU_MAX_RING_PAGES	256
-#define PVPMU_MAX_AUX_PAGES	4096
-
-/* state page flags */
-#define PVPMU_SF_EXCLUDE_USER	BIT(0)
-#define PVPMU_SF_EXCLUDE_KERNEL	BIT(1)
-#define PVPMU_SF_FREQ		BIT(2)
-
-/* The shared state page (docs/pvpmu.md "The shared state page"). */
-struct pvpmu_state {
-	/* 0x000-0x7ff: written by the guest */
-	u32 version;
-	u32 active;
-	u32 gen;
-	u32 flags;
-	u64 sample_type;
-	u64 read_format;
-	u64 sample_id_all;
-	u64 period;
-	u64 id;
-	u64 stream_id;
-	u32 cpu;
-	u32 pid_filter;
-	u64 clock_offset;
-	u64 current_task_gpa;
-	u64 page_offset;
-	u32 task_pid_off;
-	u32 task_tgid_off;
-	u32 throttled;
-	u32 __guest_free0;
-	u64 kimage_virt;
-	u64 kimage_phys;
-	u8 __guest_free1[0x100 - 0x80];
-	u64 aux_seq;
-	u64 aux_buf;
-	u64 aux_head;
-	u64 aux_room;
-	u64 aux_wakeup;
-	u8 __guest_free2[0x800 - 0x128];
-	/* 0x800-0xfff: written by the host */
-	u64 irq_seq;
-	u64 samples;
-	u64 lost;
-	u64 aux_done_seq;
-	u64 aux_written;
-	u64 aux_flags;
-	u64 aux_written_seq;
-	u8 __host_free[0x1000 - 0x838];
-};
-
-static_assert(sizeof(struct pvpmu_state) == PAGE_SIZE);
-static_assert(offsetof(struct pvpmu_state, sample_type) == 0x010);
-static_assert(offsetof(struct pvpmu_state, cpu) == 0x040);
-static_assert(offsetof(struct pvpmu_state, clock_offset) == 0x048);
-static_assert(offsetof(struct pvpmu_state, task_tgid_off) == 0x064);
-static_assert(offsetof(struct pvpmu_state, throttled) == 0x068);
-static_assert(offsetof(struct pvpmu_state, kimage_phys) == 0x078);
-static_assert(offsetof(struct pvpmu_state, aux_seq) == 0x100);
-static_assert(offsetof(struct pvpmu_state, aux_wakeup) == 0x120);
-static_assert(offsetof(struct pvpmu_state, irq_seq) == 0x800);
-static_assert(offsetof(struct pvpmu_state, aux_flags) == 0x828);
-static_assert(offsetof(struct pvpmu_state, aux_written_seq) == 0x830);
 
 /* Sample fields whose size varies from record to record. */
 #define PVPMU_VARIABLE_SAMPLE						\

@@ -64,9 +64,7 @@ fn main() {
     }
     let mut job = sandbox::Job::shell(SCRIPT)
         .binary(&perfvisor, "/guest/perfvisor")
-        .file(image.join("vmlinux"), "/guest/vmlinux")
-        .file(image.join("bzImage"), "/guest/bzImage")
-        .file(image.join("initramfs.cpio"), "/guest/initramfs.cpio")
+        .files_in(&image, &["vmlinux", "bzImage", "initramfs.cpio"], "/guest")
         .env("BOOTS", &boots.to_string())
         .env("PV_OPTS", &opts.join(" "))
         .env("L2_VMM", if qemu { "qemu" } else { "perfvisor" });

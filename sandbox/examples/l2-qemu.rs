@@ -34,8 +34,7 @@ fn main() {
         .binary(&qemu, "/usr/bin/qemu-system-x86_64")
         .dir("/usr/share/qemu", "/usr/share/qemu")
         .dir("/usr/share/seabios", "/usr/share/seabios")
-        .file(image.join("bzImage"), "/guest/bzImage")
-        .file(image.join("initramfs.cpio"), "/guest/initramfs.cpio")
+        .files_in(&image, &["bzImage", "initramfs.cpio"], "/guest")
         .env("L2_APPEND", &append)
         .env(
             "L2_QEMU_EXTRA",

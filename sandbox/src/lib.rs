@@ -126,6 +126,17 @@ impl Job {
         self
     }
 
+    /// Copies each of `names` from the host directory `host_dir` to the L1
+    /// directory `guest_dir` under the same name, e.g. a guest image's
+    /// `vmlinux` and `initramfs.cpio`.
+    pub fn files_in(mut self, host_dir: &Path, names: &[&str], guest_dir: &str) -> Job {
+        for name in names {
+            let guest = format!("{}/{name}", guest_dir.trim_end_matches('/'));
+            self.files.push((host_dir.join(name), guest));
+        }
+        self
+    }
+
     /// Copies executable `host` to `guest` and its shared libraries (`ldd` closure,
     /// loader included) to their host paths.
     pub fn binary(mut self, host: impl Into<PathBuf>, guest: &str) -> Job {
@@ -979,6 +990,18 @@ mod tests {
         assert!(s.contains("mkdir -p '/work dir' && cd '/work dir'"), "{s}");
         assert!(s.contains("for m in 'kvm.ko'; do"), "{s}");
         assert!(s.contains("@@sandbox-n-exit=$status@@"), "{s}");
+    }
+
+    #[test]
+    fn files_in_keeps_the_names_under_the_guest_directory() {
+        let job = Job::shell("true").files_in(Path::new("/img"), &["vmlinux", "a.cpio"], "/g/");
+        assert_eq!(
+            job.files,
+            [
+                (PathBuf::from("/img/vmlinux"), "/g/vmlinux".to_string()),
+                (PathBuf::from("/img/a.cpio"), "/g/a.cpio".to_string()),
+            ]
+        );
     }
 
     #[test]
