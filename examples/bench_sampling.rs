@@ -416,14 +416,70 @@ fn delivery_part() {
     }
 }
 
+/// Wall-clock limit for one perfvisor run of the record part (each has
+/// `--timeout 120` for the guest; this is for perfvisor itself).
+const RECORD_RUN_LIMIT: Duration = Duration::from_secs(200);
+
+/// Runs `bin args` and returns its stdout and stderr, or `None` after
+/// `limit`: then it is killed and left behind, because in the L1 sandbox a
+/// process can get stuck in the L1 kernel for minutes (docs/platform.md)
+/// and waiting for it would stall the whole benchmark.
+fn run_bounded(bin: &str, args: &[&str], limit: Duration) -> Option<String> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let pipe = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    let out = pipe(
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn Read + Send>),
+    );
+    let err = pipe(
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn Read + Send>),
+    );
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                println!(
+                    "!!! {bin} {} still running after {} s (stuck in the L1 kernel?); killed and left behind",
+                    args.join(" "),
+                    limit.as_secs()
+                );
+                return None;
+            }
+        }
+    }
+    Some(out.join().unwrap_or_default() + &err.join().unwrap_or_default())
+}
+
 /// `perfvisor record` against `perfvisor run` on the same workload, at
 /// 1 kHz, without and with callchains (issue: recording overhead).
 fn record_part(rounds: usize) {
     let perfvisor = std::env::var("PERFVISOR_BIN").expect("PERFVISOR_BIN");
     let go = |args: &[&str]| -> Option<(f64, String)> {
-        let out = Command::new(&perfvisor).args(args).output().ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
+        let text = run_bounded(&perfvisor, args, RECORD_RUN_LIMIT)?;
         match workload_rate(&text) {
             Some(r) => Some((r, text)),
             None => {
