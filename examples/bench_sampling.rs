@@ -434,27 +434,15 @@ fn run_bounded(bin: &str, args: &[&str], limit: Duration) -> Option<String> {
         .stderr(Stdio::piped())
         .spawn()
         .ok()?;
-    let pipe = |r: Option<Box<dyn Read + Send>>| {
+    fn read_all(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
         std::thread::spawn(move || {
             let mut s = String::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_string(&mut s);
-            }
+            let _ = r.read_to_string(&mut s);
             s
         })
-    };
-    let out = pipe(
-        child
-            .stdout
-            .take()
-            .map(|o| Box::new(o) as Box<dyn Read + Send>),
-    );
-    let err = pipe(
-        child
-            .stderr
-            .take()
-            .map(|e| Box::new(e) as Box<dyn Read + Send>),
-    );
+    }
+    let out = child.stdout.take().map(read_all);
+    let err = child.stderr.take().map(read_all);
     let start = Instant::now();
     loop {
         match child.try_wait() {
@@ -471,7 +459,10 @@ fn run_bounded(bin: &str, args: &[&str], limit: Duration) -> Option<String> {
             }
         }
     }
-    Some(out.join().unwrap_or_default() + &err.join().unwrap_or_default())
+    let text = |h: Option<std::thread::JoinHandle<String>>| {
+        h.and_then(|h| h.join().ok()).unwrap_or_default()
+    };
+    Some(text(out) + &text(err))
 }
 
 /// `perfvisor record` against `perfvisor run` on the same workload, at
@@ -585,10 +576,9 @@ fn main() {
     .binary(&perfvisor, "/bench/perfvisor")
     .files_in(
         &img,
-        &["vmlinux", "initramfs.cpio", "System.map"],
+        &["vmlinux", "initramfs.cpio", "System.map", "guest-info.txt"],
         "/bench/image",
     )
-    .file(img.join("guest-info.txt"), "/bench/image/guest-info.txt")
     .env("PERFVISOR_BENCH_INNER", "1")
     .env("PERFVISOR_BIN", "/bench/perfvisor")
     .env("PERFVISOR_GUEST_IMAGE", "/bench/image");

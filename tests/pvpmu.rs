@@ -31,7 +31,7 @@ const MIN_DELIVERY: f64 = 0.9;
 /// the nested guest is emulated by TCG and takes hundreds of microseconds;
 /// host ticks that land in the VMM during an exit are placed at the exit's
 /// RIP, but those in the L1 kernel's part of it (about 6% of the vCPU
-/// thread's time) have no known guest RIP and are dropped. Measured 94-95%
+/// thread's time) have no known guest RIP and are dropped. Measured 92-96%
 /// (docs/platform.md); the bar leaves room for a loaded CI machine.
 const MIN_DELIVERY_NESTED_HOST_TIMER: f64 = 0.85;
 /// No more than this share: the host keeps the guest event's rate.

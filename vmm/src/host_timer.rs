@@ -109,12 +109,9 @@ impl HostTimer {
             let word = |i: usize| u64::from_le_bytes(rec[i..i + 8].try_into().unwrap_or([0; 8]));
             let (ip, boot_ns) = (word(8), word(16));
             f(match cpumode {
-                // User or kernel by the address (x86-64 kernels live in the
-                // upper half): the host's GUEST_USER/GUEST_KERNEL comes from
-                // the CPL KVM reports, which nested SVM under TCG gets wrong.
                 misc::GUEST_USER | misc::GUEST_KERNEL => Tick::Guest {
                     ip,
-                    user: ip >> 63 == 0,
+                    user: is_user_address(ip),
                     boot_ns,
                 },
                 // The host kernel's cpu-clock has no exclude_host for
@@ -126,6 +123,14 @@ impl HostTimer {
             });
         });
     }
+}
+
+/// Is a guest IP the host timer saw in user space? Decided by the address
+/// (x86-64 kernels live in the upper half), not by the host's
+/// GUEST_USER/GUEST_KERNEL, which comes from the CPL KVM reports and which
+/// nested SVM under TCG gets wrong.
+pub fn is_user_address(ip: u64) -> bool {
+    ip >> 63 == 0
 }
 
 /// One host timer tick on a vCPU thread (CLOCK_BOOTTIME ns).

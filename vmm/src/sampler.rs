@@ -26,7 +26,7 @@ use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
 use crate::exit::ExitState;
-use crate::host_timer::{HostTimer, Tick};
+use crate::host_timer::{is_user_address, HostTimer, Tick};
 use crate::kvm_stats::VcpuStats;
 use crate::vcpu::{ExitInfo, ExitKind, VcpuContext, VcpuHandle, VcpuHook};
 
@@ -315,7 +315,7 @@ impl VcpuHook for SampleHook {
                         Tick::HostUser { boot_ns } => match windows.find(boot_ns, current) {
                             Some(rip) => {
                                 counts.in_exits += 1;
-                                (rip, rip >> 63 == 0, boot_ns)
+                                (rip, is_user_address(rip), boot_ns)
                             }
                             None => {
                                 counts.dropped += 1;
@@ -358,15 +358,21 @@ impl VcpuHook for SampleHook {
         if let Some(f) = self.exits.as_mut() {
             f(&self.dev, self.index, exit);
         }
-        if self.timer.is_some() && exit.rip != 0 {
-            let now = boottime_ns();
+        let window = self.timer.is_some() && exit.rip != 0;
+        let aux = self.dev.aux_wanted(self.index);
+        if !window && !aux {
+            return;
+        }
+        // One clock read serves the exit window and the trace record.
+        let now = boottime_ns();
+        if window {
             self.windows.push(ExitWindow {
                 start_ns: now.saturating_sub(exit.handling.as_nanos() as u64),
                 end_ns: now,
                 rip: exit.rip,
             });
         }
-        if !self.dev.aux_wanted(self.index) {
+        if !aux {
             return;
         }
         let reason = match exit.kind {
@@ -377,7 +383,7 @@ impl VcpuHook for SampleHook {
             ExitKind::Kick => ExitReason::Kick,
             ExitKind::Other => ExitReason::Other,
         };
-        let kvmclock_ns = self.clock.kvmclock_at(boottime_ns());
+        let kvmclock_ns = self.clock.kvmclock_at(now);
         self.dev.trace_exit(
             self.index,
             &TraceExit {
