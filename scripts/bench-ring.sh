@@ -24,7 +24,7 @@ results="$out/results.txt"
 for run in $(seq "$runs"); do
     log="$out/run$run.log"
     cargo bench -p devices --bench perf_ring -- "$@" 2>&1 | tee "$log" |
-        grep -E '^(ring|aux)/|thrpt:|offered|no consumer' || true
+        grep -E '^(ring|aux)/|thrpt:|offered|no consumer|copied out' || true
     python3 - "$crit" "$run" >>"$results" <<'PY'
 import json, sys
 crit, run = sys.argv[1], sys.argv[2]
@@ -36,7 +36,8 @@ def med(name):
         return float("nan")
 names = ["ring/memcpy_48b", "ring/samples_48b", "ring/samples_48b_batch64",
          "ring/samples_48b_batch64_noconsumer", "ring/samples_48b_spin",
-         "aux/write_64k", "aux/memcpy_64k"]
+         "aux/write_64k", "aux/memcpy_64k", "ring/memcpy_48b_read",
+         "ring/stores_48b_read"]
 print(run, " ".join(str(med(n)) for n in names))
 PY
 done
@@ -44,36 +45,51 @@ python3 - "$results" "$runs" <<'PY'
 import statistics, sys, math
 rows = [list(map(float, l.split()[1:])) for l in open(sys.argv[1]) if l.strip()]
 n = 1 << 20
-labels = [
-    (1, "48B samples, realistic consumer, per-record publish"),
-    (2, "48B samples, realistic consumer, write_samples x64 "),
-    (3, "48B samples, no consumer thread, write_samples x64 "),
-    (4, "48B samples, spinning consumer (extra), per record "),
+MEMCPY, MEMCPY_READ, STORES_READ = 0, 7, 8
+baselines = [
+    (MEMCPY, "memcpy, nobody reading the ring (issue's baseline)"),
+    (MEMCPY_READ, "memcpy, a reader on the other CPU               "),
+    (STORES_READ, "word stores, a reader on the other CPU         "),
 ]
+labels = [
+    (1, "realistic consumer, per-record publish    "),
+    (2, "realistic consumer, write_samples x64     "),
+    (3, "no consumer thread, write_samples x64     "),
+    (4, "spinning consumer (extra), per record     "),
+]
+# Benches with a reader are compared with the baselines that have one too.
+READERS = {1, 2, 4}
 try:
     cpu = open('/proc/cpuinfo').read().split('model name')[1].split(':')[1].splitlines()[0].strip()
 except Exception:
     cpu = "?"
 print(f"\nmachine: {cpu}, {__import__('os').cpu_count()} cpus; {len(rows)} run(s); rates in delivered M records/s")
+rate = lambda r, i: n / r[i] * 1e3
 def line(r):
-    m = r[0]
-    parts = [f"memcpy {n / m * 1e3:6.1f}"]
+    parts = [f"memcpy {rate(r, MEMCPY):6.1f}, with reader {rate(r, MEMCPY_READ):5.1f}, stores with reader {rate(r, STORES_READ):5.1f}"]
     for i, _ in labels:
-        parts.append(f"{n / r[i] * 1e3:6.1f} ({m / r[i]:.2f}x)")
+        extra = f", {r[MEMCPY_READ] / r[i]:.2f}x read" if i in READERS else ""
+        parts.append(f"{rate(r, i):6.1f} ({r[MEMCPY] / r[i]:.2f}x{extra})")
     parts.append(f"AUX {65536 / r[5]:.1f} GB/s ({r[6] / r[5]:.2f}x)")
     return " | ".join(parts)
 for k, r in enumerate(rows):
     print(f"run {k + 1}: {line(r)}")
-def median(i, f):
-    vals = [f(r) for r in rows if not math.isnan(r[i])]
+def median(f):
+    vals = [v for v in (f(r) for r in rows) if not math.isnan(v)]
     return statistics.median(vals) if vals else float("nan")
-print(f"\nmedians over runs (ratio = memcpy time / bench time, same run):")
-print(f"  48B memcpy into the same pages (baseline)          : {median(0, lambda r: n / r[0] * 1e3):7.1f} M rec/s")
+print("\nmedians over runs; ratio = baseline time / bench time, same run")
+print("baselines: the same 48 B records into the same 64 scattered pages, no protocol")
+for i, text in baselines:
+    print(f"  {text}: {median(lambda r: rate(r, i)):7.1f} M rec/s")
+print("producer        x memcpy alone | x memcpy, reader | x stores, reader")
 for i, text in labels:
-    rate = median(i, lambda r: n / r[i] * 1e3)
-    ratio = median(i, lambda r: r[0] / r[i])
-    print(f"  {text}: {rate:7.1f} M rec/s  ({ratio:.2f} x memcpy)")
-print(f"  AUX 64 KiB chunks                                  : {median(5, lambda r: 65536 / r[5]):7.2f} GB/s    ({median(5, lambda r: r[6] / r[5]):.2f} x memcpy)")
+    alone = median(lambda r: r[MEMCPY] / r[i])
+    if i in READERS:
+        vs = f"  {median(lambda r: r[MEMCPY_READ] / r[i]):.2f} x | {median(lambda r: r[STORES_READ] / r[i]):.2f} x"
+    else:
+        vs = "     -   |   -"
+    print(f"  {text}: {median(lambda r: rate(r, i)):7.1f} M rec/s  {alone:.2f} x |{vs}")
+print(f"  AUX 64 KiB chunks                         : {median(lambda r: 65536 / r[5]):7.2f} GB/s    ({median(lambda r: r[6] / r[5]):.2f} x memcpy)")
 PY
 echo "per-run diagnostics (lost records, ring-full time, wakeup cost): $out/run*.log"
-grep -hE 'offered|no consumer' "$out"/run*.log | sed 's/^/  /' || true
+grep -hE 'offered|no consumer|copied out' "$out"/run*.log | sed 's/^/  /' || true

@@ -8,11 +8,25 @@
 //! the reported rate is delivered records per second and includes the time
 //! the ring was full.
 //!
-//! - `ring/memcpy_48b` (baseline): the same 48 bytes per record (a record
-//!   buffer whose IP and TIME change every record) copied into the same 64
-//!   scattered pages at the same ring offsets, with the same page-end
-//!   handling as the producer (one fixed-size copy when the record fits in
-//!   its page, two copies across a page end). No protocol, no consumer.
+//! - `ring/memcpy_48b` (the issue's baseline): the same 48 bytes per
+//!   record (a record buffer whose IP and TIME change every record) copied
+//!   into the same 64 scattered pages at the same ring offsets, with the
+//!   same page-end handling as the producer (one fixed-size copy when the
+//!   record fits in its page, two copies across a page end). No protocol,
+//!   and nobody reads the ring.
+//! - `ring/memcpy_48b_read` (baseline under the same cache traffic): the
+//!   same copy loop while a reader thread on the other CPU copies out every
+//!   half ring once it is complete (`HalfReader`). No protocol and no flow
+//!   control: the loop signals an eventfd at every half ring, as the
+//!   producer's default watermark does, and never waits. This isolates
+//!   what the producer adds from what any writer pays when another CPU
+//!   reads what it writes: every cache line moves to the reader's core and
+//!   back once per lap.
+//! - `ring/stores_48b_read` (extra baseline): as `memcpy_48b_read`, but
+//!   each record is six 8-byte stores straight into the page, the
+//!   producer's own store pattern. Under the reader this was the fastest
+//!   plain copy found (a `memcpy` of the 48-byte buffer does 16-byte
+//!   stores and is slower there).
 //! - `ring/samples_48b` and `ring/samples_48b_batch64`: the producer with a
 //!   *realistic* concurrent consumer (the headline numbers). The consumer
 //!   thread behaves like `perf record` over tools/lib/perf: it blocks until
@@ -47,10 +61,11 @@
 //!   begin/write/end, PERF_RECORD_AUX, aux_head) vs a plain copy of the
 //!   same bytes into the same pages.
 //!
-//! scripts/bench-ring.sh prints the ratios from criterion's estimates.
+//! scripts/bench-ring.sh prints the ratios from criterion's estimates:
+//! each bench with a reader against each baseline, in the same run.
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -396,49 +411,153 @@ fn bench_ring(
     assert_eq!(rep.samples + rep.lost + p.pending_lost(), seq);
 }
 
-/// The baseline: the same 48 bytes into the same pages, same wrap handling.
-fn bench_memcpy(g: &mut BenchmarkGroup<'_, WallTime>) {
+/// How a baseline copies each 48-byte record into the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyBy {
+    /// `memcpy` of a record buffer (`copy_nonoverlapping`), split in two at
+    /// a page end. The issue's baseline.
+    Memcpy,
+    /// Six 8-byte stores straight into the page (the producer's own store
+    /// pattern, without any protocol); memcpy at a page end.
+    Words,
+}
+
+/// A baseline's reader thread: on every wakeup it copies out the half ring
+/// that was just completed, with the consumer's own copy
+/// (`RingPages::read_data`), and blocks again. It puts the same cache
+/// traffic on the ring as the realistic consumer (each line written by one
+/// CPU is read by the other, once per lap), without the protocol: the
+/// copy loop stores how far it got and never waits for it.
+struct HalfReader {
+    thread: JoinHandle<u64>,
+    wake: Arc<EventFd>,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+}
+
+impl HalfReader {
+    fn spawn(ring: Arc<Ring>) -> Self {
+        let half = ring.pages().data_size() / 2;
+        let wake = Arc::new(EventFd::new(0).unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let (wake2, stop2, done2) = (wake.clone(), stop.clone(), done.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; half as usize];
+            let (mut halves, mut last) = (0u64, 0u64);
+            loop {
+                let _ = wake2.read().unwrap();
+                if stop2.load(Ordering::Acquire) {
+                    return halves;
+                }
+                let end = done2.load(Ordering::Acquire);
+                if end != last {
+                    ring.pages().read_data(end - half, &mut buf);
+                    black_box(&buf);
+                    halves += 1;
+                    last = end;
+                }
+            }
+        });
+        HalfReader {
+            thread,
+            wake,
+            stop,
+            done,
+        }
+    }
+
+    /// The copy loop completed the half ring that ends at `end` bytes.
+    fn completed(&self, end: u64) {
+        self.done.store(end, Ordering::Release);
+        self.wake.write(1).unwrap();
+    }
+
+    /// Stops the thread; returns how many halves it copied out.
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Release);
+        self.wake.write(1).unwrap();
+        self.thread.join().unwrap()
+    }
+}
+
+/// A baseline: the same 48 bytes per record (IP and TIME change every
+/// record) into the same pages at the same ring offsets, with the same
+/// page-end handling as the producer. No protocol. With `read`, a
+/// [`HalfReader`] reads the ring from the other CPU.
+fn bench_copy(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, copy: CopyBy, read: bool) {
     let (mem, layout) = scattered(DATA_PAGES, 0);
     let pages = host_pages(&mem, &layout.data);
+    let ring = Arc::new(GuestRing::new(mem, layout).unwrap());
+    let size = (pages.len() * PAGE) as u64;
     let mask = pages.len() * PAGE - 1;
+    let reader = read.then(|| HalfReader::spawn(ring.clone()));
     let mut rec = [0u64; REC / 8];
     rec[0] = u64::from(record::SAMPLE) | 1 << 32 | (REC as u64) << 48;
     (rec[2], rec[4], rec[5]) = (1 | 1 << 32, 7, 1);
-    let mut off = 0usize;
-    let mut seq = 0u64;
-    g.bench_function("memcpy_48b", |b| {
+    let (mut off, mut seq) = (0usize, 0u64);
+    let mut next_half = size / 2;
+    g.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let start = Instant::now();
             for _ in 0..iters * PER_ITER {
                 (rec[1], rec[3]) = (seq, seq);
                 seq += 1;
-                let src = rec.as_ptr().cast::<u8>();
                 let in_page = off % PAGE;
                 let first = (PAGE - in_page).min(REC);
-                if first == REC {
-                    // SAFETY: in_page + 48 <= PAGE: inside one mapped page.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(src, pages[off / PAGE].add(in_page), REC)
-                    };
-                } else {
-                    let next = (off + first) & mask;
-                    // SAFETY: the first part ends at the page end, the rest
-                    // starts the next ring page; both inside mapped pages.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(src, pages[off / PAGE].add(in_page), first);
-                        std::ptr::copy_nonoverlapping(
-                            src.add(first),
-                            pages[next / PAGE],
-                            REC - first,
-                        );
+                // SAFETY: in_page < PAGE, so the pointer stays inside the
+                // mapped page.
+                let dst = unsafe { pages[off / PAGE].add(in_page) };
+                match (copy, first == REC) {
+                    (CopyBy::Memcpy, true) => {
+                        // SAFETY: in_page + 48 <= PAGE: inside one page.
+                        unsafe { std::ptr::copy_nonoverlapping(rec.as_ptr().cast(), dst, REC) };
+                    }
+                    (CopyBy::Words, true) => {
+                        let dst = dst.cast::<u64>();
+                        for (k, w) in rec.iter().enumerate() {
+                            // SAFETY: in_page + 48 <= PAGE and `off` is a
+                            // multiple of 8: an aligned word in the page.
+                            unsafe { dst.add(k).write(*w) };
+                        }
+                    }
+                    (_, false) => {
+                        let src = rec.as_ptr().cast::<u8>();
+                        let next = (off + first) & mask;
+                        // SAFETY: the first part ends at the page end, the
+                        // rest starts the next ring page; both inside
+                        // mapped pages.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(src, dst, first);
+                            std::ptr::copy_nonoverlapping(
+                                src.add(first),
+                                pages[next / PAGE],
+                                REC - first,
+                            );
+                        }
                     }
                 }
                 off = (off + REC) & mask;
+                if let Some(r) = &reader {
+                    if seq * REC as u64 >= next_half {
+                        r.completed(next_half);
+                        next_half += size / 2;
+                    }
+                }
                 black_box(&rec);
             }
             start.elapsed()
         })
     });
+    if let Some(r) = reader {
+        let halves = (seq * REC as u64) / (size / 2);
+        let read = r.finish();
+        eprintln!(
+            "{name}: {seq} records copied; the reader copied out {read} of {halves} half \
+             rings ({:.1}%)",
+            100.0 * read as f64 / halves.max(1) as f64
+        );
+    }
 }
 
 fn bench_samples(c: &mut Criterion) {
@@ -446,7 +565,9 @@ fn bench_samples(c: &mut Criterion) {
     g.throughput(Throughput::Elements(PER_ITER));
     g.measurement_time(Duration::from_secs(5));
     g.sample_size(20);
-    bench_memcpy(&mut g);
+    bench_copy(&mut g, "memcpy_48b", CopyBy::Memcpy, false);
+    bench_copy(&mut g, "memcpy_48b_read", CopyBy::Memcpy, true);
+    bench_copy(&mut g, "stores_48b_read", CopyBy::Words, true);
     use Publish::*;
     bench_ring(&mut g, "samples_48b", Some(Wait::Wakeup), PerRecord);
     bench_ring(&mut g, "samples_48b_batch64", Some(Wait::Wakeup), Batch64);
