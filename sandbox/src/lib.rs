@@ -53,6 +53,8 @@ pub enum Error {
     Stopped,
     #[error("sandbox job timed out after {timeout:?} (QEMU killed); console tail:\n{tail}")]
     Timeout { timeout: Duration, tail: String },
+    #[error("the L1 sandbox hung: its console was silent for {silence:?} after it had booted (QEMU killed). Nested kvm-amd under QEMU TCG does that now and then (docs/platform.md); run it again. Console tail:\n{tail}")]
+    Silent { silence: Duration, tail: String },
     #[error("the L1 sandbox died: QEMU exited ({status}) before the job reported its exit status. Nested kvm-amd under QEMU TCG does that now and then (docs/platform.md); run it again. Console tail:\n{tail}{stderr}")]
     NoExitMarker {
         status: String,
@@ -217,6 +219,7 @@ pub struct Sandbox {
     memory_mib: u32,
     cpus: u32,
     timeout: Duration,
+    silence_limit: Option<Duration>,
     kernel_args: String,
 }
 
@@ -310,6 +313,7 @@ impl Sandbox {
             memory_mib: 2048,
             cpus: 2,
             timeout: Duration::from_secs(600),
+            silence_limit: None,
             kernel_args: String::new(),
         })
     }
@@ -329,6 +333,15 @@ impl Sandbox {
     /// Wall-clock limit for one run, boot included (default 600 s); QEMU is killed then.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Kill the L1 when its console has been silent this long after boot
+    /// ([`Error::Silent`]): for jobs that print at known intervals, so that
+    /// a frozen L1 is caught long before [`Sandbox::timeout`]. Off by
+    /// default.
+    pub fn silence_limit(mut self, limit: Duration) -> Self {
+        self.silence_limit = Some(limit);
         self
     }
 
@@ -400,12 +413,23 @@ impl Sandbox {
         let mut status = None;
         let mut no_kvm = false;
         let mut timed_out = false;
+        let mut silent = false;
         let mut killed_on_request = false;
+        let mut last_line = Instant::now();
         loop {
             let now = Instant::now();
             if now >= deadline {
                 // After the exit marker this is only the shutdown grace period.
                 timed_out = status.is_none() && !no_kvm;
+                break;
+            }
+            // Only once the L1 has booted and while the job runs.
+            let silence_deadline = self
+                .silence_limit
+                .filter(|_| l1_boot.is_some() && status.is_none())
+                .map(|limit| last_line + limit);
+            if silence_deadline.is_some_and(|d| now >= d) {
+                silent = true;
                 break;
             }
             let requests = job.stop.as_ref().map_or(0, |s| s.load(Ordering::Acquire));
@@ -427,13 +451,16 @@ impl Sandbox {
                 }
                 deadline = deadline.min(Instant::now() + STOP_GRACE);
             }
-            let wait = (deadline - now).min(if job.stop.is_some() {
-                STOP_POLL
-            } else {
-                Duration::MAX
-            });
+            let wait = (deadline.min(silence_deadline.unwrap_or(deadline)) - now).min(
+                if job.stop.is_some() {
+                    STOP_POLL
+                } else {
+                    Duration::MAX
+                },
+            );
             match rx.recv_timeout(wait) {
                 Ok(Event::Out(raw)) => {
+                    last_line = Instant::now();
                     let line = clean_line(&raw);
                     if line.contains(&markers.stop) {
                         continue;
@@ -487,7 +514,7 @@ impl Sandbox {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
-        let exit = if timed_out || killed_on_request {
+        let exit = if timed_out || silent || killed_on_request {
             child.kill();
             None
         } else {
@@ -522,6 +549,10 @@ impl Sandbox {
                 })
             }
             (None, None) if killed_on_request => Err(Error::Stopped),
+            (None, None) if silent => Err(Error::Silent {
+                silence: self.silence_limit.unwrap_or_default(),
+                tail: tail_text(),
+            }),
             (None, None) => Err(Error::Timeout {
                 timeout: self.timeout,
                 tail: tail_text(),

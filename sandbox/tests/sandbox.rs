@@ -95,6 +95,33 @@ fn timeout_kills_qemu_and_says_so() {
 }
 
 #[test]
+fn silence_limit_kills_a_quiet_l1_and_spares_a_talking_one() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sb = sandbox().silence_limit(Duration::from_secs(6));
+    // Gaps shorter than the limit are fine.
+    let out = sb
+        .run(
+            &Job::shell("for i in 1 2 3; do echo line $i; sleep 3; done"),
+            &mut |_| {},
+        )
+        .unwrap_or_else(|e| panic!("a job printing every 3 s was stopped: {e}"));
+    assert_eq!(out.status, 0);
+    assert!(out.output.contains("line 3"), "{}", out.output);
+    // A longer silence is a hang.
+    let t0 = std::time::Instant::now();
+    let err = sb
+        .run(&Job::shell("echo going quiet; sleep 600"), &mut |_| {})
+        .unwrap_err();
+    assert!(matches!(err, sandbox::Error::Silent { .. }), "{err}");
+    assert!(err.to_string().contains("going quiet"), "{err}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(40),
+        "took {:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
 fn vm_ending_without_the_marker_is_an_error() {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let err = sandbox()

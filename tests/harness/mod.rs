@@ -323,6 +323,9 @@ fn sandbox_results() -> &'static SandboxResults {
         let sb = sandbox::Sandbox::locate()
             .map_err(|e| format!("boot tests need the L1 sandbox here, and it is not available: {e}"))?
             .timeout(Duration::from_secs(40 * 60))
+            // Inside, every perfvisor run prints when it ends and is killed
+            // after RUN_LIMIT, so a console this quiet means a frozen L1.
+            .silence_limit(RUN_LIMIT + Duration::from_secs(120))
             .memory_mib(3072)
             .cpus(2);
         let test_bin = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -381,16 +384,18 @@ fn sandbox_results() -> &'static SandboxResults {
                     ));
                     break;
                 }
-                Err(e @ sandbox::Error::NoExitMarker { .. }) if attempt == 1 => {
+                Err(e @ (sandbox::Error::NoExitMarker { .. } | sandbox::Error::Silent { .. }))
+                    if attempt == 1 =>
+                {
                     let msg = format!(
-                        "!!! the L1 sandbox died under the boot tests (attempt 1): {e}\n\
+                        "!!! the L1 sandbox died or hung under the boot tests (attempt 1): {e}\n\
                          !!! nested kvm-amd under QEMU TCG does that now and then (docs/platform.md); \
                          booting a second L1 ONCE for the tests that did not finish"
                     );
                     eprintln!("{msg}");
                     summaries.push(
-                        "!!! the first L1 sandbox died under the boot tests (its console tail is in \
-                         the test log); a second L1 ran the tests that had not finished"
+                        "!!! the first L1 sandbox died or hung under the boot tests (its console tail \
+                         is in the test log); a second L1 ran the tests that had not finished"
                             .into(),
                     );
                 }
