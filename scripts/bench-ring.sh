@@ -24,7 +24,7 @@ results="$out/results.txt"
 for run in $(seq "$runs"); do
     log="$out/run$run.log"
     cargo bench -p devices --bench perf_ring -- "$@" 2>&1 | tee "$log" |
-        grep -E '^(ring|aux)/|thrpt:|offered|no consumer|copied out' || true
+        grep -E '^(ring|aux)/|thrpt:|offered|no consumer|records copied' || true
     python3 - "$crit" "$run" >>"$results" <<'PY'
 import json, sys
 crit, run = sys.argv[1], sys.argv[2]
@@ -48,8 +48,8 @@ n = 1 << 20
 MEMCPY, MEMCPY_READ, STORES_READ = 0, 7, 8
 baselines = [
     (MEMCPY, "memcpy, nobody reading the ring (issue's baseline)"),
-    (MEMCPY_READ, "memcpy, a reader on the other CPU               "),
-    (STORES_READ, "word stores, a reader on the other CPU         "),
+    (MEMCPY_READ, "memcpy, the same consumer reading the ring      "),
+    (STORES_READ, "word stores, the same consumer reading the ring "),
 ]
 labels = [
     (1, "realistic consumer, per-record publish    "),
@@ -78,10 +78,10 @@ def median(f):
     vals = [v for v in (f(r) for r in rows) if not math.isnan(v)]
     return statistics.median(vals) if vals else float("nan")
 print("\nmedians over runs; ratio = baseline time / bench time, same run")
-print("baselines: the same 48 B records into the same 64 scattered pages, no protocol")
+print("baselines: the same 48 B records into the same 64 scattered pages, no record protocol")
 for i, text in baselines:
     print(f"  {text}: {median(lambda r: rate(r, i)):7.1f} M rec/s")
-print("producer        x memcpy alone | x memcpy, reader | x stores, reader")
+print("producer        x memcpy alone | x memcpy, consumer | x stores, consumer")
 for i, text in labels:
     alone = median(lambda r: r[MEMCPY] / r[i])
     if i in READERS:
@@ -92,4 +92,4 @@ for i, text in labels:
 print(f"  AUX 64 KiB chunks                         : {median(lambda r: 65536 / r[5]):7.2f} GB/s    ({median(lambda r: r[6] / r[5]):.2f} x memcpy)")
 PY
 echo "per-run diagnostics (lost records, ring-full time, wakeup cost): $out/run*.log"
-grep -hE 'offered|no consumer|copied out' "$out"/run*.log | sed 's/^/  /' || true
+grep -hE 'offered|no consumer|records copied' "$out"/run*.log | sed 's/^/  /' || true

@@ -14,14 +14,17 @@
 //!   same page-end handling as the producer (one fixed-size copy when the
 //!   record fits in its page, two copies across a page end). No protocol,
 //!   and nobody reads the ring.
-//! - `ring/memcpy_48b_read` (baseline under the same cache traffic): the
-//!   same copy loop while a reader thread on the other CPU copies out every
-//!   half ring once it is complete (`HalfReader`). No protocol and no flow
-//!   control: the loop signals an eventfd at every half ring, as the
-//!   producer's default watermark does, and never waits. This isolates
-//!   what the producer adds from what any writer pays when another CPU
-//!   reads what it writes: every cache line moves to the reader's core and
-//!   back once per lap.
+//! - `ring/memcpy_48b_read` (the same baseline with the same reader): the
+//!   same copy loop while the realistic consumer described below reads and
+//!   verifies the ring from the other CPU. The loop does only what that
+//!   consumer needs: at every half ring (the producer's default watermark)
+//!   it stores data_head and writes the eventfd, and before a record that
+//!   would overwrite unread bytes it waits for data_tail (where the
+//!   producer would drop the record). No per-record publish and no LOST or
+//!   wakeup bookkeeping. This separates what the producer adds from what
+//!   any writer pays when another CPU reads what it writes: each cache
+//!   line moves to the reader's core and back once per lap, and the
+//!   reader's own speed bounds both.
 //! - `ring/stores_48b_read` (extra baseline): as `memcpy_48b_read`, but
 //!   each record is six 8-byte stores straight into the page, the
 //!   producer's own store pattern. Under the reader this was the fastest
@@ -36,9 +39,9 @@
 //!   watermark is every half ring), then drains to data_head in one burst
 //!   with `Consumer::read_batch` (Acquire head, copy out, walk every
 //!   header, Release tail) and blocks again. `samples_48b` publishes
-//!   data_head per record (`write_sample`); `samples_48b_batch64` hands 64
-//!   samples at a time to `write_samples` (one publish per batch), the path
-//!   the device uses.
+//!   data_head per record (`write_sample`, which the pvpmu device calls
+//!   once per sample today); `samples_48b_batch64` hands 64 samples at a
+//!   time to `write_samples` (one publish per batch).
 //! - `ring/samples_48b_spin`: extra data point (the previous bench's
 //!   setup) with a *spinning* consumer that polls data_head in a loop and
 //!   drains whenever it moves. It bounces the control page's cache line on
@@ -57,6 +60,9 @@
 //! re-read the bytes before releasing them) is too slow for the bench loop;
 //! the stress tests run it.
 //!
+//! Criterion's thread (the writer) is pinned to CPU 0 and every reader or
+//! consumer thread to CPU 1 (`pin_to`).
+//!
 //! - `aux/write_64k` vs `aux/memcpy_64k`: 64 KiB AUX chunks (session
 //!   begin/write/end, PERF_RECORD_AUX, aux_head) vs a plain copy of the
 //!   same bytes into the same pages.
@@ -65,7 +71,7 @@
 //! each bench with a reader against each baseline, in the same run.
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -88,6 +94,36 @@ const BATCH: u64 = 64;
 const REC: usize = 48;
 
 type Ring = GuestRing<GuestMemoryMmap>;
+
+/// The CPU of the writing (criterion's) thread.
+const WRITER_CPU: usize = 0;
+/// The CPU of every reader and consumer thread.
+const READER_CPU: usize = 1;
+
+/// Pins the calling thread to `cpu`, so that writer and reader always run
+/// on different CPUs: left to the scheduler, a woken reader sometimes
+/// lands on the writer's CPU, the two time-share with no cache line
+/// crossing, and the figures swing by 2x between runs. Does nothing (and
+/// says so once) on a machine with fewer CPUs.
+fn pin_to(cpu: usize) {
+    // SAFETY: CPU_ZERO/CPU_SET write into a cpu_set_t we own.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; cpu < CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: sched_setaffinity(2) on the calling thread (pid 0) with a
+    // valid cpu_set_t of the size passed.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if r != 0 {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            eprintln!(
+                "perf_ring bench: cannot pin a thread to CPU {cpu} ({}); writer and reader \
+                 may share a CPU and the figures will vary",
+                std::io::Error::last_os_error()
+            )
+        });
+    }
+}
 
 /// A ring with every page at a scattered guest address.
 fn scattered(data_pages: usize, aux_pages: usize) -> (Arc<GuestMemoryMmap>, GuestRingLayout) {
@@ -204,6 +240,7 @@ impl Reader {
         let stop = Arc::new(AtomicBool::new(false));
         let (wake2, stop2) = (wake.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
+            pin_to(READER_CPU);
             let mut c = Consumer::new(ring, ReadMode::Forward);
             let mut rep = ReadReport::default();
             let mut expect = 0u64;
@@ -422,85 +459,45 @@ enum CopyBy {
     Words,
 }
 
-/// A baseline's reader thread: on every wakeup it copies out the half ring
-/// that was just completed, with the consumer's own copy
-/// (`RingPages::read_data`), and blocks again. It puts the same cache
-/// traffic on the ring as the realistic consumer (each line written by one
-/// CPU is read by the other, once per lap), without the protocol: the
-/// copy loop stores how far it got and never waits for it.
-struct HalfReader {
-    thread: JoinHandle<u64>,
-    wake: Arc<EventFd>,
-    stop: Arc<AtomicBool>,
-    done: Arc<AtomicU64>,
-}
-
-impl HalfReader {
-    fn spawn(ring: Arc<Ring>) -> Self {
-        let half = ring.pages().data_size() / 2;
-        let wake = Arc::new(EventFd::new(0).unwrap());
-        let stop = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicU64::new(0));
-        let (wake2, stop2, done2) = (wake.clone(), stop.clone(), done.clone());
-        let thread = std::thread::spawn(move || {
-            let mut buf = vec![0u8; half as usize];
-            let (mut halves, mut last) = (0u64, 0u64);
-            loop {
-                let _ = wake2.read().unwrap();
-                if stop2.load(Ordering::Acquire) {
-                    return halves;
-                }
-                let end = done2.load(Ordering::Acquire);
-                if end != last {
-                    ring.pages().read_data(end - half, &mut buf);
-                    black_box(&buf);
-                    halves += 1;
-                    last = end;
-                }
-            }
-        });
-        HalfReader {
-            thread,
-            wake,
-            stop,
-            done,
-        }
-    }
-
-    /// The copy loop completed the half ring that ends at `end` bytes.
-    fn completed(&self, end: u64) {
-        self.done.store(end, Ordering::Release);
-        self.wake.write(1).unwrap();
-    }
-
-    /// Stops the thread; returns how many halves it copied out.
-    fn finish(self) -> u64 {
-        self.stop.store(true, Ordering::Release);
-        self.wake.write(1).unwrap();
-        self.thread.join().unwrap()
-    }
-}
-
 /// A baseline: the same 48 bytes per record (IP and TIME change every
 /// record) into the same pages at the same ring offsets, with the same
-/// page-end handling as the producer. No protocol. With `read`, a
-/// [`HalfReader`] reads the ring from the other CPU.
+/// page-end handling as the producer.
+///
+/// With `read`, the realistic consumer of the producer benches ([`Reader`]
+/// with [`Wait::Wakeup`]) reads and verifies the ring from the other CPU,
+/// and the loop does only what that consumer needs: it stores data_head
+/// and writes the eventfd each time it passes a half ring (the producer's
+/// default watermark), and before a record that would overwrite unread
+/// bytes it waits for data_tail (where the producer would drop the record
+/// instead). No per-record publish, no LOST accounting, no wakeup
+/// bookkeeping.
 fn bench_copy(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, copy: CopyBy, read: bool) {
     let (mem, layout) = scattered(DATA_PAGES, 0);
     let pages = host_pages(&mem, &layout.data);
     let ring = Arc::new(GuestRing::new(mem, layout).unwrap());
     let size = (pages.len() * PAGE) as u64;
     let mask = pages.len() * PAGE - 1;
-    let reader = read.then(|| HalfReader::spawn(ring.clone()));
+    let reader = read.then(|| Reader::spawn(ring.clone(), Wait::Wakeup));
+    let ctrl = ring.pages();
     let mut rec = [0u64; REC / 8];
     rec[0] = u64::from(record::SAMPLE) | 1 << 32 | (REC as u64) << 48;
     (rec[2], rec[4], rec[5]) = (1 | 1 << 32, 7, 1);
     let (mut off, mut seq) = (0usize, 0u64);
-    let mut next_half = size / 2;
+    // Bytes written, the next half-ring mark, and the last data_tail seen.
+    let (mut head, mut mark, mut tail) = (0u64, size / 2, 0u64);
+    let mut waits = 0u64;
     g.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let start = Instant::now();
             for _ in 0..iters * PER_ITER {
+                if reader.is_some() && head + REC as u64 - tail > size {
+                    tail = ctrl.load(CtrlField::DataTail, Ordering::Acquire);
+                    while head + REC as u64 - tail > size {
+                        waits += 1;
+                        std::thread::yield_now();
+                        tail = ctrl.load(CtrlField::DataTail, Ordering::Acquire);
+                    }
+                }
                 (rec[1], rec[3]) = (seq, seq);
                 seq += 1;
                 let in_page = off % PAGE;
@@ -538,10 +535,13 @@ fn bench_copy(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, copy: CopyBy, re
                     }
                 }
                 off = (off + REC) & mask;
+                head += REC as u64;
                 if let Some(r) = &reader {
-                    if seq * REC as u64 >= next_half {
-                        r.completed(next_half);
-                        next_half += size / 2;
+                    if head >= mark {
+                        // Release: the records before `head` are written.
+                        ctrl.store(CtrlField::DataHead, head, Ordering::Release);
+                        r.wake();
+                        mark += size / 2;
                     }
                 }
                 black_box(&rec);
@@ -550,17 +550,21 @@ fn bench_copy(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, copy: CopyBy, re
         })
     });
     if let Some(r) = reader {
-        let halves = (seq * REC as u64) / (size / 2);
-        let read = r.finish();
+        ctrl.store(CtrlField::DataHead, head, Ordering::Release);
+        let rep = r.finish();
         eprintln!(
-            "{name}: {seq} records copied; the reader copied out {read} of {halves} half \
-             rings ({:.1}%)",
-            100.0 * read as f64 / halves.max(1) as f64
+            "{name}: {seq} records copied, {} read and verified ({} bad); the copy loop \
+             waited for data_tail {waits} times",
+            rep.samples, rep.bad
         );
+        assert_eq!(rep.bad, 0, "{name}: the consumer read wrong records");
+        assert_eq!(rep.skips, 0, "{name}: the consumer fell a ring behind");
+        assert_eq!(rep.samples, seq, "{name}: records read");
     }
 }
 
 fn bench_samples(c: &mut Criterion) {
+    pin_to(WRITER_CPU);
     let mut g = c.benchmark_group("ring");
     g.throughput(Throughput::Elements(PER_ITER));
     g.measurement_time(Duration::from_secs(5));
