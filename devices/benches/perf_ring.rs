@@ -482,14 +482,16 @@ fn bench_copy(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, copy: CopyBy, re
     let mut rec = [0u64; REC / 8];
     rec[0] = u64::from(record::SAMPLE) | 1 << 32 | (REC as u64) << 48;
     (rec[2], rec[4], rec[5]) = (1 | 1 << 32, 7, 1);
-    let (mut off, mut seq) = (0usize, 0u64);
-    // Bytes written, the next half-ring mark, and the last data_tail seen.
-    let (mut head, mut mark, mut tail) = (0u64, size / 2, 0u64);
+    let mut seq = 0u64;
+    // The next half-ring mark and the last data_tail seen.
+    let (mut mark, mut tail) = (size / 2, 0u64);
     let mut waits = 0u64;
     g.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let start = Instant::now();
             for _ in 0..iters * PER_ITER {
+                // Bytes before this record: its ring offset and data_head.
+                let head = seq * REC as u64;
                 if reader.is_some() && head + REC as u64 - tail > size {
                     tail = ctrl.load(CtrlField::DataTail, Ordering::Acquire);
                     while head + REC as u64 - tail > size {
@@ -500,6 +502,7 @@ fn bench_copy(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, copy: CopyBy, re
                 }
                 (rec[1], rec[3]) = (seq, seq);
                 seq += 1;
+                let off = head as usize & mask;
                 let in_page = off % PAGE;
                 let first = (PAGE - in_page).min(REC);
                 // SAFETY: in_page < PAGE, so the pointer stays inside the
@@ -534,12 +537,11 @@ fn bench_copy(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, copy: CopyBy, re
                         }
                     }
                 }
-                off = (off + REC) & mask;
-                head += REC as u64;
                 if let Some(r) = &reader {
-                    if head >= mark {
-                        // Release: the records before `head` are written.
-                        ctrl.store(CtrlField::DataHead, head, Ordering::Release);
+                    let end = head + REC as u64;
+                    if end >= mark {
+                        // Release: the records before `end` are written.
+                        ctrl.store(CtrlField::DataHead, end, Ordering::Release);
                         r.wake();
                         mark += size / 2;
                     }
@@ -550,7 +552,7 @@ fn bench_copy(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, copy: CopyBy, re
         })
     });
     if let Some(r) = reader {
-        ctrl.store(CtrlField::DataHead, head, Ordering::Release);
+        ctrl.store(CtrlField::DataHead, seq * REC as u64, Ordering::Release);
         let rep = r.finish();
         eprintln!(
             "{name}: {seq} records copied, {} read and verified ({} bad); the copy loop \
