@@ -97,6 +97,7 @@ fn device(vm: &PayloadVm, freq: u32, backend: Backend) -> Pvpmu<vm_memory::Guest
             max_freq: freq,
             irq_line: 11,
             host_timer: backend == Backend::HostTimer,
+            callchains: false,
         },
         EventFd::new(libc::EFD_NONBLOCK).unwrap(),
     );

@@ -242,6 +242,9 @@ fn run_host(args: &RunArgs) -> Result<ExitCode, CliError> {
         pmu: (args.pmu_freq > 0).then_some(PmuOptions {
             freq: args.pmu_freq,
             backend,
+            // A forced host timer gives IPs only; auto and kick sample
+            // callchain events with kicks.
+            callchains: args.pmu_backend != PmuBackend::HostTimer,
         }),
     };
     let vm = Vm::new(config, Box::new(std::io::stdout()))?;

@@ -395,6 +395,8 @@ pub fn record(args: RecordArgs) -> Result<ExitCode, CliError> {
         pmu: (args.run.pmu_freq > 0).then_some(vmm::vm::PmuOptions {
             freq: args.run.pmu_freq,
             backend,
+            // The recorder's hooks replace the device's sampler.
+            callchains: false,
         }),
     };
     let kernel_info = match &args.guest_info {

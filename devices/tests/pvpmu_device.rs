@@ -51,6 +51,7 @@ fn rig(nr_vcpus: usize) -> Rig {
             max_freq: 1000,
             irq_line: 11,
             host_timer: false,
+            callchains: true,
         },
         irq.try_clone().unwrap(),
     );
@@ -165,6 +166,8 @@ fn hs(ip: u64, user: bool, t: u64) -> HostSample<'static> {
         kvmclock_ns: t,
         host_ns: t,
         callers: &[],
+        user_start: None,
+        idle: false,
     }
 }
 
@@ -727,4 +730,103 @@ fn aux_head_near_the_top_of_u64_wraps() {
         .read_slice(&mut tail, GuestAddress(AUX + 4096 - 8))
         .unwrap();
     assert_eq!(tail, [0x5a; 8]);
+}
+
+#[test]
+fn ticks_before_the_events_add_and_idle_ticks_of_per_task_events_are_dropped() {
+    let mut r = rig(1);
+    r.setup();
+    // Guest time = kvm-clock - clock_offset (1000): the event was added at
+    // guest time 50_000.
+    r.w64(STATE + guest::ACTIVE_SINCE, 50_000);
+    assert_eq!(
+        r.dev.record_sample(0, &hs(1, false, 40_000)),
+        SampleResult::Filtered,
+        "a tick from before the add belongs to what ran before"
+    );
+    assert_eq!(
+        r.dev.record_sample(0, &hs(1, false, 51_000)),
+        SampleResult::Written
+    );
+    // Halted time is the idle task's: a system-wide event takes it with
+    // pid 0, a per-task event never.
+    let idle = HostSample {
+        idle: true,
+        ..hs(0xffff_ffff_8100_0000, false, 60_000)
+    };
+    assert_eq!(r.dev.record_sample(0, &idle), SampleResult::Written);
+    r.w32(STATE + guest::PID_FILTER, 70);
+    assert_eq!(r.dev.record_sample(0, &idle), SampleResult::Filtered);
+    let fmt = SampleFormat::new(SAMPLE_TYPE, 0, true).unwrap();
+    let mut pids = Vec::new();
+    r.consumer()
+        .read_batch(None, |_, bytes| {
+            if let Body::Sample(s) = decode(&fmt, bytes).unwrap().body {
+                pids.push(s.ids.pid);
+            }
+        })
+        .unwrap();
+    assert_eq!(pids, vec![70, 0]);
+}
+
+#[test]
+fn flush_is_a_request_for_the_vcpus_hook() {
+    let mut r = rig(2);
+    assert!(!r.dev.take_flush(0));
+    assert_eq!(r.cmd(0, cmd::FLUSH, &[]), status::OK);
+    assert!(!r.dev.take_flush(1), "only the bank's own vCPU");
+    assert!(r.dev.take_flush(0));
+    assert!(!r.dev.take_flush(0), "taken once");
+    assert!(!r.dev.take_flush(9), "no such vCPU");
+    let features = r.read32(global::FEATURES);
+    assert_ne!(features & devices::pvpmu::regs::feature::FLUSH, 0);
+    assert_ne!(features & devices::pvpmu::regs::feature::CALLCHAIN, 0);
+}
+
+#[test]
+fn callchains_have_kernel_then_user_contexts() {
+    let mut r = rig(1);
+    r.setup();
+    let st = SAMPLE_TYPE | sample::CALLCHAIN;
+    r.activate(2, 0, st);
+    assert!(r.dev.wants_callchain(0));
+    let frames = [0xffff_ffff_8100_2000, 0x40_0800, 0x40_0900];
+    let s = HostSample {
+        callers: &frames,
+        user_start: Some(1),
+        ..hs(0xffff_ffff_8100_1000, false, 5_000)
+    };
+    assert_eq!(r.dev.record_sample(0, &s), SampleResult::Written);
+    let user = HostSample {
+        callers: &frames[1..],
+        ..hs(0x40_0700, true, 6_000)
+    };
+    assert_eq!(r.dev.record_sample(0, &user), SampleResult::Written);
+    let fmt = SampleFormat::new(st, 0, true).unwrap();
+    let mut chains = Vec::new();
+    r.consumer()
+        .read_batch(None, |_, bytes| {
+            if let Body::Sample(s) = decode(&fmt, bytes).unwrap().body {
+                chains.push(s.callchain.clone());
+            }
+        })
+        .unwrap();
+    let (k, u) = (
+        devices::perf_ring::abi::context::KERNEL,
+        devices::perf_ring::abi::context::USER,
+    );
+    assert_eq!(
+        chains,
+        vec![
+            vec![
+                k,
+                0xffff_ffff_8100_1000,
+                0xffff_ffff_8100_2000,
+                u,
+                0x40_0800,
+                0x40_0900
+            ],
+            vec![u, 0x40_0700, 0x40_0800, 0x40_0900],
+        ]
+    );
 }

@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
     let mut inp = Input(data);
     let mem = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).unwrap());
     let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let dev = Pvpmu::new(mem.clone(), PvpmuConfig { nr_vcpus: 2, max_freq: 1000, irq_line: 11, host_timer: false }, irq);
+    let dev = Pvpmu::new(mem.clone(), PvpmuConfig { nr_vcpus: 2, max_freq: 1000, irq_line: 11, host_timer: false, callchains: true }, irq);
     let mut mmio = dev.mmio();
     let mut shadow = vec![0u8; MEM];
     let mut declared: BTreeSet<u64> = BTreeSet::new();
@@ -113,7 +113,7 @@ fuzz_target!(|data: &[u8]| {
             // Host samples and AUX records on either vCPU.
             4 | 5 => {
                 let (Some(n), Some(ip)) = (inp.byte(), inp.u64()) else { break };
-                let s = HostSample { ip, user: ip & 1 == 0, kvmclock_ns: ip, host_ns: ip >> 8, callers: &[ip, ip >> 1] };
+                let s = HostSample { ip, user: ip & 1 == 0, kvmclock_ns: ip, host_ns: ip >> 8, callers: &[ip, ip >> 1], user_start: (ip & 2 == 0).then_some(1), idle: ip & 4 == 0 };
                 dev.record_sample(usize::from(n % 3), &s);
             }
             6 => {

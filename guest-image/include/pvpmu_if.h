@@ -39,6 +39,10 @@
 #define PVPMU_F_SAMPLING	BIT(0)
 #define PVPMU_F_AUX		BIT(1)
 #define PVPMU_F_HOST_TIMER	BIT(2)
+/* Callchain events get the host's frame-pointer walk (else the IP alone). */
+#define PVPMU_F_CALLCHAIN	BIT(3)
+/* The FLUSH command exists. */
+#define PVPMU_F_FLUSH		BIT(4)
 
 /* Per-vCPU command banks. */
 #define PVPMU_BANK(n)		(0x100 + (n) * 0x40)
@@ -58,6 +62,7 @@ enum pvpmu_cmd {
 	PVPMU_CMD_RESET		= 5,
 	PVPMU_CMD_AUX_SET	= 6,
 	PVPMU_CMD_AUX_CLEAR	= 7,
+	PVPMU_CMD_FLUSH		= 8,
 };
 
 /* Command statuses (the bank's STATUS register). */
@@ -100,7 +105,8 @@ struct pvpmu_state {
 	u32 __guest_free0;
 	u64 kimage_virt;
 	u64 kimage_phys;
-	u8 __guest_free1[0x100 - 0x80];
+	u64 active_since;
+	u8 __guest_free1[0x100 - 0x88];
 	u64 aux_seq;
 	u64 aux_buf;
 	u64 aux_head;
@@ -125,6 +131,7 @@ static_assert(offsetof(struct pvpmu_state, clock_offset) == 0x048);
 static_assert(offsetof(struct pvpmu_state, task_tgid_off) == 0x064);
 static_assert(offsetof(struct pvpmu_state, throttled) == 0x068);
 static_assert(offsetof(struct pvpmu_state, kimage_phys) == 0x078);
+static_assert(offsetof(struct pvpmu_state, active_since) == 0x080);
 static_assert(offsetof(struct pvpmu_state, aux_seq) == 0x100);
 static_assert(offsetof(struct pvpmu_state, aux_wakeup) == 0x120);
 static_assert(offsetof(struct pvpmu_state, irq_seq) == 0x800);

@@ -828,6 +828,12 @@ static int pvpmu_add(struct perf_event *event, int flags)
 		WRITE_ONCE(st->gen, ++pc->gen);
 		pvpmu_publish_clock(pc);
 		/*
+		 * Host timer: ticks wait in a host ring until a flush, so the
+		 * host drops those taken before this add (they belong to
+		 * whatever ran before this event).
+		 */
+		WRITE_ONCE(st->active_since, local_clock());
+		/*
 		 * Pairs with the host's acquire load of active: a host that
 		 * sees active == 1 sees this event's fields above.
 		 */
@@ -837,6 +843,17 @@ static int pvpmu_add(struct perf_event *event, int flags)
 	if (flags & PERF_EF_START)
 		pvpmu_start(event, PERF_EF_RELOAD);
 	return 0;
+}
+
+/* Are @event's samples taken by the host timer (so they wait in a host ring)? */
+static bool pvpmu_host_timed(struct perf_event *event)
+{
+	u32 f = pvpmu.features;
+
+	if (!(f & PVPMU_F_HOST_TIMER) || !(f & PVPMU_F_FLUSH))
+		return false;
+	return !((f & PVPMU_F_CALLCHAIN) &&
+		 (event->attr.sample_type & PERF_SAMPLE_CALLCHAIN));
 }
 
 static void pvpmu_del(struct perf_event *event, int flags)
@@ -849,6 +866,19 @@ static void pvpmu_del(struct perf_event *event, int flags)
 	pvpmu_stop(event, PERF_EF_UPDATE);
 
 	if (is_sampling_event(event)) {
+		/*
+		 * Host timer: its ticks for this event may still wait in the
+		 * host's own ring. FLUSH moves them into our ring before the
+		 * write retires, while the state page still describes this
+		 * event and `current` is still its task (del runs before the
+		 * context switch). Without it they would reach the next flush,
+		 * when another task or event may be current. One exit per
+		 * switch-out of a sampled task; kicks need none (and a
+		 * callchain event is sampled with kicks when the host walks
+		 * callchains).
+		 */
+		if (pvpmu_host_timed(event) && !pc->throttled)
+			pvpmu_cmd(PVPMU_CMD_FLUSH, 0, 0, 0, NULL);
 		/*
 		 * active = 0 first. The host checks it before writing and
 		 * writes only while this vCPU is out of guest mode, so after
@@ -930,6 +960,9 @@ static int pvpmu_event_init(struct perf_event *event)
 		if ((attr->sample_type & PERF_SAMPLE_READ) &&
 		    (attr->read_format & PERF_FORMAT_GROUP))
 			return -EOPNOTSUPP;
+		if ((attr->sample_type & PERF_SAMPLE_CALLCHAIN) &&
+		    !(pvpmu.features & PVPMU_F_CALLCHAIN))
+			pr_notice_once("callchains hold the sampled IP only: the host samples with its timer, which gives no registers (perfvisor --pmu-backend host-timer); --pmu-backend auto or kick walks the guest's frames\n");
 	}
 	return pvpmu_group_ok(event);
 }
@@ -1440,10 +1473,12 @@ static int __init pvpmu_init(void)
 	}
 	pvpmu.registered = true;
 
-	pr_info("MMIO %#lx, IRQ %d, features %#x%s%s, %u vCPUs, max %u Hz, sample types %#llx; %u CPU(s) ready, %u-page rings, pmu type %d\n",
+	pr_info("MMIO %#lx, IRQ %d, features %#x%s%s%s%s, %u vCPUs, max %u Hz, sample types %#llx; %u CPU(s) ready, %u-page rings, pmu type %d\n",
 		base, pvpmu.irq, pvpmu.features,
 		pvpmu.features & PVPMU_F_SAMPLING ? " sampling" : "",
 		pvpmu.features & PVPMU_F_AUX ? " aux" : "",
+		pvpmu.features & PVPMU_F_HOST_TIMER ? " host-timer" : " kick",
+		pvpmu.features & PVPMU_F_CALLCHAIN ? " callchains" : " ip-only-callchains",
 		pvpmu.nr_vcpus, pvpmu.max_freq, pvpmu.sample_types,
 		cpumask_weight(&pvpmu.ready), ring_pages, pvpmu_pmu.type);
 	return 0;

@@ -8,6 +8,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
+use crate::introspect::is_user_address;
 use devices::perf_ring::abi::{misc, record, sample};
 use devices::perf_ring::attr::{
     flag, PerfEventAttr, PERF_ATTR_SIZE_VER7, PERF_COUNT_SW_CPU_CLOCK, PERF_TYPE_SOFTWARE,
@@ -109,6 +110,9 @@ impl HostTimer {
             let word = |i: usize| u64::from_le_bytes(rec[i..i + 8].try_into().unwrap_or([0; 8]));
             let (ip, boot_ns) = (word(8), word(16));
             f(match cpumode {
+                // User or kernel is decided by the address, not by the
+                // host's GUEST_USER/GUEST_KERNEL, which comes from the CPL
+                // KVM reports and which nested SVM under TCG gets wrong.
                 misc::GUEST_USER | misc::GUEST_KERNEL => Tick::Guest {
                     ip,
                     user: is_user_address(ip),
@@ -123,14 +127,6 @@ impl HostTimer {
             });
         });
     }
-}
-
-/// Is a guest IP the host timer saw in user space? Decided by the address
-/// (x86-64 kernels live in the upper half), not by the host's
-/// GUEST_USER/GUEST_KERNEL, which comes from the CPL KVM reports and which
-/// nested SVM under TCG gets wrong.
-pub fn is_user_address(ip: u64) -> bool {
-    ip >> 63 == 0
 }
 
 /// One host timer tick on a vCPU thread (CLOCK_BOOTTIME ns).

@@ -115,6 +115,73 @@ mod pt_regs {
     pub const BP: u64 = 4 * 8;
     pub const IP: u64 = 16 * 8;
     pub const CS: u64 = 17 * 8;
+    pub const SS: u64 = 20 * 8;
+    pub const SIZE: u64 = 21 * 8;
+}
+
+/// An x86-64 Linux task's kernel stack: THREAD_SIZE (16 KiB unless KASAN
+/// doubles it), aligned to its size (THREAD_ALIGN, also for vmalloc'ed
+/// stacks). A task that entered the kernel from user space has its user
+/// registers at the very top (TOP_OF_KERNEL_STACK_PADDING is 0 on x86-64),
+/// which is where the kernel's own perf_callchain_user finds them
+/// (task_pt_regs).
+const KERNEL_STACK_SIZE: u64 = 16 << 10;
+
+/// The user IP and frame pointer saved at the top of the kernel stack that
+/// `rsp` points into, if that really is a user entry's pt_regs (user CS
+/// and SS, a user IP). On an IRQ or exception stack, or for a kernel
+/// thread, the checks fail and there is nothing to add.
+fn user_regs_at_stack_top(space: &mut GuestAddressSpace<'_>, rsp: u64) -> Option<(u64, u64)> {
+    let top = (rsp | (KERNEL_STACK_SIZE - 1)).checked_add(1)?;
+    let regs = top.checked_sub(pt_regs::SIZE)?;
+    let cs = space.read_u64(regs.checked_add(pt_regs::CS)?)?;
+    let ss = space.read_u64(regs.checked_add(pt_regs::SS)?)?;
+    let ip = space.read_u64(regs.checked_add(pt_regs::IP)?)?;
+    let bp = space.read_u64(regs.checked_add(pt_regs::BP)?)?;
+    (cs & 3 == 3 && ss & 3 == 3 && is_canonical(ip) && is_user_address(ip)).then_some((ip, bp))
+}
+
+/// Is `va` in the lower (user) half? Linux x86-64 kernels live in the
+/// upper half. The one rule for the walkers and the samplers.
+pub fn is_user_address(va: u64) -> bool {
+    va >> 63 == 0
+}
+
+/// The guest's callchain at a sample, as the guest kernel's own perf would
+/// give it with frame pointers: kernel frames from RBP, then the user
+/// frames of the task that entered the kernel. The user part is found, in
+/// order: through an encoded pt_regs pointer in the frame chain (interrupts
+/// and exceptions); where a kernel walk meets a user address (a sample at
+/// the kernel entry, before RBP was saved); from the user registers at the
+/// top of the kernel stack that `rsp` is on (system calls, whose entry
+/// clears RBP). At most [`MAX_DEPTH`] frames in all.
+pub fn walk_guest_stack(
+    space: &mut GuestAddressSpace<'_>,
+    rbp: u64,
+    rsp: u64,
+    kernel: bool,
+) -> Callchain {
+    let mut chain = walk_frame_pointers(space, rbp, kernel);
+    if !kernel || chain.user_start.is_some() {
+        return chain;
+    }
+    if let Some(i) = chain.frames.iter().position(|&a| is_user_address(a)) {
+        chain.user_start = Some(i);
+        return chain;
+    }
+    let Some((ip, bp)) = user_regs_at_stack_top(space, rsp) else {
+        return chain;
+    };
+    if chain.frames.len() >= MAX_DEPTH {
+        return chain;
+    }
+    chain.user_start = Some(chain.frames.len());
+    chain.frames.push(ip);
+    let user = walk_frame_pointers(space, bp, false);
+    let room = MAX_DEPTH - chain.frames.len();
+    chain.frames.extend(user.frames.into_iter().take(room));
+    chain.end = user.end;
+    chain
 }
 
 /// A walked callchain: return addresses after the sampled IP, innermost
@@ -381,6 +448,53 @@ mod tests {
         );
         assert_eq!(c.user_start, Some(2));
         assert_eq!(c.end, WalkEnd::Outermost);
+    }
+
+    #[test]
+    fn system_call_samples_continue_from_the_user_registers_at_the_stack_top() {
+        let m = mem();
+        tables(&m);
+        let mut s = GuestAddressSpace::new(&m, 0x1000);
+        let k = 0xffff_ffff_8000_0000u64;
+        // A 16 KiB kernel stack at 0x10000..0x14000: one kernel frame whose
+        // saved rbp is 0 (the syscall entry cleared it), and the user
+        // pt_regs at the top.
+        w(&m, 0x11000, 0);
+        w(&m, 0x11008, k + 0x33_3333);
+        let regs = 0x14000 - pt_regs::SIZE;
+        w(&m, regs + pt_regs::IP, 0x40_0800);
+        w(&m, regs + pt_regs::BP, 0x40_0200);
+        w(&m, regs + pt_regs::CS, 0x33);
+        w(&m, regs + pt_regs::SS, 0x2b);
+        w(&m, 0x10_0200, 0);
+        w(&m, 0x10_0208, 0x40_0b00);
+        let c = walk_guest_stack(&mut s, k + 0x11000, k + 0x10f00, true);
+        assert_eq!(c.frames, vec![k + 0x33_3333, 0x40_0800, 0x40_0b00]);
+        assert_eq!(c.user_start, Some(1));
+        // A kernel CS there (an IRQ stack, a kernel thread): no user part.
+        w(&m, regs + pt_regs::CS, 0x10);
+        let c = walk_guest_stack(&mut s, k + 0x11000, k + 0x10f00, true);
+        assert_eq!(c.frames, vec![k + 0x33_3333]);
+        assert_eq!(c.user_start, None);
+        // Hostile stack pointers end cleanly.
+        for rsp in [u64::MAX, 0, 0x8000_0000_0000, k + 0x7fff_fff8] {
+            let _ = walk_guest_stack(&mut s, 0, rsp, true);
+        }
+    }
+
+    #[test]
+    fn a_kernel_walk_that_meets_user_addresses_switches_to_user() {
+        let m = mem();
+        tables(&m);
+        let mut s = GuestAddressSpace::new(&m, 0x1000);
+        // RBP is still the user's (a sample at the kernel entry).
+        w(&m, 0x10_0200, 0x40_0300);
+        w(&m, 0x10_0208, 0x40_0b00);
+        w(&m, 0x10_0300, 0);
+        w(&m, 0x10_0308, 0x40_0a00);
+        let c = walk_guest_stack(&mut s, 0x40_0200, 0, true);
+        assert_eq!(c.frames, vec![0x40_0b00, 0x40_0a00]);
+        assert_eq!(c.user_start, Some(0));
     }
 
     #[test]

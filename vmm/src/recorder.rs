@@ -17,9 +17,7 @@ use kvm_bindings::{kvm_msr_entry, Msrs};
 use vm_memory::GuestMemoryMmap;
 
 use crate::host_timer::{HostTimer, Tick};
-use crate::introspect::{
-    current_task, walk_frame_pointers, GuestAddressSpace, GuestTask, KernelInfo,
-};
+use crate::introspect::{current_task, walk_guest_stack, GuestAddressSpace, GuestTask, KernelInfo};
 use crate::sampler::{boottime_ns, Backend};
 use crate::vcpu::{VcpuContext, VcpuHook};
 
@@ -182,7 +180,7 @@ impl VcpuHook for RecordHook {
         let mut callchain = Vec::new();
         if self.cfg.callchain {
             let t = Instant::now();
-            callchain = walk_frame_pointers(&mut space, regs.rbp, !user).frames;
+            callchain = walk_guest_stack(&mut space, regs.rbp, regs.rsp, !user).frames;
             self.stats.walks.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .walk_ns

@@ -26,7 +26,8 @@ use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
 use crate::exit::ExitState;
-use crate::host_timer::{is_user_address, HostTimer, Tick};
+use crate::host_timer::{HostTimer, Tick};
+use crate::introspect::{is_user_address, walk_guest_stack, Callchain, GuestAddressSpace};
 use crate::kvm_stats::VcpuStats;
 use crate::vcpu::{ExitInfo, ExitKind, VcpuContext, VcpuHandle, VcpuHook};
 
@@ -139,6 +140,85 @@ pub struct SampleHook {
     /// the host timer's.
     gate: RateGate,
     tick_counts: TickCounts,
+    /// Host timer: halted time, which it cannot tick in.
+    idle: IdleClock,
+}
+
+/// The host timer ticks only while the vCPU thread runs, so a halted vCPU
+/// (the guest's idle task in HLT) gets no ticks at all, where a kick or a
+/// real PMU would sample the idle loop. The thread's scheduler times
+/// (/proc/thread-self/schedstat: ns on a CPU, ns waiting for one) tell how
+/// long it was blocked between two drains, which is the time the guest was
+/// halted (the VMM's own blocking is short). That time is given to the
+/// idle task as ticks at the host rate, at the RIP where the vCPU was last
+/// found halted, placed in the gaps the real ticks left.
+#[derive(Default)]
+struct IdleClock {
+    /// (boottime, run ns, wait ns) at the last drain.
+    last: Option<(u64, u64, u64)>,
+    /// Where a kick last found the vCPU halted.
+    halt_rip: Option<u64>,
+    /// Halted ns not yet given out (less than a tick, or no gap for it).
+    carry_ns: u64,
+    synthesized: u64,
+}
+
+impl IdleClock {
+    /// Halted ns since the last call (0 the first time, or without
+    /// schedstat).
+    fn halted_since_last(&mut self, now: u64) -> u64 {
+        let Some((run, wait)) = thread_schedstat() else {
+            return 0;
+        };
+        let Some((t0, run0, wait0)) = self.last.replace((now, run, wait)) else {
+            return 0;
+        };
+        now.saturating_sub(t0)
+            .saturating_sub(run.saturating_sub(run0))
+            .saturating_sub(wait.saturating_sub(wait0))
+    }
+
+    /// Idle tick times for `halted` ns in the gaps of `ticks` (sorted host
+    /// times) between `from` and `to`, `tick` apart, at most `max`.
+    fn place(
+        &mut self,
+        halted: u64,
+        ticks: &[u64],
+        from: u64,
+        to: u64,
+        tick: u64,
+        max: usize,
+    ) -> Vec<u64> {
+        let tick = tick.max(1);
+        let mut want = halted.saturating_add(self.carry_ns) / tick;
+        let mut out = Vec::new();
+        let mut prev = from;
+        for &t in ticks.iter().chain(std::iter::once(&to)) {
+            let mut at = prev.saturating_add(tick);
+            while want > 0 && out.len() < max && at.saturating_add(tick / 2) <= t {
+                out.push(at);
+                want -= 1;
+                at = at.saturating_add(tick);
+            }
+            prev = prev.max(t);
+        }
+        // What found no gap is carried, but never more than a tick: the
+        // halted time it stands for has passed.
+        self.carry_ns = if want > 0 {
+            tick.min(halted.saturating_add(self.carry_ns))
+        } else {
+            halted.saturating_add(self.carry_ns) % tick
+        };
+        self.synthesized += out.len() as u64;
+        out
+    }
+}
+
+/// The calling thread's (run ns, run-queue wait ns).
+fn thread_schedstat() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut it = text.split_whitespace().map(|v| v.parse::<u64>().ok());
+    Some((it.next()??, it.next()??))
 }
 
 /// Host timer ticks by where they landed (logged when the vCPU ends).
@@ -242,6 +322,7 @@ impl SampleHook {
             windows: ExitWindows::default(),
             gate: RateGate::default(),
             tick_counts: TickCounts::default(),
+            idle: IdleClock::default(),
         }
     }
 
@@ -289,69 +370,125 @@ impl SampleHook {
     }
 }
 
+impl SampleHook {
+    /// Move the host timer's ticks since the last drain into the guest's
+    /// ring. `current` is the exit being handled now, if the ticks may
+    /// reach into it.
+    fn drain_host_timer(&mut self, current: Option<ExitWindow>) {
+        let n = self.index;
+        let interval = self.dev.wanted_interval(n).unwrap_or(0);
+        let tick_ns = 1_000_000_000 / u64::from(self.freq.max(1));
+        let now = boottime_ns();
+        let from = self.idle.last.map_or(now, |l| l.0);
+        let halted = self.idle.halted_since_last(now);
+        let (windows, counts) = (&self.windows, &mut self.tick_counts);
+        let Some(timer) = self.timer.as_mut() else {
+            return;
+        };
+        // (host time, ip, user, idle), oldest first.
+        let mut batch: Vec<(u64, u64, bool, bool)> = Vec::new();
+        timer.drain(|tick| match tick {
+            Tick::Guest { ip, user, boot_ns } => {
+                counts.guest += 1;
+                batch.push((boot_ns, ip, user, false));
+            }
+            Tick::HostUser { boot_ns } => match windows.find(boot_ns, current) {
+                Some(rip) => {
+                    counts.in_exits += 1;
+                    batch.push((boot_ns, rip, is_user_address(rip), false));
+                }
+                None => counts.dropped += 1,
+            },
+            Tick::HostKernel { .. } => counts.dropped += 1,
+        });
+        if let Some(rip) = self.idle.halt_rip.filter(|_| halted >= tick_ns) {
+            let times: Vec<u64> = batch.iter().map(|b| b.0).collect();
+            let max = crate::host_timer::RING_SAMPLES as usize;
+            for t in self.idle.place(halted, &times, from, now, tick_ns, max) {
+                batch.push((t, rip, false, true));
+            }
+            batch.sort_by_key(|b| b.0);
+        }
+        for (boot_ns, ip, user, idle) in batch {
+            if !self.gate.admit(boot_ns, interval, tick_ns) {
+                continue;
+            }
+            let s = HostSample {
+                ip,
+                user,
+                kvmclock_ns: self.clock.kvmclock_at(boot_ns),
+                host_ns: boot_ns,
+                callers: &[],
+                user_start: None,
+                idle,
+            };
+            self.dev.record_sample(n, &s);
+        }
+    }
+
+    /// One sample from the vCPU's registers, now, with the guest's
+    /// frame-pointer callchain when the event asks for one.
+    fn register_sample(&mut self, vcpu: &mut VcpuContext<'_>) {
+        let (Ok(regs), Ok(sregs)) = (vcpu.regs(), vcpu.sregs()) else {
+            return;
+        };
+        let n = self.index;
+        let now = boottime_ns();
+        let user = sregs.cs.dpl == 3;
+        let chain = if self.dev.wants_callchain(n) {
+            let mut space = GuestAddressSpace::new(self.dev.memory(), sregs.cr3);
+            walk_guest_stack(&mut space, regs.rbp, regs.rsp, !user)
+        } else {
+            Callchain::default()
+        };
+        let s = HostSample {
+            ip: regs.rip,
+            user,
+            kvmclock_ns: self.clock.kvmclock_at(now),
+            host_ns: now,
+            callers: &chain.frames,
+            user_start: chain.user_start,
+            idle: false,
+        };
+        self.dev.record_sample(n, &s);
+    }
+}
+
 impl VcpuHook for SampleHook {
     fn on_kick(&mut self, vcpu: &mut VcpuContext<'_>) {
         let n = self.index;
-        let (dev, clock) = (self.dev.clone(), self.clock.clone());
-        if self.host_timer().is_some() {
+        if self.backend == Backend::HostTimer && self.dev.wants_callchain(n) {
+            // The event wants callchains, so the sampler kicks at its rate
+            // and each kick is a sample with registers; ticks taken
+            // meanwhile would be second samples of the same time.
+            if let Some(t) = self.timer.as_mut() {
+                t.drain(|_| {});
+            }
+            self.register_sample(vcpu);
+        } else if self.host_timer().is_some() {
             // This exit, so far: ticks in it since KVM_RUN returned belong
             // to the RIP the guest stopped at.
             let now = boottime_ns();
-            let current = vcpu.regs().ok().map(|r| ExitWindow {
+            let regs = vcpu.regs().ok();
+            let current = regs.map(|r| ExitWindow {
                 start_ns: now.saturating_sub(vcpu.since_exit().as_nanos() as u64),
                 end_ns: u64::MAX,
                 rip: r.rip,
             });
-            let interval = dev.wanted_interval(n).unwrap_or(0);
-            let tick_ns = 1_000_000_000 / u64::from(self.freq.max(1));
-            let (windows, gate, counts) = (&self.windows, &mut self.gate, &mut self.tick_counts);
-            if let Some(timer) = self.timer.as_mut() {
-                timer.drain(|tick| {
-                    let (ip, user, boot_ns) = match tick {
-                        Tick::Guest { ip, user, boot_ns } => {
-                            counts.guest += 1;
-                            (ip, user, boot_ns)
-                        }
-                        Tick::HostUser { boot_ns } => match windows.find(boot_ns, current) {
-                            Some(rip) => {
-                                counts.in_exits += 1;
-                                (rip, is_user_address(rip), boot_ns)
-                            }
-                            None => {
-                                counts.dropped += 1;
-                                return;
-                            }
-                        },
-                        Tick::HostKernel { .. } => {
-                            counts.dropped += 1;
-                            return;
-                        }
-                    };
-                    if !gate.admit(boot_ns, interval, tick_ns) {
-                        return;
-                    }
-                    let s = HostSample {
-                        ip,
-                        user,
-                        kvmclock_ns: clock.kvmclock_at(boot_ns),
-                        host_ns: boot_ns,
-                        callers: &[],
-                    };
-                    dev.record_sample(n, &s);
-                });
+            // A kick that found the vCPU halted tells where its idle task
+            // halts.
+            let halted = vcpu
+                .fd()
+                .get_mp_state()
+                .is_ok_and(|m| m.mp_state == kvm_bindings::KVM_MP_STATE_HALTED);
+            if let (true, Some(r)) = (halted, regs) {
+                self.idle.halt_rip = Some(r.rip);
             }
-        } else if let (Ok(regs), Ok(sregs)) = (vcpu.regs(), vcpu.sregs()) {
-            let now = boottime_ns();
-            let s = HostSample {
-                ip: regs.rip,
-                user: sregs.cs.dpl == 3,
-                kvmclock_ns: clock.kvmclock_at(now),
-                host_ns: now,
-                callers: &[],
-            };
-            dev.record_sample(n, &s);
+            self.drain_host_timer(current);
+        } else {
+            self.register_sample(vcpu);
         }
-        dev.flush(n);
+        self.dev.flush(n);
     }
 
     fn on_exit(&mut self, vcpu: &mut VcpuContext<'_>, exit: &ExitInfo) {
@@ -360,7 +497,11 @@ impl VcpuHook for SampleHook {
         }
         let window = self.timer.is_some() && exit.rip != 0;
         let aux = self.dev.aux_wanted(self.index);
-        if !window && !aux {
+        // The driver's FLUSH (host timer, at the event's del): the ticks
+        // in the host ring are this event's, so they move now, while the
+        // state page still describes it.
+        let flush = self.timer.is_some() && self.dev.take_flush(self.index);
+        if !window && !aux && !flush {
             return;
         }
         // One clock read serves the exit window and the trace record.
@@ -371,6 +512,9 @@ impl VcpuHook for SampleHook {
                 end_ns: now,
                 rip: exit.rip,
             });
+        }
+        if flush {
+            self.drain_host_timer(None);
         }
         if !aux {
             return;
@@ -411,11 +555,13 @@ impl Drop for SampleHook {
             let c = &self.tick_counts;
             log::info!(
                 "pvpmu: vCPU {}: host timer ticks: {} in guest mode, {} in exits to the VMM \
-                 (at the exit's RIP), {} dropped (host kernel: guest RIP unknown)",
+                 (at the exit's RIP), {} dropped (host kernel: guest RIP unknown), {} for \
+                 halted time (idle task)",
                 self.index,
                 c.guest,
                 c.in_exits,
-                c.dropped
+                c.dropped,
+                self.idle.synthesized
             );
         }
     }
@@ -501,9 +647,11 @@ fn run(
                 Schedule::Fixed(interval) => Some(*interval),
             };
             // The host timer samples by itself; the kick only moves them.
-            let wanted = match backend {
-                Backend::Kick => wanted,
-                Backend::HostTimer => wanted.map(|_| flush),
+            // An event that wants callchains is sampled with kicks.
+            let wanted = match (backend, &schedule) {
+                (Backend::Kick, _) => wanted,
+                (Backend::HostTimer, Schedule::Device(dev)) if dev.wants_callchain(i) => wanted,
+                (Backend::HostTimer, _) => wanted.map(|_| flush),
             };
             let c = &mut cadence[i];
             match (wanted, c.as_mut()) {
@@ -635,6 +783,26 @@ mod tests {
         // A long pause (event off): the next tick is taken at once.
         assert!(g.admit(9_000, 100, 10));
         assert!(!g.admit(9_010, 100, 10));
+    }
+
+    #[test]
+    fn halted_time_fills_the_gaps_between_ticks() {
+        let mut c = IdleClock::default();
+        // Ticks every 10 until 50, then nothing until 100 (halted), then
+        // ticks again: 4.5 ticks of halted time fit the gap at 10 apart.
+        let ticks = [10, 20, 30, 40, 50, 100, 110];
+        let got = c.place(45, &ticks, 0, 120, 10, 100);
+        assert_eq!(got, vec![60, 70, 80, 90]);
+        assert_eq!(c.carry_ns, 5);
+        // The next drain's half tick completes one more.
+        assert_eq!(c.place(5, &[], 120, 140, 10, 100), vec![130]);
+        // No gap: nothing invented, at most a tick carried.
+        let dense: Vec<u64> = (1..=10).map(|i| i * 10).collect();
+        assert!(c.place(1000, &dense, 0, 100, 10, 100).is_empty());
+        assert_eq!(c.carry_ns, 10);
+        // The cap holds whatever the halted time says.
+        let mut c = IdleClock::default();
+        assert_eq!(c.place(u64::MAX, &[], 0, u64::MAX, 1, 64).len(), 64);
     }
 
     #[test]

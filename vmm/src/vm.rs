@@ -72,6 +72,10 @@ pub struct PmuOptions {
     pub freq: u32,
     /// Sampling mechanism.
     pub backend: Backend,
+    /// Events that ask for callchains get the host's frame-pointer walk
+    /// (with the host timer, their samples are taken with kicks). Off, a
+    /// host-timer callchain is the sampled IP alone.
+    pub callchains: bool,
 }
 
 /// The interrupt line pvpmu raises (an ISA line the MP table routes).
@@ -334,6 +338,7 @@ impl Vm {
                         max_freq: opts.freq,
                         irq_line: PVPMU_IRQ,
                         host_timer: opts.backend == Backend::HostTimer,
+                        callchains: opts.callchains || opts.backend == Backend::Kick,
                     },
                     irq,
                 );

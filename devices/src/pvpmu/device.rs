@@ -22,7 +22,7 @@
 //! outside the pages the guest declared.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,9 @@ pub struct PvpmuConfig {
     pub irq_line: u32,
     /// Samples come from the host-timer backend (else kicks).
     pub host_timer: bool,
+    /// Events that ask for callchains get the host's frame-pointer walk
+    /// (the sampler takes their samples with kicks, which give registers).
+    pub callchains: bool,
 }
 
 /// Device counters (the global counter registers).
@@ -123,6 +126,12 @@ pub struct HostSample<'a> {
     pub host_ns: u64,
     /// Callchain entries after the IP (return addresses), innermost first.
     pub callers: &'a [u64],
+    /// Index in `callers` of the first user-space entry (the user IP at the
+    /// guest kernel's entry), for a sample taken in the kernel.
+    pub user_start: Option<usize>,
+    /// Time the vCPU spent halted, which the host timer cannot tick in:
+    /// the guest's idle task (pid 0) ran. Only system-wide events take it.
+    pub idle: bool,
 }
 
 /// One VM exit for the AUX trace.
@@ -244,6 +253,9 @@ struct Inner<M: GuestMemoryBackend> {
     irq: EventFd,
     counters: Counters,
     slots: Vec<Mutex<Slot<M>>>,
+    /// Per vCPU: the guest asked for a FLUSH (read by the vCPU's hook
+    /// after the exit, without the slot lock).
+    flush: Vec<AtomicBool>,
     aux: Mutex<AuxTable>,
     declared: Mutex<BTreeMap<u64, Owner>>,
     log: Mutex<RateLimiter>,
@@ -296,6 +308,7 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
     pub fn new(mem: Arc<M>, cfg: PvpmuConfig, irq: EventFd) -> Self {
         let nr = cfg.nr_vcpus.min(regs::MAX_BANKS);
         let slots = (0..nr).map(|_| Mutex::new(Slot::default())).collect();
+        let flush = (0..nr).map(|_| AtomicBool::new(false)).collect();
         Self {
             inner: Arc::new(Inner {
                 mem,
@@ -306,6 +319,7 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
                 irq,
                 counters: Counters::default(),
                 slots,
+                flush,
                 aux: Mutex::new(AuxTable {
                     next_id: 1,
                     bufs: HashMap::new(),
@@ -319,6 +333,11 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
     /// The device's configuration.
     pub fn config(&self) -> &PvpmuConfig {
         &self.inner.cfg
+    }
+
+    /// The guest memory the device writes (for the sampler's walks).
+    pub fn memory(&self) -> &M {
+        &self.inner.mem
     }
 
     /// Counter snapshot.
@@ -367,9 +386,12 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
             global::MAGIC => u64::from(regs::MAGIC_VALUE),
             global::VERSION => u64::from(regs::VERSION_VALUE),
             global::FEATURES => {
-                let mut f = feature::SAMPLING | feature::AUX;
+                let mut f = feature::SAMPLING | feature::AUX | feature::FLUSH;
                 if cfg.host_timer {
                     f |= feature::HOST_TIMER;
+                }
+                if cfg.callchains {
+                    f |= feature::CALLCHAIN;
                 }
                 u64::from(f)
             }
@@ -492,6 +514,13 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
             }
             cmd::AUX_SET => self.cmd_aux_set(args[0], args[1], args[2]),
             cmd::AUX_CLEAR => self.cmd_aux_clear(args[0]),
+            cmd::FLUSH => {
+                // Done by vCPU n's hook right after this exit (before the
+                // guest runs again when n is the writer's own vCPU, which
+                // is how the driver uses it).
+                self.inner.flush[n].store(true, Ordering::Release);
+                Ok(0)
+            }
             other => Err(Reject(
                 status::ENOSYS,
                 Counter::Commands,
@@ -682,6 +711,31 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
         (!ev.throttled).then(|| self.interval_ns(&ev))
     }
 
+    /// Does the event active on vCPU `n` ask for callchains that the host
+    /// walks (so its samples need the vCPU's registers)?
+    pub fn wants_callchain(&self, n: usize) -> bool {
+        if !self.inner.cfg.callchains {
+            return false;
+        }
+        let Some(state) = self.inner.slots.get(n).and_then(|s| lock(s).state) else {
+            return false;
+        };
+        let mem = &*self.inner.mem;
+        state.active(mem)
+            && state
+                .event(mem)
+                .is_some_and(|ev| ev.sample_type & sample::CALLCHAIN != 0)
+    }
+
+    /// Did the guest ask vCPU `n` for a FLUSH since the last call? (The
+    /// host-timer hook then moves its pending ticks before the guest runs.)
+    pub fn take_flush(&self, n: usize) -> bool {
+        self.inner
+            .flush
+            .get(n)
+            .is_some_and(|f| f.swap(false, Ordering::AcqRel))
+    }
+
     /// The highest sampling rate the host was configured for (Hz).
     pub fn max_freq(&self) -> u32 {
         self.inner.cfg.max_freq
@@ -742,6 +796,15 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
         let Some(ev) = state.event(mem) else {
             return self.bad_state(&mut slot, "state page unreadable");
         };
+        // A host-timer tick taken before the event's add belongs to
+        // whatever ran before it (another task, or nothing).
+        let guest_time = s.kvmclock_ns.wrapping_sub(ev.clock_offset);
+        if ev.active_since != 0 && (guest_time as i64).wrapping_sub(ev.active_since as i64) < 0 {
+            return SampleResult::Filtered;
+        }
+        if s.idle && ev.pid_filter != 0 {
+            return SampleResult::Filtered;
+        }
         // While the driver throttles the event no samples are due (they
         // are not lost either).
         if ev.throttled
@@ -774,6 +837,7 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
             slot.last_sample_ns = 0;
         }
         let (pid, tid) = match self.task_ids(&ev) {
+            _ if s.idle => (0, 0),
             Some(ids) => ids,
             None => {
                 self.inner
@@ -788,17 +852,9 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
             last => s.host_ns.saturating_sub(last).max(1),
         };
         slot.last_sample_ns = s.host_ns;
-        let mut chain = [0u64; MAX_CALLCHAIN + 2];
+        let mut chain = [0u64; MAX_CALLCHAIN + 3];
         let chain_len = if ev.sample_type & sample::CALLCHAIN != 0 {
-            chain[0] = if s.user {
-                context::USER
-            } else {
-                context::KERNEL
-            };
-            chain[1] = s.ip;
-            let callers = &s.callers[..s.callers.len().min(MAX_CALLCHAIN)];
-            chain[2..2 + callers.len()].copy_from_slice(callers);
-            2 + callers.len()
+            build_callchain(&mut chain, s)
         } else {
             0
         };
@@ -813,7 +869,7 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
         let ids = SampleId {
             pid,
             tid,
-            time: s.kvmclock_ns.wrapping_sub(ev.clock_offset),
+            time: guest_time,
             id: ev.id,
             stream_id: ev.stream_id,
             cpu: ev.cpu,
@@ -1216,6 +1272,34 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> BusDevice for PvpmuMmio<M> {
     fn write(&mut self, offset: u64, data: &[u8]) {
         self.0.mmio_write(offset, data);
     }
+}
+
+/// Lay out a sample's callchain as the perf core does: a context marker,
+/// the IP, the kernel's return addresses, then (for a kernel sample that
+/// came from user space) PERF_CONTEXT_USER, the user IP and user frames.
+/// At most [`MAX_CALLCHAIN`] addresses; returns the number of entries.
+fn build_callchain(chain: &mut [u64; MAX_CALLCHAIN + 3], s: &HostSample<'_>) -> usize {
+    let callers = &s.callers[..s.callers.len().min(MAX_CALLCHAIN - 1)];
+    let (kernel, user) = match s.user_start {
+        Some(i) if !s.user && i <= callers.len() => callers.split_at(i),
+        _ => (callers, &[][..]),
+    };
+    chain[0] = if s.user {
+        context::USER
+    } else {
+        context::KERNEL
+    };
+    chain[1] = s.ip;
+    let mut n = 2;
+    chain[n..n + kernel.len()].copy_from_slice(kernel);
+    n += kernel.len();
+    if !user.is_empty() {
+        chain[n] = context::USER;
+        n += 1;
+        chain[n..n + user.len()].copy_from_slice(user);
+        n += user.len();
+    }
+    n
 }
 
 #[allow(dead_code)]

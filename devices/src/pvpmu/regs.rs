@@ -32,6 +32,13 @@ pub mod feature {
     pub const SAMPLING: u32 = 1 << 0;
     pub const AUX: u32 = 1 << 1;
     pub const HOST_TIMER: u32 = 1 << 2;
+    /// Events that ask for `PERF_SAMPLE_CALLCHAIN` get the host's walk of
+    /// the guest's frame pointers (with the host timer: those events are
+    /// sampled with kicks). Without it a callchain is the sampled IP alone.
+    pub const CALLCHAIN: u32 = 1 << 3;
+    /// The FLUSH command exists (host timer: ticks taken for the active
+    /// event are moved into the ring before the write retires).
+    pub const FLUSH: u32 = 1 << 4;
 }
 
 /// First per-vCPU bank.
@@ -60,6 +67,7 @@ pub mod cmd {
     pub const RESET: u32 = 5;
     pub const AUX_SET: u32 = 6;
     pub const AUX_CLEAR: u32 = 7;
+    pub const FLUSH: u32 = 8;
 }
 
 /// STATUS values.

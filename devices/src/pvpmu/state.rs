@@ -30,6 +30,7 @@ pub mod guest {
     pub const THROTTLED: u64 = 0x068;
     pub const KIMAGE_VIRT: u64 = 0x070;
     pub const KIMAGE_PHYS: u64 = 0x078;
+    pub const ACTIVE_SINCE: u64 = 0x080;
     pub const AUX_SEQ: u64 = 0x100;
     pub const AUX_BUF: u64 = 0x108;
     pub const AUX_HEAD: u64 = 0x110;
@@ -67,6 +68,8 @@ pub struct EventView {
     pub id: u64,
     pub stream_id: u64,
     pub cpu: u32,
+    /// Nonzero: a per-task event (the task's tgid).
+    pub pid_filter: u32,
     pub clock_offset: u64,
     pub current_task_gpa: u64,
     pub page_offset: u64,
@@ -75,6 +78,8 @@ pub struct EventView {
     pub throttled: bool,
     pub kimage_virt: u64,
     pub kimage_phys: u64,
+    /// The guest's perf clock at the event's add (0: not given).
+    pub active_since: u64,
 }
 
 /// The guest's AUX session fields.
@@ -124,6 +129,7 @@ impl StatePage {
             id: self.u64(mem, guest::ID)?,
             stream_id: self.u64(mem, guest::STREAM_ID)?,
             cpu: self.u32(mem, guest::CPU)?,
+            pid_filter: self.u32(mem, guest::PID_FILTER)?,
             clock_offset: self.u64(mem, guest::CLOCK_OFFSET)?,
             current_task_gpa: self.u64(mem, guest::CURRENT_TASK_GPA)?,
             page_offset: self.u64(mem, guest::PAGE_OFFSET)?,
@@ -132,6 +138,7 @@ impl StatePage {
             throttled: self.u32(mem, guest::THROTTLED)? != 0,
             kimage_virt: self.u64(mem, guest::KIMAGE_VIRT)?,
             kimage_phys: self.u64(mem, guest::KIMAGE_PHYS)?,
+            active_since: self.u64(mem, guest::ACTIVE_SINCE)?,
         })
     }
 
