@@ -196,6 +196,7 @@ stage_initramfs() {
     install -D -m 0644 "$PVPMU_KO" "$stage/lib/modules/perfvisor/pvpmu.ko"
     # Test only, not loaded by /init (tests/hostile.rs, docs/pvpmu-hostile.md).
     install -D -m 0644 "$PVPMU_EVIL_KO" "$stage/lib/perfvisor-test/pvpmu_evil.ko"
+    install -D -m 0644 "$PV_IRQOFF_KO" "$stage/lib/perfvisor-test/pv_irqoff.ko"
     if ((WITH_PERF)); then
         add_binary_with_libs "$stage" /usr/bin/perf
     fi
@@ -325,6 +326,9 @@ PVPMU_KO="$MODULE_KO"
 # pvpmu_evil.ko: a hostile guest for the device (docs/pvpmu-hostile.md); tests only.
 build_module "$REPO_ROOT/guest-image/pvpmu-evil" pvpmu_evil
 PVPMU_EVIL_KO="$MODULE_KO"
+# pv_irqoff.ko: spins with interrupts off for a known share of a CPU; tests only.
+build_module "$REPO_ROOT/guest-image/pv-irqoff-module" pv_irqoff
+PV_IRQOFF_KO="$MODULE_KO"
 
 # ----- guest-info.txt: where the kernel keeps the running task (perfvisor record) -----
 GI_SRC="$REPO_ROOT/guest-image/guest-info"
@@ -382,6 +386,7 @@ INITRAMFS_KEY=$({
     echo "pv_exit.ko $(sha256sum <"$PV_EXIT_KO")"
     echo "pvpmu.ko $(sha256sum <"$PVPMU_KO")"
     echo "pvpmu_evil.ko $(sha256sum <"$PVPMU_EVIL_KO")"
+    echo "pv_irqoff.ko $(sha256sum <"$PV_IRQOFF_KO")"
     echo "rootfs $(pv_hash_tree "$ROOTFS_SRC")"
     for d in "${EXTRA_DIRS[@]}"; do echo "extra $(pv_hash_tree "$d")"; done
     declare -f ldd_closure add_binary_with_libs cpio_newc_node stage_initramfs write_cpio

@@ -671,7 +671,8 @@ static void attack_widths(struct evil *e, unsigned int b)
 /* Attacks that need no declared pages; the bank is idle before and after. */
 static void attack_bank_basic(struct evil *e, unsigned int b)
 {
-	static const u32 unknown[] = { 0, 8, 0xff, 0xdead, 0x80000001, U32_MAX };
+	static const u32 unknown[] = { 0, PVPMU_CMD_FLUSH + 1, 0xff, 0xdead,
+				       0x80000001, U32_MAX };
 	static const u64 counts_ring[] = { 0, 3, 257, 512, 1ULL << 40, 1ULL << 63, U64_MAX };
 	static const u64 counts_aux[] = { 0, 3, 4097, 8192, 1ULL << 40, 1ULL << 61, U64_MAX };
 	static const u64 ids[] = { 0, U64_MAX, 1ULL << 63, 0xdeadbeef00ULL };
@@ -684,6 +685,9 @@ static void attack_bank_basic(struct evil *e, unsigned int b)
 
 	expect(e, b, "START without setup", PVPMU_CMD_START, 0, 0, 0, W(ENOENT), NULL);
 	expect(e, b, "STOP without START", PVPMU_CMD_STOP, 0, 0, 0, W(OK), NULL);
+	/* FLUSH takes no arguments and is harmless at any time, also unset up. */
+	expect(e, b, "FLUSH with junk arguments, nothing set up", PVPMU_CMD_FLUSH,
+	       U64_MAX, 1ULL << 63, 0xdead, W(OK), NULL);
 	expect(e, b, "RESET", PVPMU_CMD_RESET, 0, 0, 0, W(OK), NULL);
 	expect(e, b, "RESET again", PVPMU_CMD_RESET, 0, 0, 0, W(OK), NULL);
 	for (i = 0; i < ARRAY_SIZE(ids); i++)
