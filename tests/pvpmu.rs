@@ -276,7 +276,7 @@ for run in 1 2; do
   perf record -q -e pvpmu/cpu-clock/ -o /tmp/s.data -- pv-workload --mode split --cpu 0 --seconds 4 > /tmp/w.txt 2>/dev/null
   cat /tmp/w.txt
   pid=$(sed -n 's/.* pid=\([0-9]*\) .*/\1/p' /tmp/w.txt)
-  perf script -i /tmp/s.data -F comm,pid,ip,sym 2>/tmp/script.err | awk -v pid=$pid '{n++; if ($2!=pid) {o++; if (o<4) print "other task:", $0} else if ($1!="pv-workload") {e++; print "exec:", $0} else if ($4=="workload_alpha") a++; else if ($4=="workload_beta") b++} END {printf "split-profile: samples=%d alpha=%d beta=%d other_task=%d in_exec=%d\n", n, a, b, o, e}'
+  perf script -i /tmp/s.data -F comm,pid,time,ip,sym 2>/tmp/script.err | awk -v pid=$pid '{n++; t=$3+0; if ($2!=pid) {o++; if (o<4) print "other task:", $0} else if ($1!="pv-workload") {e++; if (e<4) print "exec:", $0; if (!x0 || t<x0) x0=t} else {if (!w0) w0=t; if ($5=="workload_alpha") a++; else if ($5=="workload_beta") b++}} END {span=(e && w0) ? (w0-x0)*1000 : 0; printf "split-profile: samples=%d alpha=%d beta=%d other_task=%d in_exec=%d exec_span_ms=%d\n", n, a, b, o, e, span+0.5}'
   echo "split-warnings: $(grep -ci warn /tmp/script.err)"
 done
 kill %1"#;
@@ -327,12 +327,23 @@ fn split_truth(backend: &str, cpus: &str) {
         );
         // perf enables the event inside the exec (enable_on_exec, in
         // perf_event_exec), a moment before the kernel renames the task:
-        // a sample or two there is the workload's own exec, still named
-        // perf-exec. Samples from before the enable (the bug this guards
-        // against gave hundreds) are not.
+        // samples there are the workload's own exec, still named
+        // perf-exec. Under nested TCG that moment (IPIs, pvpmu add/start
+        // exits) has measured up to 6 ms on 2 vCPUs, so the check is on
+        // time, not count: every perf-exec sample lies within 30 ms before
+        // the first pv-workload sample. Samples from before the enable
+        // (the bug this guards against gave hundreds) span the whole
+        // earlier run instead.
+        println!(
+            "[{backend}, {cpus} vCPU] run {}: {} samples named perf-exec, \
+             spanning {} ms before the first pv-workload sample",
+            i + 1,
+            num(p, "in_exec"),
+            num(p, "exec_span_ms")
+        );
         r.check(
-            num(p, "in_exec") <= 3,
-            "at most the exec's own moment is sampled under the name perf-exec",
+            num(p, "exec_span_ms") <= 30,
+            "only the exec's own moment is sampled under the name perf-exec",
         );
         r.check(pa + pb > 500, "the run has enough samples to judge");
         r.check(
@@ -508,7 +519,7 @@ fn system_wide(backend: &str) -> (f64, f64) {
         "perf script printed no warnings",
     );
     r.check(
-        samples >= 0.8 * 3000.0 && samples <= 1.1 * 3000.0,
+        (0.8 * 3000.0..=1.1 * 3000.0).contains(&samples),
         "the whole 3 s is sampled, halted time included",
     );
     // Before the host timer gave halted time to the idle task, an idle
@@ -689,5 +700,59 @@ fn perf_top_and_many_events_on_4_vcpus() {
             num(&cpus, "hot") * 2 >= num(&cpus, "samples"),
             "most pvpmu samples are in the workload's hot function",
         );
+    });
+}
+
+/// System-wide sampling of two busy tasks sharing CPU 0: the split workload
+/// and a competitor. Host-timer ticks reach the host's drain up to 20 ms
+/// late; each must still name the task that ran when it was taken (the
+/// guest driver's switch log), so the workload gets about one sample per
+/// millisecond of the CPU time it measured itself. The recording starts a
+/// second before the workload and ends two after it, so the workload's
+/// whole run is inside it (perf's own start-up is slow under nested TCG).
+const SYSTEM_WIDE_TASKS_SCRIPT: &str = r#"pv-workload --mode hot --cpu 0 --seconds 30 >/dev/null &
+comp=$!
+perf record -q -a -e pvpmu/cpu-clock/ -o /tmp/a.data -- sleep 6 2>/dev/null &
+rec=$!
+sleep 1
+pv-workload --mode split --cpu 0 --seconds 4 > /tmp/w.txt
+wait $rec
+cat /tmp/w.txt
+pid=$(sed -n 's/.* pid=\([0-9]*\) .*/\1/p' /tmp/w.txt)
+perf script -i /tmp/a.data -F pid,ip,sym 2>/dev/null | awk -v pid=$pid -v comp=$comp '{n++; if ($1==pid) {w++; if ($3=="workload_alpha") a++; else if ($3=="workload_beta") b++} else if ($1==comp) c++} END {printf "sw-tasks: samples=%d workload=%d competitor=%d alpha=%d beta=%d\n", n, w, c, a, b}'
+kill $comp"#;
+
+#[test]
+fn system_wide_samples_name_the_task_that_ran() {
+    boot_test("system_wide_samples_name_the_task_that_ran", || {
+        for backend in ["host-timer", "kick"] {
+            let r = boot(&["--pmu-backend", backend, "--", SYSTEM_WIDE_TASKS_SCRIPT]);
+            r.check(r.status == 0, "the guest script ran");
+            let w = kv(&r.stdout, "pv-workload: split ");
+            let p = kv(&r.stdout, "sw-tasks: ");
+            let (wa, wb) = (num(&w, "alpha_ns"), num(&w, "beta_ns"));
+            let cpu_ms = (wa + wb) as f64 / 1e6;
+            let per_ms = num(&p, "workload") as f64 / cpu_ms;
+            let (a, b) = (num(&p, "alpha") as f64, num(&p, "beta") as f64);
+            let truth = wa as f64 / (wa + wb) as f64;
+            let got = a / (a + b).max(1.0);
+            println!(
+                "[{backend}, system-wide, 2 busy tasks] the workload ran {cpu_ms:.0} ms and got {} \
+                 samples ({per_ms:.2} per ms at 1 kHz), the competitor {}; alpha {:.1}% against \
+                 the workload's own {:.1}%",
+                num(&p, "workload"),
+                num(&p, "competitor"),
+                got * 100.0,
+                truth * 100.0
+            );
+            r.check(
+                (0.8..=1.15).contains(&per_ms),
+                "the workload's samples match its own CPU time (0.8-1.15 per ms)",
+            );
+            r.check(
+                (got - truth).abs() <= 0.05,
+                "its alpha share is within 5 points of its own measurement",
+            );
+        }
     });
 }

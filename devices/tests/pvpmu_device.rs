@@ -168,6 +168,7 @@ fn hs(ip: u64, user: bool, t: u64) -> HostSample<'static> {
         callers: &[],
         user_start: None,
         idle: false,
+        task: None,
     }
 }
 
@@ -829,4 +830,52 @@ fn callchains_have_kernel_then_user_contexts() {
             vec![u, 0x40_0700, 0x40_0800, 0x40_0900],
         ]
     );
+}
+
+#[test]
+fn delayed_ticks_take_their_task_from_the_guests_switch_log() {
+    let mut r = rig(1);
+    r.setup();
+    // Tasks that left the CPU at guest times 100, 200, 300.
+    for (i, (t, pid)) in [(100u64, 10u32), (200, 20), (300, 30)].iter().enumerate() {
+        let at = STATE + guest::SWITCH_LOG + 16 * i as u64;
+        r.w64(at, *t);
+        r.w32(at + 8, *pid);
+        r.w32(at + 12, pid + 1);
+    }
+    r.w64(STATE + guest::SWITCH_SEQ, 3);
+    // kvm-clock = guest time + clock_offset (1000).
+    let got = r.dev.tick_tasks(0, &[1050, 1150, 1250, 1300, 1350]);
+    assert_eq!(
+        got,
+        vec![Some((10, 11)), Some((20, 21)), Some((30, 31)), None, None],
+        "a tick belongs to the first task that left after it; after the last switch, to the task running now"
+    );
+    // A known task goes into the sample as it is.
+    let s = HostSample {
+        task: Some((10, 11)),
+        ..hs(1, false, 1050)
+    };
+    assert_eq!(r.dev.record_sample(0, &s), SampleResult::Written);
+    // More switches than the log holds since the last read: ticks older
+    // than what it still has are not guessed.
+    let seq = 3 + 2 * guest::SWITCH_LOG_LEN;
+    for i in seq - guest::SWITCH_LOG_LEN..seq {
+        let at = STATE + guest::SWITCH_LOG + 16 * (i % guest::SWITCH_LOG_LEN);
+        r.w64(at, 10_000 + i);
+        r.w32(at + 8, 99);
+    }
+    r.w64(STATE + guest::SWITCH_SEQ, seq);
+    let got = r.dev.tick_tasks(0, &[1050, 1000 + 10_000 + seq - 50]);
+    assert_eq!(got, vec![None, Some((99, 0))]);
+    // Hostile logs cost one bounded pass and never panic.
+    for seq in [u64::MAX, 1 << 63, 97] {
+        r.w64(STATE + guest::SWITCH_SEQ, seq);
+        for i in 0..guest::SWITCH_LOG_LEN {
+            r.w64(STATE + guest::SWITCH_LOG + 16 * i, u64::MAX - i * 7919);
+        }
+        let got = r.dev.tick_tasks(0, &[0, u64::MAX, 5, 1 << 40]);
+        assert_eq!(got.len(), 4);
+    }
+    assert!(r.dev.tick_tasks(5, &[1]).iter().all(Option::is_none));
 }

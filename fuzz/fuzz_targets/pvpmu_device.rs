@@ -113,7 +113,7 @@ fuzz_target!(|data: &[u8]| {
             // Host samples and AUX records on either vCPU.
             4 | 5 => {
                 let (Some(n), Some(ip)) = (inp.byte(), inp.u64()) else { break };
-                let s = HostSample { ip, user: ip & 1 == 0, kvmclock_ns: ip, host_ns: ip >> 8, callers: &[ip, ip >> 1], user_start: (ip & 2 == 0).then_some(1), idle: ip & 4 == 0 };
+                let s = HostSample { ip, user: ip & 1 == 0, kvmclock_ns: ip, host_ns: ip >> 8, callers: &[ip, ip >> 1], user_start: (ip & 2 == 0).then_some(1), idle: ip & 4 == 0, task: (ip & 8 == 0).then_some((ip as u32, (ip >> 32) as u32)) };
                 dev.record_sample(usize::from(n % 3), &s);
             }
             6 => {

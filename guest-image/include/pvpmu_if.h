@@ -81,6 +81,18 @@ enum pvpmu_cmd {
 #define PVPMU_SF_EXCLUDE_KERNEL	BIT(1)
 #define PVPMU_SF_FREQ		BIT(2)
 
+/*
+ * One context switch in the state page's switch log: the task that left
+ * the CPU at @time (the guest's perf clock). docs/pvpmu.md "Task identity".
+ */
+struct pvpmu_switch {
+	u64 time;
+	u32 pid;		/* tgid */
+	u32 tid;
+};
+
+#define PVPMU_SWITCH_LOG_LEN	96
+
 /* The shared state page (docs/pvpmu.md "The shared state page"). */
 struct pvpmu_state {
 	/* 0x000-0x7ff: written by the guest */
@@ -112,7 +124,9 @@ struct pvpmu_state {
 	u64 aux_head;
 	u64 aux_room;
 	u64 aux_wakeup;
-	u8 __guest_free2[0x800 - 0x128];
+	u64 switch_seq;
+	u8 __guest_free2[0x200 - 0x130];
+	struct pvpmu_switch switch_log[PVPMU_SWITCH_LOG_LEN];
 	/* 0x800-0xfff: written by the host */
 	u64 irq_seq;
 	u64 samples;
@@ -134,6 +148,9 @@ static_assert(offsetof(struct pvpmu_state, kimage_phys) == 0x078);
 static_assert(offsetof(struct pvpmu_state, active_since) == 0x080);
 static_assert(offsetof(struct pvpmu_state, aux_seq) == 0x100);
 static_assert(offsetof(struct pvpmu_state, aux_wakeup) == 0x120);
+static_assert(offsetof(struct pvpmu_state, switch_seq) == 0x128);
+static_assert(offsetof(struct pvpmu_state, switch_log) == 0x200);
+static_assert(sizeof(struct pvpmu_switch) == 16);
 static_assert(offsetof(struct pvpmu_state, irq_seq) == 0x800);
 static_assert(offsetof(struct pvpmu_state, aux_flags) == 0x828);
 static_assert(offsetof(struct pvpmu_state, aux_written_seq) == 0x830);

@@ -31,6 +31,7 @@
 #include <linux/clocksource.h>
 #include <linux/cpu.h>
 #include <linux/cpumask.h>
+#include <linux/err.h>
 #include <linux/hrtimer.h>
 #include <linux/interrupt.h>
 #include <linux/io.h>
@@ -114,6 +115,8 @@ struct pvpmu_cpu {
 	unsigned long tick;			/* jiffies of tick_samples */
 	unsigned int tick_samples;
 	bool throttled;
+	u64 switch_seq;				/* entries written to switch_log */
+	struct perf_event *switch_ev;		/* context-switches counter */
 	bool ready;				/* ring set up and started */
 	bool timer_ok;				/* csd and hrtimer initialized */
 	struct pvpmu_stats stats;
@@ -1241,6 +1244,56 @@ static int pvpmu_cpu_alloc(struct pvpmu_cpu *pc, int cpu)
 	return 0;
 }
 
+/*
+ * Host timer: its ticks reach the host's drain up to a flush interval late,
+ * when another task may be current. So every context switch on a CPU is
+ * logged in its state page: the task that leaves, and when. The host gives
+ * a tick the task of the first switch after it (or the current task when
+ * none came since). A kernel counter of the software context-switches
+ * event, period 1, runs this in perf_event_task_sched_out(), on the CPU,
+ * IRQs off, while `current` is still the task that leaves. The host reads
+ * the log only while this vCPU is out of guest mode, so entries are whole;
+ * the release store of switch_seq is for any other reader.
+ */
+static void pvpmu_switch_overflow(struct perf_event *ev,
+				  struct perf_sample_data *data,
+				  struct pt_regs *regs)
+{
+	struct pvpmu_cpu *pc = this_cpu_ptr(pvpmu.cpus);
+	struct pvpmu_switch *e;
+
+	if (!pc->ready)
+		return;
+	e = &pc->state->switch_log[pc->switch_seq % PVPMU_SWITCH_LOG_LEN];
+	WRITE_ONCE(e->time, local_clock());
+	WRITE_ONCE(e->pid, task_tgid_nr(current));
+	WRITE_ONCE(e->tid, task_pid_nr(current));
+	/* Pairs with the host's acquire load of switch_seq. */
+	smp_store_release(&pc->state->switch_seq, ++pc->switch_seq);
+}
+
+static void pvpmu_switch_log_start(int cpu)
+{
+	struct pvpmu_cpu *pc = per_cpu_ptr(pvpmu.cpus, cpu);
+	struct perf_event_attr attr = {
+		.type = PERF_TYPE_SOFTWARE,
+		.size = sizeof(attr),
+		.config = PERF_COUNT_SW_CONTEXT_SWITCHES,
+		.sample_period = 1,
+		.pinned = 1,
+	};
+	struct perf_event *ev;
+
+	ev = perf_event_create_kernel_counter(&attr, cpu, NULL,
+					      pvpmu_switch_overflow, NULL);
+	if (IS_ERR(ev)) {
+		pr_warn("CPU%d: no context-switch log (%ld): system-wide host-timer samples take the task current at the host's drain\n",
+			cpu, PTR_ERR(ev));
+		return;
+	}
+	pc->switch_ev = ev;
+}
+
 struct pvpmu_setup {
 	struct pvpmu_cpu *pc;
 	phys_addr_t list;
@@ -1324,6 +1377,13 @@ static void pvpmu_teardown(void)
 {
 	int cpu;
 
+	for_each_possible_cpu(cpu) {
+		struct pvpmu_cpu *pc = per_cpu_ptr(pvpmu.cpus, cpu);
+
+		if (pc->switch_ev)
+			perf_event_release_kernel(pc->switch_ev);
+		pc->switch_ev = NULL;
+	}
 	for_each_cpu(cpu, &pvpmu.ready)
 		smp_call_function_single(cpu, pvpmu_cpu_reset, NULL, 1);
 	if (pvpmu.irq > 0)
@@ -1458,6 +1518,10 @@ static int __init pvpmu_init(void)
 	if (cpumask_empty(&pvpmu.ready)) {
 		err = -ENODEV;
 		goto err_teardown;
+	}
+	if (pvpmu.features & PVPMU_F_HOST_TIMER) {
+		for_each_cpu(cpu, &pvpmu.ready)
+			pvpmu_switch_log_start(cpu);
 	}
 
 	if (pvpmu.features & PVPMU_F_AUX) {

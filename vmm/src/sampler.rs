@@ -409,18 +409,25 @@ impl SampleHook {
             }
             batch.sort_by_key(|b| b.0);
         }
-        for (boot_ns, ip, user, idle) in batch {
+        // The ticks waited in the host ring: the guest's switch log says
+        // which task ran at each.
+        let kvmclock: Vec<u64> = batch.iter().map(|b| self.clock.kvmclock_at(b.0)).collect();
+        let tasks = self.dev.tick_tasks(n, &kvmclock);
+        for ((boot_ns, ip, user, idle), (kvmclock_ns, task)) in
+            batch.into_iter().zip(kvmclock.into_iter().zip(tasks))
+        {
             if !self.gate.admit(boot_ns, interval, tick_ns) {
                 continue;
             }
             let s = HostSample {
                 ip,
                 user,
-                kvmclock_ns: self.clock.kvmclock_at(boot_ns),
+                kvmclock_ns,
                 host_ns: boot_ns,
                 callers: &[],
                 user_start: None,
                 idle,
+                task,
             };
             self.dev.record_sample(n, &s);
         }
@@ -449,6 +456,7 @@ impl SampleHook {
             callers: &chain.frames,
             user_start: chain.user_start,
             idle: false,
+            task: None,
         };
         self.dev.record_sample(n, &s);
     }

@@ -132,6 +132,10 @@ pub struct HostSample<'a> {
     /// Time the vCPU spent halted, which the host timer cannot tick in:
     /// the guest's idle task (pid 0) ran. Only system-wide events take it.
     pub idle: bool,
+    /// The guest task (pid, tid) when the sampler knows it (from the
+    /// guest's switch log, [`Pvpmu::tick_tasks`]); else the task running
+    /// on the vCPU now.
+    pub task: Option<(u32, u32)>,
 }
 
 /// One VM exit for the AUX trace.
@@ -208,6 +212,8 @@ struct Slot<M: GuestMemoryBackend> {
     trace_buf: u64,
     names_written: bool,
     log: RateLimiter,
+    /// The guest's `switch_seq` at the last [`Pvpmu::tick_tasks`].
+    switch_seen: u64,
 }
 
 impl<M: GuestMemoryBackend> Default for Slot<M> {
@@ -226,6 +232,7 @@ impl<M: GuestMemoryBackend> Default for Slot<M> {
             trace_buf: 0,
             names_written: false,
             log: RateLimiter::default(),
+            switch_seen: 0,
         }
     }
 }
@@ -727,6 +734,43 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
                 .is_some_and(|ev| ev.sample_type & sample::CALLCHAIN != 0)
     }
 
+    /// The guest task that ran at each of `kvmclock` (host-timer ticks,
+    /// oldest first), from the guest's context-switch log: the task of
+    /// the first switch after the tick. `None` where no switch came after
+    /// it (the task running now, which [`Pvpmu::record_sample`] reads), or
+    /// where the log no longer reaches back to it. Bounded: one pass over
+    /// the ticks and at most [`state::guest::SWITCH_LOG_LEN`] entries.
+    pub fn tick_tasks(&self, n: usize, kvmclock: &[u64]) -> Vec<Option<(u32, u32)>> {
+        let mut out = vec![None; kvmclock.len()];
+        let Some(slot_lock) = self.inner.slots.get(n) else {
+            return out;
+        };
+        let mut slot = lock(slot_lock);
+        let Some(state) = slot.state else {
+            return out;
+        };
+        let mem = &*self.inner.mem;
+        let Some(ev) = state.event(mem) else {
+            return out;
+        };
+        let (seq, log, overrun) = state.switch_log(mem, slot.switch_seen);
+        slot.switch_seen = seq;
+        drop(slot);
+        let oldest = log.first().map(|e| e.0);
+        let mut next = 0;
+        for (task, &k) in out.iter_mut().zip(kvmclock) {
+            let t = k.wrapping_sub(ev.clock_offset);
+            if overrun && oldest.is_some_and(|o| t < o) {
+                continue;
+            }
+            while log.get(next).is_some_and(|e| e.0 <= t) {
+                next += 1;
+            }
+            *task = log.get(next).map(|e| (e.1, e.2));
+        }
+        out
+    }
+
     /// Did the guest ask vCPU `n` for a FLUSH since the last call? (The
     /// host-timer hook then moves its pending ticks before the guest runs.)
     pub fn take_flush(&self, n: usize) -> bool {
@@ -836,17 +880,17 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
             slot.gen = Some(ev.gen);
             slot.last_sample_ns = 0;
         }
-        let (pid, tid) = match self.task_ids(&ev) {
-            _ if s.idle => (0, 0),
-            Some(ids) => ids,
-            None => {
-                self.inner
-                    .counters
-                    .err_state
-                    .fetch_add(1, Ordering::Relaxed);
-                (0, 0)
-            }
+        let task = match (s.idle, s.task) {
+            (true, _) => Some((0, 0)),
+            (false, known) => known.or_else(|| self.task_ids(&ev)),
         };
+        let (pid, tid) = task.unwrap_or_else(|| {
+            self.inner
+                .counters
+                .err_state
+                .fetch_add(1, Ordering::Relaxed);
+            (0, 0)
+        });
         let period = match slot.last_sample_ns {
             0 => self.interval_ns(&ev),
             last => s.host_ns.saturating_sub(last).max(1),

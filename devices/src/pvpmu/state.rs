@@ -36,6 +36,10 @@ pub mod guest {
     pub const AUX_HEAD: u64 = 0x110;
     pub const AUX_ROOM: u64 = 0x118;
     pub const AUX_WAKEUP: u64 = 0x120;
+    pub const SWITCH_SEQ: u64 = 0x128;
+    pub const SWITCH_LOG: u64 = 0x200;
+    /// Entries in the switch log (16 bytes each, up to the host half).
+    pub const SWITCH_LOG_LEN: u64 = 96;
 }
 
 /// Host-written fields.
@@ -155,6 +159,34 @@ impl StatePage {
             room: self.u64(mem, guest::AUX_ROOM)?,
             wakeup: self.u64(mem, guest::AUX_WAKEUP)?,
         })
+    }
+
+    /// The guest's context-switch log, oldest first: (time in the guest's
+    /// perf clock, pid, tid) of each task that left the CPU, and whether
+    /// older entries were overwritten before this read (more than
+    /// [`guest::SWITCH_LOG_LEN`] switches since `since`). `switch_seq`
+    /// first, with acquire. At most SWITCH_LOG_LEN entries are read.
+    pub fn switch_log<M: GuestMemoryBackend>(
+        &self,
+        mem: &M,
+        since: u64,
+    ) -> (u64, Vec<(u64, u32, u32)>, bool) {
+        let Ok(seq) = mem.load::<u64>(self.at(guest::SWITCH_SEQ), Ordering::Acquire) else {
+            return (since, Vec::new(), false);
+        };
+        let n = seq.min(guest::SWITCH_LOG_LEN);
+        let overrun = seq.wrapping_sub(since) > guest::SWITCH_LOG_LEN;
+        let entries = (seq - n..seq)
+            .filter_map(|i| {
+                let at = guest::SWITCH_LOG + (i % guest::SWITCH_LOG_LEN) * 16;
+                Some((
+                    self.u64(mem, at)?,
+                    self.u32(mem, at + 8)?,
+                    self.u32(mem, at + 12)?,
+                ))
+            })
+            .collect();
+        (seq, entries, overrun)
     }
 
     /// Only `clock_offset` (for AUX trace timestamps).
