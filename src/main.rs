@@ -328,7 +328,24 @@ fn use_sandbox(args: &RunArgs) -> Result<bool, CliError> {
         KvmChoice::Host => false,
         KvmChoice::Sandbox => true,
         KvmChoice::Auto => {
-            let p = probe(Duration::from_secs(5))?;
+            let p = match probe(Duration::from_secs(5)) {
+                Ok(p) => p,
+                // No KVM this process can use at all (the common CI
+                // container): the sandbox is QEMU TCG and needs none.
+                Err(
+                    e @ (vmm::VmError::NoKvm
+                    | vmm::VmError::KvmPermission
+                    | vmm::VmError::KvmOpen(_)
+                    | vmm::VmError::MissingCap(_)),
+                ) => {
+                    eprintln!(
+                        "perfvisor: {}; running the guest inside the L1 sandbox (QEMU TCG with nested kvm-amd)",
+                        no_kvm_reason(&e)
+                    );
+                    return Ok(true);
+                }
+                Err(e) => return Err(e.into()),
+            };
             if !p.capable {
                 eprintln!(
                     "perfvisor: this host's /dev/kvm cannot run guest user space ({}); running the guest inside the L1 sandbox (QEMU TCG with nested kvm-amd)",
@@ -338,6 +355,18 @@ fn use_sandbox(args: &RunArgs) -> Result<bool, CliError> {
             !p.capable
         }
     })
+}
+
+/// Why this host's KVM is unusable, without the advice of the error itself
+/// (which is for `--kvm host`).
+fn no_kvm_reason(e: &vmm::VmError) -> String {
+    match e {
+        vmm::VmError::NoKvm => "no /dev/kvm on this host".into(),
+        vmm::VmError::KvmPermission => "no permission to open /dev/kvm".into(),
+        vmm::VmError::KvmOpen(err) => format!("cannot open /dev/kvm ({err})"),
+        vmm::VmError::MissingCap(cap) => format!("this host's KVM lacks {cap}"),
+        other => other.to_string(),
+    }
 }
 
 /// The L1 sandbox sized for `args`' guest.
@@ -456,6 +485,16 @@ fn main() -> ExitCode {
                     p.elapsed.as_millis()
                 );
                 Ok(ExitCode::from(if p.capable { 0 } else { 1 }))
+            }
+            // No KVM at all is a verdict too (the sandbox needs none).
+            Err(
+                e @ (vmm::VmError::NoKvm
+                | vmm::VmError::KvmPermission
+                | vmm::VmError::KvmOpen(_)
+                | vmm::VmError::MissingCap(_)),
+            ) => {
+                println!("not capable: {} (0 ms)", no_kvm_reason(&e));
+                Ok(ExitCode::from(1))
             }
             Err(e) => Err(e.into()),
         },
