@@ -6,11 +6,16 @@
 # 1. scripts/setup.sh           Debian packages (only what is missing)
 # 2. scripts/build-guest-image.sh  guest kernel, initramfs (cached by inputs)
 # 3. scripts/fetch-sandbox.sh   the L1 sandbox kernel and kvm-amd modules
-# 4. cargo test --workspace     unit, property, stress and KVM plumbing tests,
+# 4. lints                     cargo fmt --check, cargo clippy -D warnings
+# 5. guest-input unit tests     vmm and devices unit tests in a debug build,
+#                               where integer overflow panics (guest-chosen
+#                               values near 2^64 must not reach unchecked
+#                               arithmetic; release builds would wrap)
+# 6. cargo test --workspace     unit, property, stress and KVM plumbing tests,
 #                               and the boot tests, which run on this host's
 #                               /dev/kvm if it can run guest user space, else
 #                               in the L1 sandbox (each test says which)
-# 5. scripts/fuzz.sh            every fuzz target for FUZZ_SECONDS (default 60)
+# 7. scripts/fuzz.sh            every fuzz target for FUZZ_SECONDS (default 60)
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -26,6 +31,13 @@ pv_phase "guest image (scripts/build-guest-image.sh)"
 scripts/build-guest-image.sh
 pv_phase "L1 sandbox (scripts/fetch-sandbox.sh)"
 scripts/fetch-sandbox.sh
+pv_phase "lints (cargo fmt --check, cargo clippy -D warnings)"
+cargo fmt --all -- --check || pv_die "cargo fmt --check failed: run cargo fmt --all"
+cargo clippy --workspace --all-targets --release --locked -- -D warnings \
+    || pv_die "clippy warnings: fix them (CI denies warnings)"
+pv_phase "guest-input unit tests with overflow checks (debug build)"
+cargo test --locked --lib -p vmm -p devices \
+    || pv_die "debug-build unit tests failed (an overflow panic here is a guest-reachable bug)"
 pv_phase "cargo test --workspace"
 # --nocapture: every boot test prints which KVM it used.
 set +e

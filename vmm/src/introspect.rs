@@ -48,7 +48,7 @@ impl<'a> GuestAddressSpace<'a> {
     fn entry(&mut self, table: u64, index: u64) -> Option<u64> {
         self.reads += 1;
         self.mem
-            .read_obj::<u64>(GuestAddress(table + index * 8))
+            .read_obj::<u64>(GuestAddress(table.checked_add(index.checked_mul(8)?)?))
             .ok()
     }
 
@@ -228,11 +228,15 @@ pub fn walk_frame_pointers(space: &mut GuestAddressSpace<'_>, rbp: u64, kernel: 
         }
         if in_kernel && frame & 1 == 1 {
             // An entry from user space: pt_regs at frame & !1.
+            // Guest-chosen: the field addresses may not fit in 64 bits.
             let regs = frame & !1;
+            let field = |space: &mut GuestAddressSpace<'_>, off: u64| {
+                space.read_u64(regs.checked_add(off)?)
+            };
             let (Some(ip), Some(bp), Some(cs)) = (
-                space.read_u64(regs + pt_regs::IP),
-                space.read_u64(regs + pt_regs::BP),
-                space.read_u64(regs + pt_regs::CS),
+                field(space, pt_regs::IP),
+                field(space, pt_regs::BP),
+                field(space, pt_regs::CS),
             ) else {
                 chain.end = WalkEnd::Unmapped;
                 return chain;
@@ -252,7 +256,13 @@ pub fn walk_frame_pointers(space: &mut GuestAddressSpace<'_>, rbp: u64, kernel: 
             chain.end = WalkEnd::BadPointer;
             return chain;
         }
-        let (Some(next), Some(ret)) = (space.read_u64(frame), space.read_u64(frame + 8)) else {
+        // The highest canonical, aligned frame has no room for its return
+        // address below 2^64.
+        let ret_at = frame.checked_add(8);
+        let (Some(next), Some(ret)) = (
+            space.read_u64(frame),
+            ret_at.and_then(|a| space.read_u64(a)),
+        ) else {
             chain.end = WalkEnd::Unmapped;
             return chain;
         };
@@ -266,7 +276,7 @@ pub fn walk_frame_pointers(space: &mut GuestAddressSpace<'_>, rbp: u64, kernel: 
             return chain;
         }
         let encoded = in_kernel && next & 1 == 1;
-        if !encoded && (next <= frame || next - frame > MAX_FRAME_SPAN) {
+        if !encoded && (next <= frame || next.saturating_sub(frame) > MAX_FRAME_SPAN) {
             chain.end = WalkEnd::NotAscending;
             return chain;
         }
@@ -480,6 +490,33 @@ mod tests {
         for rsp in [u64::MAX, 0, 0x8000_0000_0000, k + 0x7fff_fff8] {
             let _ = walk_guest_stack(&mut s, 0, rsp, true);
         }
+    }
+
+    /// Frame pointers next to 2^64 end the walk; in a debug build (where
+    /// overflow panics) this failed before the walker's arithmetic was
+    /// checked.
+    #[test]
+    fn frame_pointers_at_the_top_of_the_address_space_end_the_walk() {
+        let m = mem();
+        tables(&m);
+        let mut s = GuestAddressSpace::new(&m, 0x1000);
+        for (rbp, kernel) in [
+            (0xffff_ffff_ffff_fff8, false),
+            (0xffff_ffff_ffff_fff8, true),
+            (u64::MAX, true),
+            (u64::MAX - 1, true),
+            (0x7fff_ffff_fff8, false),
+        ] {
+            let c = walk_frame_pointers(&mut s, rbp, kernel);
+            assert!(c.frames.is_empty(), "rbp {rbp:#x}: {c:?}");
+            assert_ne!(c.end, WalkEnd::Depth, "rbp {rbp:#x}");
+            let c = walk_guest_stack(&mut s, rbp, rbp, kernel);
+            assert!(c.frames.len() <= 1, "rbp {rbp:#x}: {c:?}");
+        }
+        // Page-table entries are read at checked addresses too.
+        assert_eq!(s.translate(u64::MAX), None);
+        let mut top = GuestAddressSpace::new(&m, u64::MAX);
+        assert_eq!(top.translate(0xffff_ffff_8000_0000), None);
     }
 
     #[test]
