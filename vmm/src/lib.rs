@@ -13,6 +13,7 @@ pub mod arch;
 pub mod boot;
 pub mod console;
 pub mod exit;
+pub mod exit_counts;
 pub mod host_timer;
 pub mod introspect;
 pub mod kvm_stats;

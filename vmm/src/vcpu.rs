@@ -31,6 +31,7 @@ use thiserror::Error;
 use devices::bus::Bus;
 
 use crate::exit::{ExitState, VmOutcome};
+use crate::exit_counts::ExitCounts;
 
 /// Errors a vCPU thread reports. Each names the vCPU and the guest RIP.
 #[derive(Debug, Error)]
@@ -288,8 +289,9 @@ pub struct Vcpu {
     handle: Arc<VcpuHandle>,
     hook: Option<Box<dyn VcpuHook>>,
     sync_regs: bool,
-    /// Exits handled, by kind and port/address (logged at the end with -v).
-    exit_counts: std::collections::HashMap<(ExitKind, u64), u64>,
+    /// Exits handled, by kind and port/address (logged at the end with -v),
+    /// bounded against guest-chosen addresses.
+    exit_counts: ExitCounts,
 }
 
 fn exit_name(exit: &VcpuExit<'_>) -> String {
@@ -322,7 +324,7 @@ impl Vcpu {
             handle: Arc::new(VcpuHandle::new(index)),
             hook: None,
             sync_regs,
-            exit_counts: std::collections::HashMap::new(),
+            exit_counts: ExitCounts::default(),
         }
     }
 
@@ -368,18 +370,11 @@ impl Vcpu {
             self.exit.request(VmOutcome::Error(e.to_string()));
         }
         if log::log_enabled!(log::Level::Info) {
-            let mut counts: Vec<_> = self.exit_counts.iter().collect();
-            counts.sort_by(|a, b| b.1.cmp(a.1));
-            let total: u64 = counts.iter().map(|c| *c.1).sum();
-            let top: Vec<String> = counts
-                .iter()
-                .take(8)
-                .map(|((k, a), n)| format!("{k:?}@0x{a:x}={n}"))
-                .collect();
             log::info!(
-                "vCPU {}: {total} exits to the VMM; most frequent: {}",
+                "vCPU {}: {} exits to the VMM; most frequent: {}",
                 self.index,
-                top.join(" ")
+                self.exit_counts.total(),
+                self.exit_counts.summary(8)
             );
         }
         KVM_RUN.with(|r| r.set(null_mut()));
@@ -484,7 +479,7 @@ impl Vcpu {
                     });
                 }
             };
-            *self.exit_counts.entry((kind, addr)).or_default() += 1;
+            self.exit_counts.add(kind, addr);
             if let Some(hook) = self.hook.as_mut() {
                 let rip = if self.sync_regs {
                     self.fd.sync_regs().regs.rip
