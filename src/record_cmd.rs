@@ -321,6 +321,21 @@ impl Outputs {
                 ns as f64 / walks as f64 / 1e3
             );
         }
+        if summary.untracked_task_samples > 0 {
+            eprintln!(
+                "  {} samples were of guest threads beyond the {} perf.data tracks: their COMM records were written again with each",
+                summary.untracked_task_samples,
+                record::MAX_TASKS
+            );
+        }
+        if self.folded.folded_stacks() > 0 {
+            eprintln!(
+                "  {} samples had a stack beyond the {} distinct ones kept: they count as {} in the folded stacks and flame graph (perf.data has them all)",
+                self.folded.folded_stacks(),
+                record::MAX_STACKS,
+                record::OTHER
+            );
+        }
         eprintln!("  {:>7}  {:>8}  function", "overhead", "samples");
         for (name, n) in self.folded.top(10) {
             eprintln!(

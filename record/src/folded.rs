@@ -20,6 +20,12 @@ use crate::GuestSample;
 pub const KERNEL_SUFFIX: &str = "_[k]";
 /// An address no symbol covers.
 pub const UNKNOWN: &str = "[unknown]";
+/// Distinct stacks (and distinct leaf functions) kept. The guest chooses
+/// its comms and frame chains, so without a cap memory would grow with
+/// every new one; samples of further stacks count in [`OTHER`].
+pub const MAX_STACKS: usize = 100_000;
+/// The one stack (and leaf) that collects samples past [`MAX_STACKS`].
+pub const OTHER: &str = "[other]";
 
 /// Aggregated folded stacks.
 #[derive(Debug, Default, Clone)]
@@ -27,6 +33,8 @@ pub struct Folded {
     stacks: HashMap<String, u64>,
     leaves: HashMap<String, u64>,
     total: u64,
+    /// Samples counted in [`OTHER`] because the stack table was full.
+    folded_stacks: u64,
     include_comm: bool,
     frame: Vec<String>,
 }
@@ -52,6 +60,21 @@ fn frame_name(symbolizer: &Symbolizer, addr: u64, user: bool, comm: Option<&str>
         }
         None => UNKNOWN.to_string(),
     }
+}
+
+/// Count one under `key`, or under [`OTHER`] when `key` is new and the
+/// table is full. False when it went to OTHER.
+fn bump(table: &mut HashMap<String, u64>, key: String) -> bool {
+    if let Some(n) = table.get_mut(&key) {
+        *n += 1;
+        return true;
+    }
+    if table.len() < MAX_STACKS {
+        table.insert(key, 1);
+        return true;
+    }
+    *table.entry(OTHER.to_string()).or_insert(0) += 1;
+    false
 }
 
 impl Folded {
@@ -92,8 +115,10 @@ impl Folded {
         let leaf = frame_name(symbolizer, s.ip, s.user, comm);
         frames.push(leaf.clone());
         let line = frames.join(";");
-        *self.stacks.entry(line).or_insert(0) += 1;
-        *self.leaves.entry(leaf).or_insert(0) += 1;
+        if !bump(&mut self.stacks, line) {
+            self.folded_stacks += 1;
+        }
+        bump(&mut self.leaves, leaf);
         self.total += 1;
         self.frame = frames;
     }
@@ -101,6 +126,17 @@ impl Folded {
     /// Number of samples added.
     pub fn total(&self) -> u64 {
         self.total
+    }
+
+    /// Samples whose stack was new after [`MAX_STACKS`] distinct ones and
+    /// so count in the [`OTHER`] stack.
+    pub fn folded_stacks(&self) -> u64 {
+        self.folded_stacks
+    }
+
+    /// Distinct stacks held (at most [`MAX_STACKS`] + 1).
+    pub fn stack_count(&self) -> usize {
+        self.stacks.len()
     }
 
     /// The folded lines, sorted (as stackcollapse tools print them).
@@ -135,5 +171,47 @@ impl Folded {
         v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         v.truncate(n);
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A guest that mints a new comm and a new stack for every sample
+    /// keeps the table at the cap; the rest is counted, not dropped.
+    #[test]
+    fn a_million_unique_comms_and_stacks_stay_under_the_cap() {
+        let sym = Symbolizer::new();
+        let mut f = Folded::new();
+        let n = 1_000_000u64;
+        for i in 0..n {
+            let comm = format!("t{i}");
+            let chain = [0x40_0000 + i * 16, 0x50_0000 + i];
+            f.add(
+                &GuestSample {
+                    cpu: 0,
+                    vcpu_tid: 1,
+                    guest_pid: Some(i as u32),
+                    guest_tid: None,
+                    comm: Some(&comm),
+                    time_ns: i,
+                    ip: 0x60_0000 + i,
+                    user: true,
+                    callchain: &chain,
+                    period: 1,
+                },
+                &sym,
+            );
+        }
+        assert_eq!(f.total(), n);
+        assert!(f.stack_count() <= MAX_STACKS + 1);
+        assert_eq!(f.folded_stacks(), n - MAX_STACKS as u64);
+        let other = f
+            .lines()
+            .into_iter()
+            .find(|l| l.starts_with(OTHER))
+            .expect("an [other] line");
+        assert_eq!(other, format!("{OTHER} {}", n - MAX_STACKS as u64));
     }
 }

@@ -45,8 +45,8 @@ use std::path::PathBuf;
 
 pub use error::{RecordError, Result};
 pub use flamegraph::{flamegraph, FlameInput};
-pub use folded::{Folded, KERNEL_SUFFIX, UNKNOWN};
-pub use perf_data::{Layout, PerfDataWriter, WriteSummary};
+pub use folded::{Folded, KERNEL_SUFFIX, MAX_STACKS, OTHER, UNKNOWN};
+pub use perf_data::{Layout, PerfDataWriter, WriteSummary, MAX_TASKS};
 pub use symbols::{Symbol, Symbolizer, KERNEL_SPACE_START};
 
 /// A guest user binary: its host copy (static, non-PIE, unstripped: the one

@@ -132,6 +132,9 @@ pub struct WriteSummary {
     pub machine_pid: u32,
     /// Commands that read the file, for the user.
     pub report_hint: String,
+    /// Samples of guest threads beyond [`MAX_TASKS`] (their COMM was
+    /// written again with each).
+    pub untracked_task_samples: u64,
 }
 
 fn push_u16(b: &mut Vec<u8>, v: u16) {
@@ -165,6 +168,11 @@ fn push_string_list(b: &mut Vec<u8>, list: &[String]) {
     }
 }
 
+/// Guest threads and processes whose COMM and binary mapping the writer
+/// remembers; samples of further ones are written with their COMM (and
+/// MMAP2) again, so the file stays right and memory bounded.
+pub const MAX_TASKS: usize = 65_536;
+
 /// What the writer knows about a guest process.
 #[derive(Default)]
 struct GuestProcess {
@@ -193,8 +201,12 @@ pub struct PerfDataWriter {
     user_samples: u64,
     binaries: Vec<UserBinary>,
     host_threads: HashSet<u32>,
+    /// Bounded by [`MAX_TASKS`] (the guest chooses its pids and comms).
     guest_comms: HashMap<(u32, u32), String>,
+    /// Bounded by [`MAX_TASKS`].
     processes: HashMap<u32, GuestProcess>,
+    /// Samples of threads past [`MAX_TASKS`], whose COMM is rewritten.
+    untracked: u64,
     buf: Vec<u8>,
     chain: Vec<u64>,
 }
@@ -357,6 +369,7 @@ impl PerfDataWriter {
             host_threads: HashSet::new(),
             guest_comms: HashMap::new(),
             processes: HashMap::new(),
+            untracked: 0,
             buf: Vec::with_capacity(4096),
             chain: Vec::with_capacity(MAX_FRAMES + 8),
         };
@@ -533,7 +546,13 @@ impl PerfDataWriter {
             None => 0,
         };
         self.write_comm(MISC_GUEST_KERNEL, pid, tid, &comm, when, cpu)?;
-        self.guest_comms.insert((pid, tid), comm);
+        if self.guest_comms.len() < MAX_TASKS || self.guest_comms.contains_key(&(pid, tid)) {
+            self.guest_comms.insert((pid, tid), comm);
+        } else {
+            // Past the cap the COMM is written again at each sample of an
+            // untracked thread: a bigger file, a bounded memory.
+            self.untracked += 1;
+        }
         Ok(())
     }
 
@@ -578,7 +597,12 @@ impl PerfDataWriter {
         cpu: u32,
     ) -> Result<()> {
         let want = symbols::pick_binary(&self.binaries, comm);
-        let proc = self.processes.entry(pid).or_default();
+        let mut untracked = GuestProcess::default();
+        let proc = if self.processes.len() < MAX_TASKS || self.processes.contains_key(&pid) {
+            self.processes.entry(pid).or_default()
+        } else {
+            &mut untracked
+        };
         if proc.binary == want {
             return Ok(());
         }
@@ -688,7 +712,9 @@ impl PerfDataWriter {
             }
         }
         self.emit()?;
-        self.processes.entry(pid).or_default().samples += 1;
+        if let Some(p) = self.processes.get_mut(&pid) {
+            p.samples += 1;
+        }
         self.samples += 1;
         if s.user {
             self.user_samples += 1;
@@ -842,6 +868,7 @@ impl PerfDataWriter {
             data_bytes: self.data_size,
             machine_pid: self.meta.vmm_pid,
             report_hint,
+            untracked_task_samples: self.untracked,
         })
     }
 }
@@ -862,6 +889,37 @@ mod tests {
         push_header_string(&mut b, "x86_64");
         assert_eq!(b.len(), 4 + 64);
         assert_eq!(&b[..4], &64u32.to_ne_bytes());
+    }
+
+    /// A guest that gives every sample a new pid and comm: the writer's
+    /// tables stop at MAX_TASKS and every sample is still written.
+    #[test]
+    fn unique_tasks_past_the_cap_keep_memory_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = RecordMeta::new(1, 99);
+        let mut w = PerfDataWriter::create(dir.path().join("perf.data"), &meta).unwrap();
+        let n = MAX_TASKS as u64 + 50_000;
+        for i in 0..n {
+            let comm = format!("c{i}");
+            w.sample(&GuestSample {
+                cpu: 0,
+                vcpu_tid: 7,
+                guest_pid: Some(i as u32 + 1),
+                guest_tid: None,
+                comm: Some(&comm),
+                time_ns: i,
+                ip: 0xffff_ffff_8100_0000,
+                user: false,
+                callchain: &[],
+                period: 1,
+            })
+            .unwrap();
+        }
+        assert_eq!(w.guest_comms.len(), MAX_TASKS);
+        assert!(w.processes.len() <= MAX_TASKS);
+        let sum = w.finish().unwrap();
+        assert_eq!(sum.samples, n);
+        assert_eq!(sum.untracked_task_samples, n - MAX_TASKS as u64);
     }
 
     #[test]
