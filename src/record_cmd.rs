@@ -534,7 +534,11 @@ fn record_in_sandbox(args: &RecordArgs, backend: Backend) -> Result<ExitCode, Cl
     if use_info {
         extra.extend(["--guest-info".into(), "/perfvisor/guest-info.txt".into()]);
     }
-    let host_out = std::env::temp_dir().join(format!("perfvisor-record-{}", std::process::id()));
+    // A private directory (0700, random name) that the sandbox creates the
+    // collect directory in: nothing another local user made is written
+    // through. Removed when this function returns.
+    let private = sandbox::TempDir::new()?;
+    let host_out = private.path().join("out");
     let mut job = sandbox_job(&args.run, "record", &extra)?.collect("/out", &host_out);
     if use_info {
         job = job.file(&info, "/perfvisor/guest-info.txt");
@@ -571,7 +575,7 @@ fn record_in_sandbox(args: &RecordArgs, backend: Backend) -> Result<ExitCode, Cl
         }
         outputs.finish(args, backend, st.lost, Some((st.walks, st.walk_ns)))
     })();
-    let _ = std::fs::remove_dir_all(&host_out);
+    drop(private);
     result?;
     Ok(exit_code(outcome.status))
 }

@@ -16,23 +16,28 @@
 //! into an uncompressed cpio in a temporary directory, boots QEMU on it, streams the
 //! console, and returns the job's exit status parsed from a marker line.
 
+mod collect;
+mod console;
 mod cpio;
 mod ldd;
 
+pub use collect::{TempDir, MAX_COLLECT_BYTES, MAX_COLLECT_ENTRIES};
 pub use cpio::CpioWriter;
 pub use ldd::{ldd_closure, parse_ldd_output, LddReport};
 
-use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, BufWriter, Read};
+use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use collect::{random_hex, unpack_collected};
+use console::{clean_line, read_lines, KeptText, Tail};
 
 /// The one error type of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +48,12 @@ pub enum Error {
     QemuMissing { qemu: String },
     #[error("invalid sandbox job: {0}")]
     InvalidJob(String),
+    #[error("refusing to collect the L1's files into {path}: {source}; it must be a new path (perfvisor creates it itself, so an existing file, directory or symlink there is refused)")]
+    CollectDir { path: PathBuf, source: io::Error },
+    #[error("refused the files the L1 sandbox sent back: {0}")]
+    CollectRefused(String),
+    #[error("the L1 sandbox wrote more than {limit} bytes to its collect port (QEMU killed); collect less (a shorter recording or a lower --freq)")]
+    CollectTooLarge { limit: u64 },
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
     #[error("ldd {path}: {msg}")]
@@ -242,6 +253,15 @@ const STOP_GRACE: Duration = Duration::from_secs(120);
 /// How often a stoppable job's run checks for stop requests.
 const STOP_POLL: Duration = Duration::from_millis(100);
 
+/// Console lines queued between the reader threads and the run loop.
+const CHANNEL_LINES: usize = 256;
+/// Most console text (and job output) an [`Outcome`] keeps: the last this
+/// many bytes, whole lines.
+pub const MAX_KEPT: usize = 16 << 20;
+/// Most QEMU stderr text kept for an error.
+const MAX_KEPT_STDERR: usize = 1 << 20;
+/// How often the collect port's size is checked while the job runs.
+const COLLECT_CHECK: Duration = Duration::from_secs(1);
 /// How long QEMU may take to power off after the job's exit marker before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -367,13 +387,13 @@ impl Sandbox {
     pub fn run(&self, job: &Job, console: &mut dyn FnMut(&str)) -> Result<Outcome, Error> {
         job.validate()?;
         let tmp = TempDir::new()?;
-        let nonce = format!("{:016x}", unique());
-        let cpio_path = tmp.path.join("l1-initramfs.cpio");
+        let nonce = random_hex()?;
+        let cpio_path = tmp.path().join("l1-initramfs.cpio");
         self.write_initramfs(job, &nonce, &cpio_path)?;
         let markers = Markers::new(&nonce);
 
         let mut cmd = Command::new(&self.qemu);
-        let collect_file = tmp.path.join("collect.tar");
+        let collect_file = tmp.path().join("collect.tar");
         cmd.args(self.qemu_args(
             &cpio_path,
             job.collect.as_ref().map(|_| collect_file.as_path()),
@@ -395,7 +415,9 @@ impl Sandbox {
         let mut child = KillOnDrop(child);
         let mut stdin = child.0.stdin.take();
         let mut stop_sent = false;
-        let (tx, rx) = mpsc::channel::<Event>();
+        // Bounded: a console that outruns this loop blocks QEMU's writes
+        // instead of growing a queue.
+        let (tx, rx) = mpsc::sync_channel::<Event>(CHANNEL_LINES);
         let stdout = child.0.stdout.take().expect("piped stdout");
         let stderr = child.0.stderr.take().expect("piped stderr");
         let tx2 = tx.clone();
@@ -405,10 +427,12 @@ impl Sandbox {
             thread::spawn(move || read_lines(stderr, |l| tx2.send(Event::Err(l)).is_ok()));
 
         let mut deadline = start + self.timeout;
-        let mut all = String::new();
-        let mut output = String::new();
-        let mut tail: VecDeque<String> = VecDeque::new();
-        let mut stderr_text = String::new();
+        let mut all = KeptText::new(MAX_KEPT);
+        let mut output = KeptText::new(MAX_KEPT);
+        let mut tail = Tail::new(40);
+        let mut stderr_text = KeptText::new(MAX_KEPT_STDERR);
+        let mut collect_too_large = false;
+        let mut next_collect_check = start;
         let mut l1_boot = None;
         let mut status = None;
         let mut no_kvm = false;
@@ -451,13 +475,26 @@ impl Sandbox {
                 }
                 deadline = deadline.min(Instant::now() + STOP_GRACE);
             }
-            let wait = (deadline.min(silence_deadline.unwrap_or(deadline)) - now).min(
-                if job.stop.is_some() {
+            // The collect port is a host file QEMU writes for the L1: its
+            // size is checked here, while the job runs.
+            if job.collect.is_some() && now >= next_collect_check {
+                next_collect_check = now + COLLECT_CHECK;
+                if fs::metadata(&collect_file).is_ok_and(|m| m.len() > MAX_COLLECT_BYTES) {
+                    collect_too_large = true;
+                    break;
+                }
+            }
+            let wait = (deadline.min(silence_deadline.unwrap_or(deadline)) - now)
+                .min(if job.stop.is_some() {
                     STOP_POLL
                 } else {
                     Duration::MAX
-                },
-            );
+                })
+                .min(if job.collect.is_some() {
+                    COLLECT_CHECK
+                } else {
+                    Duration::MAX
+                });
             match rx.recv_timeout(wait) {
                 Ok(Event::Out(raw)) => {
                     last_line = Instant::now();
@@ -465,19 +502,14 @@ impl Sandbox {
                     if line.contains(&markers.stop) {
                         continue;
                     }
-                    all.push_str(&line);
-                    all.push('\n');
-                    tail.push_back(line.clone());
-                    if tail.len() > 40 {
-                        tail.pop_front();
-                    }
+                    all.push_line(&line);
+                    tail.push(&line);
                     if status.is_some() {
                         log::debug!("L1: {line}");
                     } else if let Some((before, st)) = markers.exit(&line) {
                         if !before.is_empty() {
                             console(before);
-                            output.push_str(before);
-                            output.push('\n');
+                            output.push_line(before);
                         }
                         status = Some(st);
                         deadline = deadline.min(Instant::now() + SHUTDOWN_GRACE);
@@ -491,8 +523,7 @@ impl Sandbox {
                         }
                     } else if l1_boot.is_some() {
                         console(&line);
-                        output.push_str(&line);
-                        output.push('\n');
+                        output.push_line(&line);
                     } else if line.starts_with("sandbox:") {
                         console(&line);
                     } else {
@@ -507,14 +538,13 @@ impl Sandbox {
                     } else {
                         log::warn!("qemu: {line}");
                     }
-                    stderr_text.push_str(&line);
-                    stderr_text.push('\n');
+                    stderr_text.push_line(&line);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
-        let exit = if timed_out || silent || killed_on_request {
+        let exit = if timed_out || silent || killed_on_request || collect_too_large {
             child.kill();
             None
         } else {
@@ -530,7 +560,12 @@ impl Sandbox {
         drop(child);
         let _ = out_thread.join();
         let _ = err_thread.join();
-        let tail_text = || tail.iter().cloned().collect::<Vec<_>>().join("\n");
+        let tail_text = || tail.text();
+        if collect_too_large {
+            return Err(Error::CollectTooLarge {
+                limit: MAX_COLLECT_BYTES,
+            });
+        }
 
         if no_kvm {
             return Err(Error::NoKvm { tail: tail_text() });
@@ -542,10 +577,10 @@ impl Sandbox {
                 }
                 Ok(Outcome {
                     status,
-                    output,
+                    output: output.into_string(),
                     l1_boot: l1_boot.unwrap_or(total),
                     total,
-                    console: all,
+                    console: all.into_string(),
                 })
             }
             (None, None) if killed_on_request => Err(Error::Stopped),
@@ -562,10 +597,13 @@ impl Sandbox {
                     .map(|s| s.to_string())
                     .unwrap_or_else(|| "did not exit, killed".into()),
                 tail: tail_text(),
-                stderr: if stderr_text.is_empty() {
-                    String::new()
-                } else {
-                    format!("\nQEMU stderr:\n{stderr_text}")
+                stderr: {
+                    let text = stderr_text.into_string();
+                    if text.is_empty() {
+                        String::new()
+                    } else {
+                        format!("\nQEMU stderr:\n{text}")
+                    }
                 },
             }),
         }
@@ -625,7 +663,7 @@ impl Sandbox {
     /// [`Sandbox::run`] does this in a temporary directory.
     pub fn prepare(&self, job: &Job, path: &Path) -> Result<Command, Error> {
         job.validate()?;
-        self.write_initramfs(job, &format!("{:016x}", unique()), path)?;
+        self.write_initramfs(job, &random_hex()?, path)?;
         let mut cmd = Command::new(&self.qemu);
         cmd.args(self.qemu_args(path, None));
         Ok(cmd)
@@ -726,29 +764,6 @@ fn add_tree<W: io::Write>(w: &mut CpioWriter<W>, host: &Path, guest: &str) -> Re
 /// Single-quotes `s` for sh.
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// Extract the tar stream the job's L1 wrote to ttyS1 into `host`.
-fn unpack_collected(tar: &Path, host: &Path) -> Result<(), Error> {
-    fs::create_dir_all(host).map_err(io_err(format!("creating {}", host.display())))?;
-    let out = Command::new("tar")
-        .arg("-xf")
-        .arg(tar)
-        .arg("-C")
-        .arg(host)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(io_err("running tar"))?;
-    if !out.status.success() {
-        return Err(Error::Io {
-            context: format!(
-                "unpacking the files collected from the L1 ({})",
-                tar.display()
-            ),
-            source: io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
-        });
-    }
-    Ok(())
 }
 
 fn init_script(job: &Job, modules: &[String], nonce: &str) -> String {
@@ -859,54 +874,9 @@ impl Markers {
     }
 }
 
-/// Drops `\r` and terminal control sequences from a console line.
-fn clean_line(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\x1b' => {
-                // CSI: ESC [ params final-byte; other escapes: ESC + one char.
-                if chars.peek() == Some(&'[') {
-                    chars.next();
-                    for c in chars.by_ref() {
-                        if ('@'..='~').contains(&c) {
-                            break;
-                        }
-                    }
-                } else {
-                    chars.next();
-                }
-            }
-            '\t' => out.push(c),
-            c if c.is_control() => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 enum Event {
     Out(String),
     Err(String),
-}
-
-/// Reads `r` line by line (lossy UTF-8) until EOF or `f` returns false.
-fn read_lines(r: impl Read, mut f: impl FnMut(String) -> bool) {
-    let mut r = BufReader::new(r);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match r.read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let line = String::from_utf8_lossy(&buf);
-                if !f(line.trim_end_matches(['\n', '\r']).to_string()) {
-                    return;
-                }
-            }
-        }
-    }
 }
 
 /// Kills and reaps QEMU if `run` returns early.
@@ -942,45 +912,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn unique() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    t ^ (u64::from(std::process::id()) << 40)
-        ^ COUNTER
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-}
-
-/// A private temporary directory, removed on drop.
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new() -> Result<TempDir, Error> {
-        let path = std::env::temp_dir().join(format!(
-            "perfvisor-sandbox-{}-{:x}",
-            std::process::id(),
-            unique()
-        ));
-        use std::os::unix::fs::DirBuilderExt;
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .map_err(io_err(format!("creating {}", path.display())))?;
-        Ok(TempDir { path })
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -995,13 +926,6 @@ mod tests {
         );
         assert_eq!(m.exit("@@sandbox-xyz-exit=3@@"), None);
         assert_eq!(m.start("x@@sandbox-abc-start@@"), Some("x"));
-    }
-
-    #[test]
-    fn console_lines_lose_control_sequences() {
-        assert_eq!(clean_line("\x1b[2J\x1b[01;01Hhello\r"), "hello");
-        assert_eq!(clean_line("a\tb\x07"), "a\tb");
-        assert_eq!(clean_line("\x1bcplain"), "plain");
     }
 
     #[test]
