@@ -105,9 +105,19 @@ struct RunArgs {
     /// Which KVM runs the guest.
     #[arg(long, value_enum, default_value_t = KvmChoice::Auto)]
     kvm: KvmChoice,
-    /// Highest host sampling rate of the pvpmu device, Hz; 0 leaves the device out.
+    /// Highest host sampling rate of the pvpmu device per vCPU, Hz; 0 leaves
+    /// the device out. The guest decides how much of it to use: each sample
+    /// costs host CPU (a vCPU exit with the kick backend, a host perf tick
+    /// with the host timer), up to this rate on every vCPU, within
+    /// --pmu-budget.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pmu_freq: u32,
+    /// Most pvpmu samples per second across the whole VM, whatever the guest
+    /// asks; samples over it are skipped and counted (budget_skipped).
+    /// Default: 8000 or --pmu-freq, whichever is higher. The sampler thread
+    /// also keeps itself within half a CPU.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pmu_budget: Option<u32>,
     /// How the host takes pvpmu samples: kick the vCPU and read its registers,
     /// or a host cpu-clock perf event with exclude_host on each vCPU thread.
     #[arg(long, value_enum, default_value_t = PmuBackend::Auto)]
@@ -116,6 +126,18 @@ struct RunArgs {
     #[arg(last = true)]
     guest_command: Vec<String>,
 }
+
+impl RunArgs {
+    /// The VM-wide sample budget in force (see `--pmu-budget`).
+    fn pmu_budget(&self) -> u32 {
+        self.pmu_budget
+            .unwrap_or(DEFAULT_PMU_BUDGET.max(self.pmu_freq))
+    }
+}
+
+/// `--pmu-budget` when not given (or `--pmu-freq`, if higher): 1 kHz on
+/// eight busy vCPUs.
+const DEFAULT_PMU_BUDGET: u32 = 8000;
 
 /// Where the guest image's /init finds the command to run.
 const GUEST_COMMAND_PATH: &str = "perfvisor/command";
@@ -245,6 +267,7 @@ fn run_host(args: &RunArgs) -> Result<ExitCode, CliError> {
             // A forced host timer gives IPs only; auto and kick sample
             // callchain events with kicks.
             callchains: args.pmu_backend != PmuBackend::HostTimer,
+            budget: args.pmu_budget(),
         }),
     };
     let vm = Vm::new(config, Box::new(std::io::stdout()))?;
@@ -254,9 +277,11 @@ fn run_host(args: &RunArgs) -> Result<ExitCode, CliError> {
         let errors = c.err_commands + c.err_pages + c.err_tails + c.err_state;
         if c.samples + c.lost + c.aux_bytes + errors > 0 {
             eprintln!(
-                "perfvisor: pvpmu: backend={} {}",
+                "perfvisor: pvpmu: backend={} {} budget={} budget_skipped={}",
                 backend,
-                pvpmu_summary(&c)
+                pvpmu_summary(&c),
+                args.pmu_budget(),
+                report.budget_skipped
             );
         }
     }
@@ -411,6 +436,9 @@ fn sandbox_job(args: &RunArgs, sub: &str, extra: &[String]) -> Result<sandbox::J
         argv.extend(["--timeout".into(), t.to_string()]);
     }
     argv.extend(["--pmu-freq".into(), args.pmu_freq.to_string()]);
+    if let Some(b) = args.pmu_budget {
+        argv.extend(["--pmu-budget".into(), b.to_string()]);
+    }
     let backend = args
         .pmu_backend
         .to_possible_value()

@@ -412,6 +412,7 @@ pub fn record(args: RecordArgs) -> Result<ExitCode, CliError> {
             backend,
             // The recorder's hooks replace the device's sampler.
             callchains: false,
+            budget: args.run.pmu_budget(),
         }),
     };
     let kernel_info = match &args.guest_info {

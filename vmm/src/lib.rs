@@ -11,6 +11,7 @@
 
 pub mod arch;
 pub mod boot;
+pub mod budget;
 pub mod console;
 pub mod exit;
 pub mod exit_counts;

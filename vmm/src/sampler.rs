@@ -25,6 +25,7 @@ use devices::pvpmu::{HostSample, Pvpmu, TraceExit};
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
+use crate::budget::{CpuCap, SampleBudget};
 use crate::exit::ExitState;
 use crate::host_timer::{HostTimer, Tick};
 use crate::introspect::{is_user_address, walk_guest_stack, Callchain, GuestAddressSpace};
@@ -59,6 +60,8 @@ const IDLE_POLL: Duration = Duration::from_millis(10);
 /// back within this time is sampled on the old cadence, without a fresh
 /// interval's wait and the idle poll's delay.
 const PAUSE_GRACE: Duration = Duration::from_millis(50);
+/// Most of one CPU the sampler thread may use (it sleeps off the excess).
+const SAMPLER_CPU_SHARE: f64 = 0.5;
 /// Re-check period while a due kick waits for the previous one's hook.
 const PENDING_POLL: Duration = Duration::from_micros(50);
 
@@ -136,6 +139,8 @@ pub struct SampleHook {
     last_stats: Option<Instant>,
     /// Host timer: recent exits to the VMM, to place ticks taken in them.
     windows: ExitWindows,
+    /// The VM-wide sample budget (pvpmu runs; `perfvisor record` has none).
+    budget: Option<Arc<SampleBudget>>,
     /// Host timer: keeps the guest event's rate when it asks for less than
     /// the host timer's.
     gate: RateGate,
@@ -313,6 +318,7 @@ impl SampleHook {
             backend,
             freq,
             timer: None,
+            budget: None,
             timer_failed: false,
             exits: None,
             stats: None,
@@ -324,6 +330,13 @@ impl SampleHook {
             tick_counts: TickCounts::default(),
             idle: IdleClock::default(),
         }
+    }
+
+    /// Host-timer ticks count against `budget` before they reach the
+    /// guest (kicked samples are counted by the sampler thread).
+    pub fn with_budget(mut self, budget: Arc<SampleBudget>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// Also run `f` on every exit.
@@ -417,6 +430,9 @@ impl SampleHook {
             batch.into_iter().zip(kvmclock.into_iter().zip(tasks))
         {
             if !self.gate.admit(boot_ns, interval, tick_ns) {
+                continue;
+            }
+            if self.budget.as_ref().is_some_and(|b| !b.take()) {
                 continue;
             }
             let s = HostSample {
@@ -598,6 +614,7 @@ impl Sampler {
         clock: Arc<GuestClock>,
         vm: Arc<VmFd>,
         exit: Arc<ExitState>,
+        budget: Option<Arc<SampleBudget>>,
     ) -> std::io::Result<Sampler> {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -605,7 +622,8 @@ impl Sampler {
             .name("sampler".into())
             .stack_size(crate::THREAD_STACK)
             .spawn(move || {
-                run(schedule, vcpus, backend, clock, vm, exit, stop2);
+                let stopping = move || stop2.load(Ordering::Acquire) || exit.stopping();
+                run(schedule, vcpus, backend, clock, vm, stopping, budget);
             })?;
         Ok(Sampler {
             stop,
@@ -629,8 +647,8 @@ fn run(
     backend: Backend,
     clock: Arc<GuestClock>,
     vm: Arc<VmFd>,
-    exit: Arc<ExitState>,
-    stop: Arc<AtomicBool>,
+    stopping: impl Fn() -> bool,
+    budget: Option<Arc<SampleBudget>>,
 ) {
     // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
@@ -641,8 +659,9 @@ fn run(
     let start = Instant::now();
     let mut cadence: Vec<Option<Cadence>> = vec![None; vcpus.len()];
     let mut last_resync = start;
+    let mut cpu_cap = CpuCap::new(SAMPLER_CPU_SHARE);
     clock.resync(&vm);
-    while !stop.load(Ordering::Acquire) && !exit.stopping() {
+    while !stopping() {
         let now = Instant::now();
         if now.duration_since(last_resync) >= CLOCK_RESYNC {
             clock.resync(&vm);
@@ -656,10 +675,12 @@ fn run(
             };
             // The host timer samples by itself; the kick only moves them.
             // An event that wants callchains is sampled with kicks.
-            let wanted = match (backend, &schedule) {
-                (Backend::Kick, _) => wanted,
-                (Backend::HostTimer, Schedule::Device(dev)) if dev.wants_callchain(i) => wanted,
-                (Backend::HostTimer, _) => wanted.map(|_| flush),
+            let (wanted, is_sample_kick) = match (backend, &schedule) {
+                (Backend::Kick, _) => (wanted, true),
+                (Backend::HostTimer, Schedule::Device(dev)) if dev.wants_callchain(i) => {
+                    (wanted, true)
+                }
+                (Backend::HostTimer, _) => (wanted.map(|_| flush), false),
             };
             let c = &mut cadence[i];
             match (wanted, c.as_mut()) {
@@ -695,6 +716,9 @@ fn run(
                     // for the hook, then send this tick's kick. (After two
                     // intervals, send it anyway: the vCPU may have missed
                     // the signal between its checks.)
+                } else if is_sample_kick && budget.as_ref().is_some_and(|b| !b.take()) {
+                    // Over the VM's budget: this tick is skipped (counted).
+                    c.due += c.interval;
                 } else {
                     let _ = h.kick();
                     c.sent = now;
@@ -710,10 +734,22 @@ fn run(
             // Still due: the unserved kick's hook or the next catch-up kick.
             sleep_until = sleep_until.min(c.due.max(now + PENDING_POLL));
         }
+        if let Some(d) = cpu_cap.check() {
+            // Over its CPU share: the kicks due meanwhile catch up (at most
+            // MAX_CATCH_UP) or are skipped.
+            std::thread::sleep(d);
+        }
         let now = Instant::now();
         if sleep_until > now {
             precise_sleep(sleep_until - now);
         }
+    }
+    if cpu_cap.throttled() > Duration::ZERO {
+        log::info!(
+            "pvpmu sampler: slept {:?} to keep within {:.0}% of a CPU",
+            cpu_cap.throttled(),
+            SAMPLER_CPU_SHARE * 100.0
+        );
     }
 }
 

@@ -63,6 +63,9 @@ pub struct RunReport {
     pub outcome: VmOutcome,
     /// pvpmu's counters at the end, when the device was present.
     pub pvpmu: Option<devices::pvpmu::CounterSnapshot>,
+    /// pvpmu samples the host refused because the VM had used up its
+    /// budget (`PmuOptions::budget`).
+    pub budget_skipped: u64,
 }
 
 /// pvpmu settings.
@@ -76,6 +79,9 @@ pub struct PmuOptions {
     /// (with the host timer, their samples are taken with kicks). Off, a
     /// host-timer callchain is the sampled IP alone.
     pub callchains: bool,
+    /// Most samples per second across the whole VM, whatever the guest
+    /// asks (see [`crate::budget::SampleBudget`]).
+    pub budget: u32,
 }
 
 /// The interrupt line pvpmu raises (an ISA line the MP table routes).
@@ -86,6 +92,7 @@ struct PmuState {
     dev: Pvpmu<GuestMemoryMmap>,
     clock: Arc<GuestClock>,
     backend: Backend,
+    budget: Arc<crate::budget::SampleBudget>,
 }
 
 /// How long stopping waits for vCPU threads to leave KVM_RUN.
@@ -351,6 +358,7 @@ impl Vm {
                     dev,
                     clock: Arc::new(GuestClock::default()),
                     backend: opts.backend,
+                    budget: Arc::new(crate::budget::SampleBudget::new(opts.budget)),
                 })
             }
             None => None,
@@ -386,7 +394,8 @@ impl Vm {
                     p.clock.clone(),
                     p.backend,
                     opts.freq,
-                );
+                )
+                .with_budget(p.budget.clone());
                 vcpu.set_hook(Box::new(hook));
             }
             vcpus.push(vcpu);
@@ -537,6 +546,10 @@ impl Vm {
                 clock,
                 self.vm.clone(),
                 self.exit.clone(),
+                self.pmu
+                    .as_ref()
+                    .filter(|_| self.recording.is_none())
+                    .map(|p| p.budget.clone()),
             ) {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -590,7 +603,12 @@ impl Vm {
             .outcome()
             .unwrap_or(VmOutcome::Error("VM stopped without a reason".into()));
         let pvpmu = self.pmu.as_ref().map(|p| p.dev.counters());
-        Ok(RunReport { outcome, pvpmu })
+        let budget_skipped = self.pmu.as_ref().map_or(0, |p| p.budget.skipped());
+        Ok(RunReport {
+            outcome,
+            pvpmu,
+            budget_skipped,
+        })
     }
 }
 
