@@ -22,24 +22,48 @@ echo "no-kvm-test: /dev holds $(ls /dev | tr '\n' ' ')"
 set +e
 "$PERFVISOR" probe
 echo "no-kvm-test: probe status $?"
-exec "$PERFVISOR" run -- 'echo no-kvm-guest-says-hello'
+exec "$PERFVISOR" run --timeout 90 -- 'echo no-kvm-guest-says-hello'
 "#;
 
-#[test]
-fn kvm_auto_falls_back_to_the_sandbox_without_dev_kvm() {
-    println!("[kvm_auto_falls_back_to_the_sandbox_without_dev_kvm] KVM: none (a mount namespace without /dev/kvm); the run must choose the L1 sandbox itself");
+/// One try: the namespace, the probe and the run, within `timeout`'s bound
+/// (a frozen L1 does not answer the inner --timeout).
+fn attempt() -> (std::process::Output, String) {
     let out = Command::new("timeout")
-        .args(["300", "unshare", "--mount", "--propagation", "private"])
+        .args(["150", "unshare", "--mount", "--propagation", "private"])
         .args(["sh", "-c", SCRIPT])
         .env("PERFVISOR", env!("CARGO_BIN_EXE_perfvisor"))
         .output()
         .expect("run unshare (util-linux)");
+    let all = format!(
+        "--- status {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, all)
+}
+
+#[test]
+fn kvm_auto_falls_back_to_the_sandbox_without_dev_kvm() {
+    println!("[kvm_auto_falls_back_to_the_sandbox_without_dev_kvm] KVM: none (a mount namespace without /dev/kvm); the run must choose the L1 sandbox itself");
+    let (mut out, mut all) = attempt();
+    let ran = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout).contains("no-kvm-guest-says-hello") && o.status.success()
+    };
+    let chose_sandbox = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stderr).contains("running the guest inside the L1 sandbox")
+    };
+    if !ran(&out) && chose_sandbox(&out) {
+        // The fallback happened; the L1 (nested kvm-amd under TCG) then
+        // hung or died, which it does now and then (docs/platform.md).
+        println!(
+            "!!! the sandboxed run did not finish (the L1 platform flake in docs/platform.md); \
+             running it ONCE more; a second failure fails the test.\n!!! first try:\n{all}"
+        );
+        (out, all) = attempt();
+    }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let all = format!(
-        "--- status {:?}\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}",
-        out.status
-    );
     assert!(
         !stderr.contains("unshare failed") && !stderr.contains("Operation not permitted"),
         "this test needs root to make a mount namespace (CI runs as root)\n{all}"
