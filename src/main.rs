@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use thiserror::Error;
 
 use vmm::probe::probe;
@@ -12,7 +12,10 @@ use vmm::sampler::Backend;
 use vmm::vm::PmuOptions;
 use vmm::{Vm, VmConfig};
 
+mod forward;
 mod record_cmd;
+
+use forward::GivenArgs;
 
 #[derive(Parser)]
 #[command(
@@ -333,12 +336,12 @@ fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-fn run(args: RunArgs) -> Result<ExitCode, CliError> {
+fn run(args: RunArgs, given: &GivenArgs) -> Result<ExitCode, CliError> {
     if args.cpus == 0 {
         return Err(CliError::NoCpus);
     }
     if use_sandbox(&args)? {
-        let job = sandbox_job(&args, "run", &[])?;
+        let job = sandbox_job(&args, "run", given, &[], &[])?;
         let outcome = sandbox_for(&args)?.run(&job, &mut |line: &str| println!("{line}"))?;
         Ok(exit_code(outcome.status))
     } else {
@@ -404,9 +407,21 @@ fn sandbox_for(args: &RunArgs) -> Result<sandbox::Sandbox, CliError> {
         .cpus(u32::from(args.cpus).max(2)))
 }
 
-/// A sandbox job running `perfvisor SUB --kvm host ...` with `args`' kernel,
-/// initrd and options, plus `extra` options of SUB.
-fn sandbox_job(args: &RunArgs, sub: &str, extra: &[String]) -> Result<sandbox::Job, CliError> {
+/// Options of `run` (and so of `record`) that the sandbox job rewrites:
+/// where the guest runs, and the host files it ships.
+const RUN_HOST_ONLY: &[&str] = &["kernel", "initrd", "kvm"];
+
+/// A sandbox job running `perfvisor SUB --kvm host` with `args`' kernel and
+/// initrd shipped in, `extra` options of SUB, and every option the user
+/// gave (`given`) except [`RUN_HOST_ONLY`] and `host_only` (SUB's own
+/// host-side options): a new option reaches the inner perfvisor by itself.
+fn sandbox_job(
+    args: &RunArgs,
+    sub: &str,
+    given: &GivenArgs,
+    host_only: &[&str],
+    extra: &[String],
+) -> Result<sandbox::Job, CliError> {
     let (kernel, initrd, _) = resolve(args)?;
     let exe = std::env::current_exe().map_err(|source| CliError::Unreadable {
         path: "/proc/self/exe".into(),
@@ -425,31 +440,9 @@ fn sandbox_job(args: &RunArgs, sub: &str, extra: &[String]) -> Result<sandbox::J
     if initrd.is_some() {
         argv.extend(["--initrd".into(), "/perfvisor/initrd".into()]);
     }
-    argv.extend(["--memory".into(), format!("{}K", args.memory >> 10)]);
-    argv.extend(["--cpus".into(), args.cpus.to_string()]);
-    for (flag, value) in [("--cmdline", &args.cmdline), ("--append", &args.append)] {
-        if let Some(v) = value {
-            argv.extend([flag.into(), v.clone()]);
-        }
-    }
-    if let Some(t) = args.timeout {
-        argv.extend(["--timeout".into(), t.to_string()]);
-    }
-    argv.extend(["--pmu-freq".into(), args.pmu_freq.to_string()]);
-    if let Some(b) = args.pmu_budget {
-        argv.extend(["--pmu-budget".into(), b.to_string()]);
-    }
-    let backend = args
-        .pmu_backend
-        .to_possible_value()
-        .map(|v| v.get_name().to_string())
-        .unwrap_or_default();
-    argv.extend(["--pmu-backend".into(), backend]);
     argv.extend(extra.iter().cloned());
-    if !args.guest_command.is_empty() {
-        argv.push("--".into());
-        argv.extend(args.guest_command.iter().cloned());
-    }
+    let skip: Vec<&str> = RUN_HOST_ONLY.iter().chain(host_only).copied().collect();
+    argv.extend(given.argv_without(&skip));
     // The inner perfvisor logs at the level this one does.
     let level = log::max_level().to_string().to_lowercase();
     let mut job = sandbox::Job::new(argv)
@@ -466,7 +459,10 @@ fn sandbox_job(args: &RunArgs, sub: &str, extra: &[String]) -> Result<sandbox::J
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -501,9 +497,14 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .format_target(false)
         .init();
+    // What the user gave, for a perfvisor the run is forwarded to.
+    let given = matches
+        .subcommand()
+        .map(|(name, m)| GivenArgs::from_matches(&Cli::command(), name, m))
+        .unwrap_or_default();
     let result = match cli.command {
-        Command::Run(args) => run(args),
-        Command::Record(args) => record_cmd::record(args),
+        Command::Run(args) => run(args, &given),
+        Command::Record(args) => record_cmd::record(args, &given),
         Command::Probe => match probe(Duration::from_secs(5)) {
             Ok(p) => {
                 println!(
@@ -539,6 +540,156 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The options the user gave, as the sandboxed perfvisor gets them.
+    fn forwarded(line: &[&str], host_only: &[&str]) -> (GivenArgs, Vec<String>) {
+        let cmd = Cli::command();
+        let m = cmd
+            .clone()
+            .try_get_matches_from(line)
+            .expect("the test line parses");
+        let (name, sub) = m.subcommand().expect("a subcommand");
+        let given = GivenArgs::from_matches(&cmd, name, sub);
+        let skip: Vec<&str> = RUN_HOST_ONLY.iter().chain(host_only).copied().collect();
+        let argv = given.argv_without(&skip);
+        (given, argv)
+    }
+
+    /// Every option of `sub` is in `line` (so a new option must be added
+    /// to the round-trip test, and to a host-only list if the sandbox job
+    /// must rewrite it).
+    fn covers_every_option(sub: &str, given: &GivenArgs) {
+        let cmd = Cli::command();
+        let sub = cmd.find_subcommand(sub).expect("subcommand");
+        for arg in sub.get_arguments() {
+            let id = arg.get_id().as_str();
+            assert!(
+                ["help", "version", "verbose"].contains(&id) || given.ids().contains(&id),
+                "option {id} is not in the forwarding test: add it, and to RUN_HOST_ONLY or \
+                 RECORD_HOST_ONLY if the sandbox job must not pass it on as given"
+            );
+        }
+    }
+
+    const RUN_LINE: &[&str] = &[
+        "perfvisor",
+        "run",
+        "--kernel",
+        "/k",
+        "--initrd",
+        "/i",
+        "--cmdline",
+        "console=ttyS0 x",
+        "--append=-weird=1",
+        "--memory",
+        "512M",
+        "--cpus",
+        "3",
+        "--timeout",
+        "9",
+        "--kvm",
+        "sandbox",
+        "--pmu-freq",
+        "500",
+        "--pmu-budget",
+        "900",
+        "--pmu-backend",
+        "host-timer",
+        "--",
+        "echo",
+        "hi -x",
+        "--not-an-option",
+    ];
+
+    #[test]
+    fn run_options_reach_the_sandboxed_perfvisor() {
+        let (given, argv) = forwarded(RUN_LINE, &[]);
+        covers_every_option("run", &given);
+        let inner = ["perfvisor", "run"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(argv.clone());
+        let Command::Run(mut got) = Cli::try_parse_from(inner)
+            .expect("inner line parses")
+            .command
+        else {
+            panic!("not run: {argv:?}");
+        };
+        let Command::Run(mut want) = Cli::try_parse_from(RUN_LINE).expect("parses").command else {
+            panic!("not run");
+        };
+        for a in [&mut got, &mut want] {
+            (a.kernel, a.initrd, a.kvm) = (None, None, KvmChoice::Auto);
+        }
+        assert_eq!(
+            format!("{got:?}"),
+            format!("{want:?}"),
+            "inner line {argv:?}"
+        );
+        for host in ["--kernel", "--initrd", "--kvm"] {
+            assert!(
+                !argv.iter().any(|a| a.starts_with(host)),
+                "{host} forwarded: {argv:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn record_options_reach_the_sandboxed_perfvisor() {
+        let mut line = vec!["perfvisor", "record"];
+        line.extend(&RUN_LINE[2..RUN_LINE.len() - 4]);
+        line.extend([
+            "-F",
+            "250",
+            "--call-graph",
+            "fp",
+            "-o",
+            "/out.data",
+            "--flamegraph",
+            "/f.svg",
+            "--folded",
+            "/f.folded",
+            "--guest-system-map",
+            "/m",
+            "--guest-binary",
+            "/b1",
+            "--guest-binary",
+            "/b2",
+            "--raw-out",
+            "/r",
+            "--guest-info",
+            "/g",
+            "--",
+            "true",
+        ]);
+        let (given, argv) = forwarded(&line, record_cmd::RECORD_HOST_ONLY);
+        covers_every_option("record", &given);
+        let inner = ["perfvisor", "record"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(argv.clone());
+        let Command::Record(got) = Cli::try_parse_from(inner)
+            .expect("inner line parses")
+            .command
+        else {
+            panic!("not record: {argv:?}");
+        };
+        let Command::Record(want) = Cli::try_parse_from(&line).expect("parses").command else {
+            panic!("not record");
+        };
+        assert_eq!((got.freq, &got.call_graph), (want.freq, &want.call_graph));
+        assert_eq!(got.run.pmu_budget, want.run.pmu_budget);
+        assert_eq!(got.run.guest_command, want.run.guest_command);
+        assert!(
+            got.guest_binaries.is_empty() && got.raw_out.is_none(),
+            "{argv:?}"
+        );
+        assert_eq!(
+            got.output,
+            PathBuf::from("perf.data"),
+            "the outer perfvisor writes -o"
+        );
+    }
 
     #[test]
     fn sizes() {

@@ -23,6 +23,7 @@ use vmm::recorder::{RecordConfig, RecordStats, RecordedSample};
 use vmm::sampler::Backend;
 use vmm::{Vm, VmConfig};
 
+use crate::forward::GivenArgs;
 use crate::{
     default_image_dir, exit_code, resolve, sandbox_for, sandbox_job, use_sandbox, CliError, RunArgs,
 };
@@ -60,6 +61,18 @@ pub struct RecordArgs {
     #[arg(long, hide = true)]
     pub guest_info: Option<PathBuf>,
 }
+
+/// Options of `record` the outer perfvisor keeps: it writes the outputs,
+/// from the raw samples the inner one sends back.
+pub const RECORD_HOST_ONLY: &[&str] = &[
+    "output",
+    "flamegraph",
+    "folded",
+    "guest_system_map",
+    "guest_binaries",
+    "raw_out",
+    "guest_info",
+];
 
 /// Raw sample file: magic, then tagged records.
 const RAW_MAGIC: &[u8; 8] = b"PVRAW002";
@@ -385,13 +398,13 @@ fn progress(stats: &RecordStats, start: Instant, last: &mut (Vec<u64>, Instant),
     *last = (now, Instant::now());
 }
 
-pub fn record(args: RecordArgs) -> Result<ExitCode, CliError> {
+pub fn record(args: RecordArgs, given: &GivenArgs) -> Result<ExitCode, CliError> {
     if args.run.cpus == 0 {
         return Err(CliError::NoCpus);
     }
     let backend: Backend = args.run.pmu_backend.resolve(args.call_graph.is_some());
     if args.raw_out.is_none() && use_sandbox(&args.run)? {
-        return record_in_sandbox(&args, backend);
+        return record_in_sandbox(&args, given, backend);
     }
     let (kernel, initrd, cmdline) = resolve(&args.run)?;
     let initrd_files = crate::guest_command_files(&args.run);
@@ -520,16 +533,12 @@ pub fn record(args: RecordArgs) -> Result<ExitCode, CliError> {
 
 /// Record inside the L1 sandbox into a raw file, copy it back, write the
 /// outputs here.
-fn record_in_sandbox(args: &RecordArgs, backend: Backend) -> Result<ExitCode, CliError> {
-    let mut extra = vec![
-        "--freq".to_string(),
-        args.freq.to_string(),
-        "--raw-out".into(),
-        "/out/samples.raw".into(),
-    ];
-    if let Some(cg) = &args.call_graph {
-        extra.extend(["--call-graph".into(), cg.clone()]);
-    }
+fn record_in_sandbox(
+    args: &RecordArgs,
+    given: &GivenArgs,
+    backend: Backend,
+) -> Result<ExitCode, CliError> {
+    let mut extra = vec!["--raw-out".to_string(), "/out/samples.raw".into()];
     let info = default_image_dir().join("guest-info.txt");
     let use_info = args.run.kernel.is_none() && info.is_file();
     if use_info {
@@ -540,7 +549,8 @@ fn record_in_sandbox(args: &RecordArgs, backend: Backend) -> Result<ExitCode, Cl
     // through. Removed when this function returns.
     let private = sandbox::TempDir::new()?;
     let host_out = private.path().join("out");
-    let mut job = sandbox_job(&args.run, "record", &extra)?.collect("/out", &host_out);
+    let mut job = sandbox_job(&args.run, "record", given, RECORD_HOST_ONLY, &extra)?
+        .collect("/out", &host_out);
     if use_info {
         job = job.file(&info, "/perfvisor/guest-info.txt");
     }
