@@ -813,14 +813,16 @@ fn system_wide_samples_name_the_task_that_ran() {
                 got * 100.0,
                 truth * 100.0
             );
-            // The host timer ticks on the vCPU thread's host CPU time; the
-            // workload's clock also runs while the L1 preempts that thread
-            // (steal: a CI run measured 0.72 per ms with the L1's 2 CPUs
-            // shared by QEMU's vCPU threads, perf and the sampler).
-            let low = if backend == "host-timer" { 0.6 } else { 0.8 };
+            // Both backends tick on the host's clock; the workload's own
+            // clock also runs while the L1 preempts the vCPU thread, and
+            // ticks due during that steal coalesce into one sample (CI runs
+            // measured 0.72 per ms with the host timer and 0.80 with kick,
+            // the L1's 2 CPUs shared by QEMU's vCPU threads, perf and the
+            // sampler). The share check below is the ground truth; this one
+            // catches samples lost or given to the wrong task.
             r.check(
-                (low..=1.15).contains(&per_ms),
-                "the workload's samples match its own CPU time (0.8-1.15 per ms; 0.6 with the host timer)",
+                (0.6..=1.15).contains(&per_ms),
+                "the workload's samples match its own CPU time (0.6-1.15 per ms)",
             );
             r.check(
                 (got - truth).abs() <= 0.05,
