@@ -72,6 +72,9 @@ extract_sandbox() {
     mkdir -p "$x" "$dir/modules"
     dpkg-deb --fsys-tarfile "$kdeb" | tar -x -C "$x" ./boot "./lib/modules/$kver"
     cp "$x/boot/vmlinuz-$kver" "$dir/vmlinuz"
+    # The package's own System.map, as users have it (Debian ships a
+    # one-line placeholder; tests/record.rs records with it).
+    cp "$x/boot/System.map-$kver" "$dir/System.map"
     extract_vmlinux "$dir/vmlinuz" "$dir/vmlinux"
     depmod -b "$x" "$kver"
     : >"$dir/modules/order"
@@ -171,4 +174,4 @@ rm -rf "$OUT"
 mv "$OUT.tmp" "$OUT"
 pv_phase_end
 pv_say "sandbox ready: $KVER, modules: $(tr '\n' ' ' <"$OUT/modules/order")"
-pv_say "  $OUT/{vmlinuz,vmlinux,modules/,busybox,manifest.txt}"
+pv_say "  $OUT/{vmlinuz,vmlinux,System.map,modules/,busybox,manifest.txt}"

@@ -162,6 +162,8 @@ enum CliError {
     },
     #[error("--cpus must be at least 1")]
     NoCpus,
+    #[error("a guest command needs an initramfs whose /init runs it: with --kernel, pass --initrd too (the default guest image's is {0})")]
+    NoInitrd(PathBuf),
     #[error(transparent)]
     Vm(#[from] vmm::VmError),
     #[error(transparent)]
@@ -235,8 +237,15 @@ fn resolve(args: &RunArgs) -> Result<(PathBuf, Option<PathBuf>, String), CliErro
         }
     };
     check_readable(&kernel, CliError::KernelMissing)?;
-    if let Some(i) = &initrd {
-        check_readable(i, CliError::InitrdMissing)?;
+    match &initrd {
+        Some(i) => check_readable(i, CliError::InitrdMissing)?,
+        // Checked here, before any boot (and before the sandbox's).
+        None if !args.guest_command.is_empty() => {
+            return Err(CliError::NoInitrd(
+                default_image_dir().join("initramfs.cpio"),
+            ))
+        }
+        None => {}
     }
     let mut cmdline = args
         .cmdline

@@ -48,7 +48,7 @@ pub struct RecordArgs {
     /// Also write folded stacks (flamegraph.pl / inferno input).
     #[arg(long)]
     pub folded: Option<PathBuf>,
-    /// The guest kernel's System.map or a copy of its /proc/kallsyms [default: the default image's].
+    /// The guest kernel's symbols: its System.map, a copy of its /proc/kallsyms, or an unstripped vmlinux [default: the default image's]. Without text symbols (Debian's /boot/System.map is a placeholder), kernel frames stay raw addresses and every output is still written.
     #[arg(long)]
     pub guest_system_map: Option<PathBuf>,
     /// A static guest binary to resolve user symbols with (repeatable) [default: the guest image's tools].
@@ -208,7 +208,7 @@ fn meta(args: &RecordArgs, nr_cpus: u32, backend: Backend) -> RecordMeta {
             .unwrap_or_default();
     }
     let mut bins = args.guest_binaries.clone();
-    if bins.is_empty() && default_image {
+    if bins.is_empty() && runs_default_userspace(args, &image) {
         // The guest image's static tools, as built by scripts/build-guest-image.sh.
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("target/guest/x86_64-unknown-linux-gnu/release");
@@ -230,6 +230,41 @@ fn meta(args: &RecordArgs, nr_cpus: u32, backend: Backend) -> RecordMeta {
     m.callchain = args.call_graph.is_some() && backend == Backend::Kick;
     m.backend = backend.to_string();
     m
+}
+
+/// The recorded guest kernel runs at its link-time addresses, so the
+/// symbols of a System.map or vmlinux (which have link-time addresses)
+/// match the samples: a distribution kernel randomizes its base otherwise
+/// (CONFIG_RANDOMIZE_BASE). A command line that already says `kaslr` or
+/// `nokaslr` is the user's choice and stays.
+fn without_kaslr(cmdline: String) -> String {
+    if cmdline
+        .split_ascii_whitespace()
+        .any(|w| w == "kaslr" || w == "nokaslr")
+    {
+        cmdline
+    } else {
+        format!("{cmdline} nokaslr")
+    }
+}
+
+/// Whether the guest's user space is the default image's (no --initrd, or
+/// --initrd naming the default image's initramfs, as with a kernel the user
+/// brings): then the image's own tools resolve user frames.
+fn runs_default_userspace(args: &RecordArgs, image: &Path) -> bool {
+    match &args.run.initrd {
+        None => args.run.kernel.is_none(),
+        Some(initrd) => {
+            let default = image.join("initramfs.cpio");
+            match (
+                std::fs::canonicalize(initrd),
+                std::fs::canonicalize(default),
+            ) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            }
+        }
+    }
 }
 
 /// Turns samples into the outputs.
@@ -328,6 +363,11 @@ impl Outputs {
                 self.with_task as f64 * 100.0 / self.total as f64
             );
         }
+        if let Some(note) = self.symbolizer.kernel_note() {
+            eprintln!(
+                "  guest kernel frames are raw addresses: {note}; pass --guest-system-map with a copy of the guest's /proc/kallsyms or an unstripped vmlinux"
+            );
+        }
         if let Some((walks, ns)) = walk.filter(|w| w.0 > 0) {
             eprintln!(
                 "  callchain walk: {:.1} us per sample ({walks} walks)",
@@ -407,6 +447,7 @@ pub fn record(args: RecordArgs, given: &GivenArgs) -> Result<ExitCode, CliError>
         return record_in_sandbox(&args, given, backend);
     }
     let (kernel, initrd, cmdline) = resolve(&args.run)?;
+    let cmdline = without_kaslr(cmdline);
     let initrd_files = crate::guest_command_files(&args.run);
     let config = VmConfig {
         kernel,
@@ -560,12 +601,20 @@ fn record_in_sandbox(
     let stops = vmm::exit::interrupt_counter()
         .map_err(|e| CliError::Record(format!("installing the SIGINT handler: {e}")))?;
     job = job.stoppable(stops);
+    // The outputs and their symbol sources are checked before the guest
+    // boots: a bad path fails now, not after the samples are taken.
+    let mut outputs = Outputs::new(args, &meta(args, u32::from(args.run.cpus), backend))?;
     let outcome = sandbox_for(&args.run)?.run(&job, &mut |line: &str| {
         // The inner perfvisor's progress and summary are about the raw
         // half; keep its progress, drop its summary (ours follows).
         println!("{line}")
     })?;
     let raw_path = host_out.join("samples.raw");
+    if outcome.status != 0 && !raw_path.exists() {
+        // The inner perfvisor failed before recording; its one-line error
+        // is above, and its status is ours.
+        return Ok(exit_code(outcome.status));
+    }
     let result = (|| -> Result<(), CliError> {
         let mut r = BufReader::new(File::open(&raw_path).map_err(io(&raw_path))?);
         let mut magic = [0u8; 8];
@@ -576,7 +625,6 @@ fn record_in_sandbox(
                 raw_path.display()
             )));
         }
-        let mut outputs = Outputs::new(args, &meta(args, u32::from(args.run.cpus), backend))?;
         let mut st = RawStats::default();
         while let Some(item) = read_raw(&mut r).map_err(io(&raw_path))? {
             match item {
@@ -594,6 +642,15 @@ fn record_in_sandbox(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recording_turns_kaslr_off_unless_the_user_chose() {
+        assert_eq!(without_kaslr("quiet".into()), "quiet nokaslr");
+        assert_eq!(without_kaslr("quiet kaslr".into()), "quiet kaslr");
+        assert_eq!(without_kaslr("nokaslr quiet".into()), "nokaslr quiet");
+        // A longer word is not the option.
+        assert_eq!(without_kaslr("x.nokaslrx".into()), "x.nokaslrx nokaslr");
+    }
 
     #[test]
     fn raw_samples_round_trip() {

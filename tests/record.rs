@@ -251,3 +251,82 @@ fn ctrl_c_stops_the_recording_and_writes_the_outputs() {
         "the host's perf reads the perf.data written after the Ctrl-C",
     );
 }
+
+/// Debian's stock kernel, as fetched by scripts/fetch-sandbox.sh: the kernel
+/// a user brings, with a placeholder System.map and a stripped vmlinux.
+fn stock_kernel() -> (PathBuf, PathBuf) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("build/sandbox");
+    let (kernel, map) = (dir.join("vmlinuz"), dir.join("System.map"));
+    assert!(
+        kernel.is_file() && map.is_file(),
+        "no Debian kernel in {}: run scripts/fetch-sandbox.sh",
+        dir.display()
+    );
+    (kernel, map)
+}
+
+#[test]
+fn record_on_a_stock_kernel_without_symbols_keeps_every_sample() {
+    let (kernel, map) = stock_kernel();
+    let placeholder = std::fs::read_to_string(&map).unwrap();
+    println!("Debian's System.map: {placeholder:?}");
+    let dir = out_dir("record-stock");
+    let initrd = image_dir().join("initramfs.cpio");
+    let r = record(
+        &dir,
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--guest-system-map",
+            map.to_str().unwrap(),
+            "--call-graph",
+            "fp",
+        ],
+        "pv-workload --mode syscall --seconds 2",
+    );
+    r.check(r.status == 0, "record on the stock kernel exits 0");
+    r.check(
+        r.stderr.contains("guest kernel frames are raw addresses")
+            && r.stderr.contains("has no text symbols"),
+        "the summary says in one line that kernel frames are raw addresses, and why",
+    );
+    let folded = std::fs::read_to_string(dir.join("out.folded")).unwrap_or_default();
+    let count = |pred: &dyn Fn(&str) -> bool| -> u64 {
+        folded
+            .lines()
+            .filter(|l| pred(l))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+            .sum()
+    };
+    let total = count(&|_| true);
+    // `perfvisor record` boots the guest without KASLR, so the raw kernel
+    // addresses are link-time ones a System.map from the -dbg package names.
+    let raw_kernel = count(&|l| l.contains(";0xffffffff8") && l.contains("_[k]"));
+    println!("folded stacks: {total} samples, {raw_kernel} with raw link-time kernel addresses");
+    r.check(total > 1000, "every sample reaches the folded stacks");
+    r.check(
+        raw_kernel * 4 > total,
+        "kernel frames are raw link-time addresses (nokaslr), not dropped",
+    );
+    r.check(
+        !folded.contains("0xffffffff9") && !folded.contains("0xffffffffa"),
+        "no randomized kernel base (record turns KASLR off)",
+    );
+    let svg = std::fs::read_to_string(dir.join("out.svg")).unwrap_or_default();
+    well_formed(&svg);
+    let data = dir.join("perf.data");
+    let (script, err) = host_perf(&["script", "-i", data.to_str().unwrap()]);
+    let lines = script.lines().filter(|l| l.contains("cpu-clock")).count() as u64;
+    println!("host perf script: {lines} samples");
+    r.check(
+        lines == total,
+        "the host's perf reads every sample from perf.data",
+    );
+    r.check(
+        !err.to_lowercase().contains("warning"),
+        "the host's perf reads it without warnings",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -5,7 +5,8 @@
 //! callchain outermost first, then the sampled function. Guest kernel frames
 //! end in [`KERNEL_SUFFIX`] (`_[k]`, what `inferno-flamegraph --colors=java`
 //! and FlameGraph's java palette paint as kernel); a frame that nothing
-//! resolves is [`UNKNOWN`].
+//! resolves is [`UNKNOWN`], or its raw address when that side (kernel or
+//! user) has no symbols at all.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -58,6 +59,12 @@ fn frame_name(symbolizer: &Symbolizer, addr: u64, user: bool, comm: Option<&str>
             }
             name
         }
+        // With no symbols at all for this side, the address is the one
+        // thing known about the frame: keep it (perf prints it the same way).
+        None if !user && symbolizer.kernel_symbol_count() == 0 => {
+            format!("{addr:#x}{KERNEL_SUFFIX}")
+        }
+        None if user && !symbolizer.has_user_binaries() => format!("{addr:#x}"),
         None => UNKNOWN.to_string(),
     }
 }
@@ -213,5 +220,32 @@ mod tests {
             .find(|l| l.starts_with(OTHER))
             .expect("an [other] line");
         assert_eq!(other, format!("{OTHER} {}", n - MAX_STACKS as u64));
+    }
+
+    /// Without any symbols the frames keep their addresses, kernel ones
+    /// marked as kernel: a profile with raw addresses, not "[unknown]".
+    #[test]
+    fn frames_without_any_symbols_keep_their_addresses() {
+        let sym = Symbolizer::new();
+        let mut f = Folded::without_comm();
+        f.add(
+            &GuestSample {
+                cpu: 0,
+                vcpu_tid: 1,
+                guest_pid: None,
+                guest_tid: None,
+                comm: None,
+                time_ns: 0,
+                ip: 0xffff_ffff_8100_0010,
+                user: false,
+                callchain: &[0x40_1235],
+                period: 1,
+            },
+            &sym,
+        );
+        assert_eq!(
+            f.lines(),
+            vec!["0x401234;0xffffffff81000010_[k] 1".to_string()]
+        );
     }
 }

@@ -295,12 +295,10 @@ impl PerfDataWriter {
                 "vmm_pid is 0; perf names the guest machine after the VMM's pid, which must be non-zero (std::process::id())".into(),
             ));
         }
-        let kernel: Option<(SymbolTable, Option<&Path>)> =
-            match (&meta.guest_system_map, &meta.guest_vmlinux) {
-                (Some(map), _) => Some((symbols::read_kernel_symbols(map)?, Some(map.as_path()))),
-                (None, Some(vmlinux)) => Some((symbols::read_kernel_symbols(vmlinux)?, None)),
-                (None, None) => None,
-            };
+        let found = symbols::find_kernel_symbols(meta)?.0;
+        let kernel: Option<(&SymbolTable, Option<&Path>)> = found
+            .as_ref()
+            .map(|k| (&k.table, k.is_map.then_some(k.path.as_path())));
         let mut binaries = Vec::new();
         for b in &meta.guest_binaries {
             binaries.push(UserBinary::load(&b.path, b.name.as_deref())?);

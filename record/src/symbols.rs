@@ -289,11 +289,8 @@ pub(crate) fn read_elf(path: &Path, what: &'static str) -> Result<ElfInfo> {
     if entries.is_empty() {
         collect(&mut file.dynamic_symbols(), &mut entries, &mut boundaries);
     }
-    if entries.is_empty() {
-        return Err(bad(
-            "has no function symbols (stripped?); pass the unstripped binary".to_string(),
-        ));
-    }
+    // An empty table is the caller's to judge: a user binary without
+    // symbols is refused, a stripped vmlinux only leaves kernel frames raw.
     Ok(ElfInfo {
         table: SymbolTable::build(entries, boundaries),
         exec_segments,
@@ -306,10 +303,76 @@ pub(crate) fn read_elf(path: &Path, what: &'static str) -> Result<ElfInfo> {
 pub(crate) fn read_kernel_symbols(path: &Path) -> Result<SymbolTable> {
     let data = fs::read(path).map_err(|e| RecordError::read("guest kernel symbols", path, e))?;
     if data.starts_with(b"\x7fELF") {
-        return Ok(read_elf(path, "guest vmlinux")?.table);
+        let table = read_elf(path, "guest vmlinux")?.table;
+        if table.len() == 0 {
+            return Err(RecordError::NoSymbols {
+                path: path.to_path_buf(),
+            });
+        }
+        return Ok(table);
     }
     let text = String::from_utf8_lossy(&data);
     parse_kallsyms(path, &text)
+}
+
+/// Whether `path` starts with the ELF magic.
+fn is_elf(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && magic == *b"\x7fELF"
+}
+
+/// The guest kernel's symbols as a recording uses them (the symbolizer and
+/// the perf.data writer decide alike): the first source of `meta` that has
+/// text symbols.
+pub(crate) struct KernelSymbols {
+    pub table: SymbolTable,
+    pub path: PathBuf,
+    /// A System.map / kallsyms text file (perf can read it as kallsyms).
+    pub is_map: bool,
+}
+
+/// Tries `meta`'s kernel symbol sources in order: the System.map (or
+/// kallsyms copy), then the vmlinux. A source with no text symbols (Debian's
+/// placeholder System.map, a stripped vmlinux) is passed over, and the
+/// second value says so: the recording goes on with raw kernel addresses.
+/// A source that cannot be read or parsed is an error: the user named it.
+pub(crate) fn find_kernel_symbols(
+    meta: &crate::RecordMeta,
+) -> Result<(Option<KernelSymbols>, Option<String>)> {
+    let mut passed_over = Vec::new();
+    let sources = [(&meta.guest_system_map, true), (&meta.guest_vmlinux, false)];
+    for (path, is_map) in sources {
+        let Some(path) = path else { continue };
+        match read_kernel_symbols(path) {
+            Ok(table) => {
+                let found = KernelSymbols {
+                    table,
+                    path: path.clone(),
+                    is_map: is_map && !is_elf(path),
+                };
+                return Ok((Some(found), None));
+            }
+            Err(RecordError::NoSymbols { path }) => passed_over.push(path),
+            Err(e) => return Err(e),
+        }
+    }
+    let note = if passed_over.is_empty() {
+        "no guest kernel symbol source was given".to_string()
+    } else {
+        let names: Vec<String> = passed_over
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        format!(
+            "{} {} no text symbols (a distribution's System.map can be a placeholder; a vmlinux extracted from a bzImage is stripped)",
+            names.join(" and "),
+            if names.len() == 1 { "has" } else { "have" }
+        )
+    };
+    Ok((None, Some(note)))
 }
 
 /// A static, non-PIE guest user binary: its host path, the guest process name
@@ -325,6 +388,13 @@ pub(crate) struct UserBinary {
 impl UserBinary {
     pub(crate) fn load(path: &Path, name: Option<&str>) -> Result<UserBinary> {
         let info = read_elf(path, "guest user binary")?;
+        if info.table.len() == 0 {
+            return Err(RecordError::BadElf {
+                path: path.to_path_buf(),
+                reason: "has no function symbols (stripped?); pass the unstripped binary"
+                    .to_string(),
+            });
+        }
         if !info.is_exec {
             return Err(RecordError::BadElf {
                 path: path.to_path_buf(),
@@ -383,6 +453,8 @@ pub(crate) fn pick_binary(binaries: &[UserBinary], comm: Option<&str>) -> Option
 pub struct Symbolizer {
     kernel: Option<SymbolTable>,
     kernel_source: Option<PathBuf>,
+    /// Why there are no kernel symbols, when there are none.
+    kernel_note: Option<String>,
     binaries: Vec<UserBinary>,
 }
 
@@ -394,12 +466,16 @@ impl Symbolizer {
 
     /// Everything `meta` names: the guest kernel's System.map (preferred) or
     /// vmlinux, and the guest binaries.
+    /// A kernel source without text symbols is passed over (see
+    /// [`Symbolizer::kernel_note`]); one that cannot be read is an error.
     pub fn from_meta(meta: &crate::RecordMeta) -> Result<Symbolizer> {
         let mut s = Symbolizer::new();
-        if let Some(map) = &meta.guest_system_map {
-            s.set_kernel_symbols(map)?;
-        } else if let Some(vmlinux) = &meta.guest_vmlinux {
-            s.set_kernel_symbols(vmlinux)?;
+        match find_kernel_symbols(meta)? {
+            (Some(k), _) => {
+                s.kernel = Some(k.table);
+                s.kernel_source = Some(k.path);
+            }
+            (None, note) => s.kernel_note = note,
         }
         for b in &meta.guest_binaries {
             s.add_user_binary(&b.path, b.name.as_deref())?;
@@ -425,6 +501,18 @@ impl Symbolizer {
     ) -> Result<&mut Self> {
         self.binaries.push(UserBinary::load(path.as_ref(), name)?);
         Ok(self)
+    }
+
+    /// Why kernel addresses stay raw: set when no kernel source had text
+    /// symbols.
+    pub fn kernel_note(&self) -> Option<&str> {
+        self.kernel_note.as_deref()
+    }
+
+    /// Whether any user binary is known (without one, user addresses stay
+    /// raw).
+    pub fn has_user_binaries(&self) -> bool {
+        !self.binaries.is_empty()
     }
 
     /// Number of guest kernel symbols (0 without a kernel source).
@@ -488,6 +576,53 @@ ffffffff81000080 T after_data
         assert!(e.to_string().contains("System.map"), "{e}");
         let e = parse_kallsyms(Path::new("x"), "0000000000001000 D data\n").unwrap_err();
         assert!(matches!(e, RecordError::NoSymbols { .. }), "{e}");
+    }
+
+    /// Debian's /boot/System.map-<release> (the real one is in the -dbg
+    /// package), byte for byte.
+    const DEBIAN_PLACEHOLDER: &str =
+        "ffffffffffffffff B The real System.map is in the linux-image-<version>-dbg package\n";
+
+    #[test]
+    fn a_placeholder_system_map_leaves_kernel_frames_raw_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let placeholder = dir.path().join("System.map-6.1.0-57-amd64");
+        fs::write(&placeholder, DEBIAN_PLACEHOLDER).unwrap();
+        let mut meta = crate::RecordMeta::new(1, 99);
+        meta.guest_system_map = Some(placeholder.clone());
+        let s = Symbolizer::from_meta(&meta).expect("a placeholder is not an error");
+        assert_eq!(s.kernel_symbol_count(), 0);
+        let note = s.kernel_note().expect("the reason is kept");
+        assert!(
+            note.contains(&placeholder.display().to_string()) && note.contains("no text symbols"),
+            "{note}"
+        );
+        // The perf.data writer decides alike: a file, no kallsyms directory.
+        let out = dir.path().join("perf.data");
+        crate::PerfDataWriter::create(&out, &meta)
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert!(
+            out.is_file(),
+            "perf.data is a plain file without kernel symbols"
+        );
+
+        // The next source is used when it has symbols.
+        let map = dir.path().join("kallsyms");
+        fs::write(&map, MAP).unwrap();
+        meta.guest_vmlinux = Some(map);
+        let s = Symbolizer::from_meta(&meta).unwrap();
+        assert!(s.kernel_note().is_none());
+        assert_eq!(
+            s.symbolize(0xffffffff81000025, false, None).map(|x| x.name),
+            Some("do_thing")
+        );
+
+        // A source that cannot be read is the user's mistake: an error.
+        meta.guest_system_map = Some(dir.path().join("missing"));
+        let e = Symbolizer::from_meta(&meta).unwrap_err();
+        assert!(matches!(e, RecordError::Read { .. }), "{e}");
     }
 
     #[test]
