@@ -232,6 +232,40 @@ fn meta(args: &RecordArgs, nr_cpus: u32, backend: Backend) -> RecordMeta {
     m
 }
 
+/// Where the guest kernel keeps the current task and its ids, so samples
+/// carry the guest pid, tid and comm: the inner perfvisor's --guest-info,
+/// the default image's guest-info.txt, or the BTF of the kernel the user
+/// brings. A kernel without it records anyway, and says why tasks are not
+/// named.
+fn task_layout(args: &RecordArgs) -> Option<KernelInfo> {
+    let from_file = |p: &Path| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|t| KernelInfo::parse(&t))
+    };
+    if let Some(p) = &args.guest_info {
+        return from_file(p);
+    }
+    let Some(kernel) = &args.run.kernel else {
+        return from_file(&default_image_dir().join("guest-info.txt"));
+    };
+    let start = Instant::now();
+    match vmm::btf_layout::layout_from_image(kernel) {
+        Ok(info) => {
+            eprintln!(
+                "perfvisor record: guest tasks named with the task_struct layout from {}'s BTF ({:.2} s)",
+                kernel.display(),
+                start.elapsed().as_secs_f64()
+            );
+            Some(info)
+        }
+        Err(e) => {
+            eprintln!("perfvisor record: guest tasks will not be named: {e}");
+            None
+        }
+    }
+}
+
 /// The recorded guest kernel runs at its link-time addresses, so the
 /// symbols of a System.map or vmlinux (which have link-time addresses)
 /// match the samples: a distribution kernel randomizes its base otherwise
@@ -469,14 +503,7 @@ pub fn record(args: RecordArgs, given: &GivenArgs) -> Result<ExitCode, CliError>
             budget: args.run.pmu_budget(),
         }),
     };
-    let kernel_info = match &args.guest_info {
-        Some(p) => std::fs::read_to_string(p).ok(),
-        None if args.run.kernel.is_none() => {
-            std::fs::read_to_string(default_image_dir().join("guest-info.txt")).ok()
-        }
-        None => None,
-    }
-    .and_then(|t| KernelInfo::parse(&t));
+    let kernel_info = task_layout(&args);
     let mut vm = Vm::new(config, Box::new(std::io::stdout()))?;
     let recording = vm.record(RecordConfig {
         freq: args.freq,
@@ -580,19 +607,22 @@ fn record_in_sandbox(
     backend: Backend,
 ) -> Result<ExitCode, CliError> {
     let mut extra = vec!["--raw-out".to_string(), "/out/samples.raw".into()];
-    let info = default_image_dir().join("guest-info.txt");
-    let use_info = args.run.kernel.is_none() && info.is_file();
-    if use_info {
-        extra.extend(["--guest-info".into(), "/perfvisor/guest-info.txt".into()]);
-    }
     // A private directory (0700, random name) that the sandbox creates the
     // collect directory in: nothing another local user made is written
     // through. Removed when this function returns.
     let private = sandbox::TempDir::new()?;
     let host_out = private.path().join("out");
+    // The task layout is found here, where the kernel file is, and goes in
+    // as the inner perfvisor's --guest-info.
+    let layout = task_layout(args);
+    let info = private.path().join("guest-info.txt");
+    if let Some(layout) = layout {
+        std::fs::write(&info, layout.to_text()).map_err(io(&info))?;
+        extra.extend(["--guest-info".into(), "/perfvisor/guest-info.txt".into()]);
+    }
     let mut job = sandbox_job(&args.run, "record", given, RECORD_HOST_ONLY, &extra)?
         .collect("/out", &host_out);
-    if use_info {
+    if layout.is_some() {
         job = job.file(&info, "/perfvisor/guest-info.txt");
     }
     // Ctrl-C (or SIGTERM) stops the recording inside the L1 the way it

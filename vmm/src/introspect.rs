@@ -320,6 +320,14 @@ impl KernelInfo {
             task_comm: get("task_comm")?,
         })
     }
+
+    /// The `guest-info.txt` text [`KernelInfo::parse`] reads back.
+    pub fn to_text(&self) -> String {
+        format!(
+            "current_task {:#x}\ntask_pid {}\ntask_tgid {}\ntask_comm {}\n",
+            self.current_task, self.task_pid, self.task_tgid, self.task_comm
+        )
+    }
 }
 
 /// The task running on a vCPU.
@@ -338,7 +346,10 @@ pub fn current_task(
     percpu_base: u64,
 ) -> Option<GuestTask> {
     let task = space.read_u64(percpu_base.checked_add(info.current_task)?)?;
-    if !is_canonical(task) {
+    // A task_struct lives in the kernel half. Anything else (zero before
+    // the kernel has set up its per-CPU area, as in the boot decompressor)
+    // is no task: the sample is left unnamed rather than called pid 0.
+    if !is_canonical(task) || task >> 63 == 0 {
         return None;
     }
     let mut ids = [0u8; 4];
@@ -561,8 +572,15 @@ mod tests {
             }
         );
         assert_eq!(current_task(&mut s, &info, 0x7000_0000_0000), None);
+        // A per-CPU slot still zero (early boot), or a user pointer: no task.
+        w(&m, 0xa040, 0);
+        assert_eq!(current_task(&mut s, &info, k + 0xa000), None);
+        w(&m, 0xa040, 0xb000);
+        assert_eq!(current_task(&mut s, &info, k + 0xa000), None);
         let text = "current_task 0x40\ntask_pid 16\ntask_tgid 0x14\ntask_comm 32\n";
         assert_eq!(KernelInfo::parse(text), Some(info));
         assert_eq!(KernelInfo::parse("current_task 1"), None);
+        let info = KernelInfo::parse(text).unwrap();
+        assert_eq!(KernelInfo::parse(&info.to_text()), Some(info));
     }
 }

@@ -11,12 +11,14 @@
 
 pub mod arch;
 pub mod boot;
+pub mod btf_layout;
 pub mod budget;
 pub mod console;
 pub mod exit;
 pub mod exit_counts;
 pub mod host_timer;
 pub mod introspect;
+pub mod kernel_image;
 pub mod kvm_stats;
 pub mod memory;
 pub mod payload;

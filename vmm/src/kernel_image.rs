@@ -1,0 +1,260 @@
+//! The ELF `vmlinux` inside a kernel image a user brings: a bzImage's
+//! compressed payload (boot protocol 2.08+: `payload_offset`,
+//! `payload_length` in the setup header) or an ELF as is, and its sections.
+//!
+//! The image is the user's file, not the guest's memory, but it is still
+//! foreign input: every offset is checked against the file, and the
+//! decompressed size is capped.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use object::{Object, ObjectSection};
+
+/// The largest `vmlinux` a payload may decompress to (Debian's 6.1 is 66 MB;
+/// an allyesconfig kernel stays well under this).
+pub const MAX_VMLINUX: u64 = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelImageError {
+    #[error("reading the kernel image {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is neither an ELF vmlinux nor a bzImage (no HdrS setup header): pass the kernel's bzImage or vmlinux")]
+    NotAKernel { path: PathBuf },
+    #[error("{path}: the bzImage's payload ({what}) lies outside the file: the image is truncated or corrupt")]
+    BadPayload { path: PathBuf, what: &'static str },
+    #[error("{path}: the kernel payload is compressed with {method}, which perfvisor does not decompress; pass the ELF vmlinux (scripts/extract-vmlinux in the kernel tree extracts it)")]
+    Unsupported { path: PathBuf, method: String },
+    #[error("{path}: decompressing the {method} kernel payload failed: {source}")]
+    Decompress {
+        path: PathBuf,
+        method: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{path}: the kernel payload decompresses to more than {MAX_VMLINUX} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("{path}: the decompressed payload is not an ELF file")]
+    PayloadNotElf { path: PathBuf },
+    #[error("{path}: parsing the vmlinux ELF: {source}")]
+    Elf {
+        path: PathBuf,
+        source: object::read::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, KernelImageError>;
+
+/// A kernel's `vmlinux` ELF, read from a bzImage or an ELF file.
+pub struct Vmlinux {
+    path: PathBuf,
+    elf: Vec<u8>,
+}
+
+impl Vmlinux {
+    /// Reads `path`: an ELF as is, a bzImage's payload decompressed.
+    pub fn open(path: &Path) -> Result<Vmlinux> {
+        let data = std::fs::read(path).map_err(|source| KernelImageError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let elf = if data.starts_with(b"\x7fELF") {
+            data
+        } else {
+            decompress_payload(path, bzimage_payload(path, &data)?)?
+        };
+        if !elf.starts_with(b"\x7fELF") {
+            return Err(KernelImageError::PayloadNotElf {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(Vmlinux {
+            path: path.to_path_buf(),
+            elf,
+        })
+    }
+
+    /// The contents of section `name`, if the ELF has it.
+    pub fn section(&self, name: &str) -> Result<Option<&[u8]>> {
+        let file = object::File::parse(&*self.elf).map_err(|source| KernelImageError::Elf {
+            path: self.path.clone(),
+            source,
+        })?;
+        let Some(section) = file.section_by_name(name) else {
+            return Ok(None);
+        };
+        let range = section.file_range().and_then(|(off, len)| {
+            Some(usize::try_from(off).ok()?..usize::try_from(off.checked_add(len)?).ok()?)
+        });
+        Ok(range.and_then(|r| self.elf.get(r)))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The compressed payload of a bzImage (Documentation/arch/x86/boot.rst).
+fn bzimage_payload<'a>(path: &Path, data: &'a [u8]) -> Result<&'a [u8]> {
+    if data.get(0x202..0x206) != Some(b"HdrS") {
+        return Err(KernelImageError::NotAKernel {
+            path: path.to_path_buf(),
+        });
+    }
+    let bad = |what| KernelImageError::BadPayload {
+        path: path.to_path_buf(),
+        what,
+    };
+    let u32_at = |off: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(data.get(off..off + 4)?.try_into().ok()?))
+    };
+    let version = data
+        .get(0x206..0x208)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .ok_or(bad("protocol version"))?;
+    if version < 0x0208 {
+        return Err(bad("boot protocol before 2.08 has no payload fields"));
+    }
+    // setup_sects 0 means 4 (boot.rst).
+    let sects = match data.get(0x1f1).copied().ok_or(bad("setup_sects"))? {
+        0 => 4,
+        n => u64::from(n),
+    };
+    let offset = u64::from(u32_at(0x248).ok_or(bad("payload_offset"))?);
+    let length = u64::from(u32_at(0x24c).ok_or(bad("payload_length"))?);
+    let start = (sects + 1) * 512 + offset;
+    let end = start.checked_add(length).ok_or(bad("payload_length"))?;
+    let range = usize::try_from(start).ok().zip(usize::try_from(end).ok());
+    range
+        .and_then(|(s, e)| data.get(s..e))
+        .ok_or(bad("payload_offset + payload_length"))
+}
+
+/// Decompresses a payload by its magic, reading at most [`MAX_VMLINUX`]
+/// bytes. The kernel appends the uncompressed size after some formats'
+/// stream (xz), so each decoder reads one stream and ignores the rest.
+fn decompress_payload(path: &Path, payload: &[u8]) -> Result<Vec<u8>> {
+    let (method, reader): (&'static str, Box<dyn Read + '_>) = match payload {
+        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => {
+            ("xz", Box::new(liblzma::read::XzDecoder::new(payload)))
+        }
+        [0x1f, 0x8b, ..] => ("gzip", Box::new(flate2::read::GzDecoder::new(payload))),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => {
+            let d = ruzstd::decoding::StreamingDecoder::new(payload).map_err(|e| {
+                KernelImageError::Decompress {
+                    path: path.to_path_buf(),
+                    method: "zstd",
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+                }
+            })?;
+            ("zstd", Box::new(d))
+        }
+        _ => {
+            let method = match payload {
+                [0x02, 0x21, 0x4c, 0x18, ..] => "lz4".to_string(),
+                [b'B', b'Z', b'h', ..] => "bzip2".to_string(),
+                [0x5d, 0, 0, ..] => "lzma".to_string(),
+                [0x89, b'L', b'Z', b'O', ..] => "lzo".to_string(),
+                _ => format!(
+                    "an unknown method (magic {:02x?})",
+                    &payload[..payload.len().min(4)]
+                ),
+            };
+            return Err(KernelImageError::Unsupported {
+                path: path.to_path_buf(),
+                method,
+            });
+        }
+    };
+    let mut out = Vec::new();
+    reader
+        .take(MAX_VMLINUX + 1)
+        .read_to_end(&mut out)
+        .map_err(|source| KernelImageError::Decompress {
+            path: path.to_path_buf(),
+            method,
+            source,
+        })?;
+    if out.len() as u64 > MAX_VMLINUX {
+        return Err(KernelImageError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A minimal bzImage: setup header fields and a payload.
+    fn bzimage(payload: &[u8]) -> Vec<u8> {
+        let sects = 1u8;
+        let start = (usize::from(sects) + 1) * 512;
+        let mut img = vec![0u8; start];
+        img[0x1f1] = sects;
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+        img[0x248..0x24c].copy_from_slice(&0u32.to_le_bytes());
+        img[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        img.extend_from_slice(payload);
+        // The kernel's build appends the uncompressed size.
+        img.extend_from_slice(&[1, 2, 3, 4]);
+        img
+    }
+
+    fn write(dir: &tempfile::TempDir, name: &str, data: &[u8]) -> PathBuf {
+        let p = dir.path().join(name);
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+
+    const ELF: &[u8] = b"\x7fELF not really, but the magic is all open() checks";
+
+    #[test]
+    fn gzip_and_xz_payloads_decompress() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(ELF).unwrap();
+        let p = write(&dir, "gz", &bzimage(&gz.finish().unwrap()));
+        assert_eq!(Vmlinux::open(&p).unwrap().elf, ELF);
+
+        let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
+        xz.write_all(ELF).unwrap();
+        let p = write(&dir, "xz", &bzimage(&xz.finish().unwrap()));
+        assert_eq!(Vmlinux::open(&p).unwrap().elf, ELF);
+    }
+
+    #[test]
+    fn hostile_headers_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(&dir, "junk", b"not a kernel");
+        assert!(matches!(
+            Vmlinux::open(&p),
+            Err(KernelImageError::NotAKernel { .. })
+        ));
+        // A payload length past the end of the file.
+        let mut img = bzimage(b"\x1f\x8bxx");
+        img[0x24c..0x250].copy_from_slice(&u32::MAX.to_le_bytes());
+        let p = write(&dir, "long", &img);
+        assert!(matches!(
+            Vmlinux::open(&p),
+            Err(KernelImageError::BadPayload { .. })
+        ));
+        // An unsupported method names itself.
+        let p = write(&dir, "lz4", &bzimage(&[0x02, 0x21, 0x4c, 0x18, 0, 0]));
+        let e = Vmlinux::open(&p).err().unwrap().to_string();
+        assert!(e.contains("lz4") && e.contains("vmlinux"), "{e}");
+        // A payload that decompresses to something other than an ELF.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(b"plain text").unwrap();
+        let p = write(&dir, "text", &bzimage(&gz.finish().unwrap()));
+        assert!(matches!(
+            Vmlinux::open(&p),
+            Err(KernelImageError::PayloadNotElf { .. })
+        ));
+    }
+}
