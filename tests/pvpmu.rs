@@ -846,7 +846,11 @@ kill $work 2>/dev/null; true"#;
 #[test]
 fn the_host_budget_bounds_what_the_guest_asks_for() {
     boot_test("the_host_budget_bounds_what_the_guest_asks_for", || {
-        let budget = 1500u64;
+        // Well below what the kick sampler delivers on this platform even
+        // on a busy machine (1238/s of the 20000/s asked for, in a
+        // fresh-clone CI check with a build running beside it, 2026-12-06:
+        // with a budget of 1500 nothing was over it to skip).
+        let budget = 600u64;
         let r = boot(&[
             "--cpus",
             "2",

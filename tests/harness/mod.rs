@@ -140,9 +140,32 @@ fn platform_failure(r: &Run) -> Option<&'static str> {
         Some("a guest triple fault")
     } else if said("the L1 sandbox died") {
         Some("an L1 sandbox death")
+    } else if exception_at_syscall_entry(&r.stdout) || exception_at_syscall_entry(&r.stderr) {
+        Some("a guest oops at entry_SYSCALL_64+0x0 on a user stack")
     } else {
         None
     }
+}
+
+/// A guest oops at the first instruction of the SYSCALL entry with a user
+/// stack pointer: an interrupt or exception was delivered between SYSCALL
+/// (which masks IF) and the stack switch, which a correct CPU never does
+/// (docs/platform.md, 2026-12-06). The guest kernel did nothing wrong.
+fn exception_at_syscall_entry(out: &str) -> bool {
+    let mut lines = out.lines();
+    while let Some(l) = lines.next() {
+        if !l.contains("RIP: 0010:entry_SYSCALL_64+0x0/") {
+            continue;
+        }
+        let user_rsp = lines.next().and_then(|n| {
+            let v = n.split("RSP: 0018:").nth(1)?.split_whitespace().next()?;
+            u64::from_str_radix(v, 16).ok()
+        });
+        if user_rsp.is_some_and(|rsp| rsp >> 63 == 0) {
+            return true;
+        }
+    }
+    false
 }
 
 fn perfvisor_cmd_once(
