@@ -37,7 +37,7 @@ enum Command {
     Run(RunArgs),
     /// Profile a guest from the host for its whole run (no guest driver
     /// needed): perf.data, folded stacks, a flame graph.
-    Record(record_cmd::RecordArgs),
+    Record(Box<record_cmd::RecordArgs>),
     /// Check whether this host's /dev/kvm can run guest user space.
     Probe,
 }
@@ -513,7 +513,7 @@ fn main() -> ExitCode {
         .unwrap_or_default();
     let result = match cli.command {
         Command::Run(args) => run(args, &given),
-        Command::Record(args) => record_cmd::record(args, &given),
+        Command::Record(args) => record_cmd::record(*args, &given),
         Command::Probe => match probe(Duration::from_secs(5)) {
             Ok(p) => {
                 println!(
@@ -668,6 +668,8 @@ mod tests {
             "/r",
             "--guest-info",
             "/g",
+            "--guest-orc",
+            "/o",
             "--",
             "true",
         ]);
@@ -690,7 +692,7 @@ mod tests {
         assert_eq!(got.run.pmu_budget, want.run.pmu_budget);
         assert_eq!(got.run.guest_command, want.run.guest_command);
         assert!(
-            got.guest_binaries.is_empty() && got.raw_out.is_none(),
+            got.guest_binaries.is_empty() && got.raw_out.is_none() && got.guest_orc.is_none(),
             "{argv:?}"
         );
         assert_eq!(

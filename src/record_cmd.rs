@@ -12,6 +12,7 @@ use std::io::{BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use record::{
@@ -19,6 +20,7 @@ use record::{
     Symbolizer,
 };
 use vmm::introspect::{GuestTask, KernelInfo};
+use vmm::orc::OrcTable;
 use vmm::recorder::{RecordConfig, RecordStats, RecordedSample};
 use vmm::sampler::Backend;
 use vmm::{Vm, VmConfig};
@@ -36,7 +38,7 @@ pub struct RecordArgs {
     /// Samples per second per vCPU.
     #[arg(short = 'F', long = "freq", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=20_000))]
     pub freq: u32,
-    /// Callchains: `fp` walks the guest's frame pointers (kick backend only).
+    /// Callchains: `fp` walks the guest's frame pointers (kick backend only); kernel frames of a --kernel with ORC tables (CONFIG_UNWINDER_ORC, as distribution kernels) are unwound with those instead.
     #[arg(long = "call-graph", value_parser = ["fp"])]
     pub call_graph: Option<String>,
     /// perf.data output (a directory when guest kernel symbols are known; `perf report -i` opens either).
@@ -60,6 +62,10 @@ pub struct RecordArgs {
     /// Internal: the guest kernel layout file for task identification.
     #[arg(long, hide = true)]
     pub guest_info: Option<PathBuf>,
+    /// Internal: the guest kernel's ORC tables (perfvisor's own file), for
+    /// kernel callchains.
+    #[arg(long, hide = true)]
+    pub guest_orc: Option<PathBuf>,
 }
 
 /// Options of `record` the outer perfvisor keeps: it writes the outputs,
@@ -72,6 +78,7 @@ pub const RECORD_HOST_ONLY: &[&str] = &[
     "guest_binaries",
     "raw_out",
     "guest_info",
+    "guest_orc",
 ];
 
 /// Raw sample file: magic, then tagged records.
@@ -189,8 +196,14 @@ fn read_raw(r: &mut impl Read) -> std::io::Result<Option<RawItem>> {
 }
 
 /// Everything the outputs need to know besides the samples.
-fn meta(args: &RecordArgs, nr_cpus: u32, backend: Backend) -> RecordMeta {
+fn meta(
+    args: &RecordArgs,
+    nr_cpus: u32,
+    backend: Backend,
+    image_kallsyms: Option<PathBuf>,
+) -> RecordMeta {
     let mut m = RecordMeta::new(nr_cpus, args.freq);
+    m.guest_image_kallsyms = image_kallsyms;
     let image = default_image_dir();
     let default_image = args.run.kernel.is_none();
     m.guest_system_map = args
@@ -232,38 +245,120 @@ fn meta(args: &RecordArgs, nr_cpus: u32, backend: Backend) -> RecordMeta {
     m
 }
 
-/// Where the guest kernel keeps the current task and its ids, so samples
-/// carry the guest pid, tid and comm: the inner perfvisor's --guest-info,
-/// the default image's guest-info.txt, or the BTF of the kernel the user
-/// brings. A kernel without it records anyway, and says why tasks are not
-/// named.
-fn task_layout(args: &RecordArgs) -> Option<KernelInfo> {
+/// What the kernel image the user brings tells the recorder, read once.
+#[derive(Default)]
+struct KernelFacts {
+    /// Where the guest kernel keeps the current task and its ids.
+    layout: Option<KernelInfo>,
+    /// The kernel's symbols as kallsyms text, from its kallsyms tables.
+    kallsyms: Option<String>,
+    /// The kernel's ORC tables, for kernel callchains without frame
+    /// pointers.
+    orc: Option<Arc<OrcTable>>,
+}
+
+/// What the recorder needs to know about the guest kernel: where it keeps
+/// the current task and its ids, so samples carry the guest pid, tid and
+/// comm (the inner perfvisor's --guest-info, the default image's
+/// guest-info.txt, or the BTF of the kernel the user brings); for a kernel
+/// the user brings, its symbols from the kallsyms tables in its image
+/// (used when no System.map or vmlinux has any) and, with --call-graph, its
+/// ORC tables. A kernel without them records anyway, and says why.
+fn kernel_facts(args: &RecordArgs) -> KernelFacts {
     let from_file = |p: &Path| {
         std::fs::read_to_string(p)
             .ok()
             .and_then(|t| KernelInfo::parse(&t))
     };
-    if let Some(p) = &args.guest_info {
-        return from_file(p);
-    }
+    let mut facts = KernelFacts::default();
     let Some(kernel) = &args.run.kernel else {
-        return from_file(&default_image_dir().join("guest-info.txt"));
+        facts.layout = from_file(
+            args.guest_info
+                .as_deref()
+                .unwrap_or(&default_image_dir().join("guest-info.txt")),
+        );
+        return facts;
     };
-    let start = Instant::now();
-    match vmm::btf_layout::layout_from_image(kernel) {
-        Ok(info) => {
-            eprintln!(
-                "perfvisor record: guest tasks named with the task_struct layout from {}'s BTF ({:.2} s)",
-                kernel.display(),
-                start.elapsed().as_secs_f64()
-            );
-            Some(info)
-        }
-        Err(e) => {
-            eprintln!("perfvisor record: guest tasks will not be named: {e}");
-            None
+    if let Some(p) = &args.guest_info {
+        facts.layout = from_file(p);
+    }
+    if let Some(p) = &args.guest_orc {
+        match std::fs::read(p)
+            .map_err(|e| e.to_string())
+            .and_then(|b| OrcTable::from_bytes(&b).map_err(str::to_string))
+        {
+            Ok(t) => facts.orc = Some(Arc::new(t)),
+            Err(e) => eprintln!("perfvisor record: {}: {e}", p.display()),
         }
     }
+    // The inner half of a sandboxed recording writes raw samples only: the
+    // outer one reads the image, and hands it the layout and the tables.
+    let want_symbols = args.raw_out.is_none();
+    let want_orc = args.call_graph.is_some() && args.guest_orc.is_none();
+    if !want_symbols && !want_orc && facts.layout.is_some() {
+        return facts;
+    }
+    let start = Instant::now();
+    let vmlinux = match vmm::kernel_image::Vmlinux::open(kernel) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("perfvisor record: the kernel image gives no task layout, symbols or unwind tables: {e}");
+            return facts;
+        }
+    };
+    if facts.layout.is_none() {
+        match vmm::btf_layout::layout_from_vmlinux(&vmlinux) {
+            Ok(info) => {
+                eprintln!(
+                    "perfvisor record: guest tasks named with the task_struct layout from {}'s BTF ({:.2} s)",
+                    kernel.display(),
+                    start.elapsed().as_secs_f64()
+                );
+                facts.layout = Some(info);
+            }
+            Err(e) => eprintln!("perfvisor record: guest tasks will not be named: {e}"),
+        }
+    }
+    if want_symbols {
+        let start = Instant::now();
+        match vmm::kallsyms::symbols_from_image(&vmlinux) {
+            Ok(syms) => {
+                eprintln!(
+                    "perfvisor record: {} guest kernel symbols read from {}'s kallsyms tables ({:.2} s)",
+                    syms.len(),
+                    kernel.display(),
+                    start.elapsed().as_secs_f64()
+                );
+                facts.kallsyms = Some(vmm::kallsyms::to_kallsyms_text(&syms));
+            }
+            Err(e) => eprintln!("perfvisor record: {e}"),
+        }
+    }
+    if want_orc {
+        match OrcTable::from_image(&vmlinux) {
+            Ok(t) => {
+                eprintln!(
+                    "perfvisor record: guest kernel callchains unwound with {}'s ORC tables ({} entries, {:?} format)",
+                    kernel.display(),
+                    t.len(),
+                    t.format()
+                );
+                facts.orc = Some(Arc::new(t));
+            }
+            Err(e) => eprintln!("perfvisor record: {e}"),
+        }
+    }
+    facts
+}
+
+/// Writes the recovered kallsyms text into `dir` for the outputs.
+fn write_image_kallsyms(facts: &KernelFacts, dir: &Path) -> Result<Option<PathBuf>, CliError> {
+    let Some(text) = &facts.kallsyms else {
+        return Ok(None);
+    };
+    let path = dir.join("kallsyms");
+    std::fs::write(&path, text).map_err(io(&path))?;
+    Ok(Some(path))
 }
 
 /// The recorded guest kernel runs at its link-time addresses, so the
@@ -503,13 +598,17 @@ pub fn record(args: RecordArgs, given: &GivenArgs) -> Result<ExitCode, CliError>
             budget: args.run.pmu_budget(),
         }),
     };
-    let kernel_info = task_layout(&args);
+    let facts = kernel_facts(&args);
+    // The recovered symbols live here until the outputs are written.
+    let private = sandbox::TempDir::new()?;
+    let image_kallsyms = write_image_kallsyms(&facts, private.path())?;
     let mut vm = Vm::new(config, Box::new(std::io::stdout()))?;
     let recording = vm.record(RecordConfig {
         freq: args.freq,
         callchain: args.call_graph.is_some(),
         backend,
-        kernel_info,
+        kernel_info: facts.layout,
+        orc: facts.orc.clone(),
     });
     vm.stop_on_signals()?;
     let stats = recording.stats.clone();
@@ -528,7 +627,7 @@ pub fn record(args: RecordArgs, given: &GivenArgs) -> Result<ExitCode, CliError>
         Some(_) => None,
         None => Some(Outputs::new(
             &args,
-            &meta(&args, u32::from(args.run.cpus), backend),
+            &meta(&args, u32::from(args.run.cpus), backend, image_kallsyms),
         )?),
     };
     let inner = args.raw_out.is_some();
@@ -580,6 +679,7 @@ pub fn record(args: RecordArgs, given: &GivenArgs) -> Result<ExitCode, CliError>
             final_stats.walk_ns.load(Ordering::Relaxed),
         );
         o.finish(&args, backend, lost, Some(walk))?;
+        drop(private);
     } else {
         eprintln!(
             "perfvisor record: {} samples, {} lost, callchain walks {} ({} ns in total)",
@@ -614,16 +714,26 @@ fn record_in_sandbox(
     let host_out = private.path().join("out");
     // The task layout is found here, where the kernel file is, and goes in
     // as the inner perfvisor's --guest-info.
-    let layout = task_layout(args);
+    let facts = kernel_facts(args);
+    let image_kallsyms = write_image_kallsyms(&facts, private.path())?;
+    let layout = facts.layout;
     let info = private.path().join("guest-info.txt");
     if let Some(layout) = layout {
         std::fs::write(&info, layout.to_text()).map_err(io(&info))?;
         extra.extend(["--guest-info".into(), "/perfvisor/guest-info.txt".into()]);
     }
+    let orc_file = private.path().join("guest-orc.bin");
+    if let Some(orc) = &facts.orc {
+        std::fs::write(&orc_file, orc.to_bytes()).map_err(io(&orc_file))?;
+        extra.extend(["--guest-orc".into(), "/perfvisor/guest-orc.bin".into()]);
+    }
     let mut job = sandbox_job(&args.run, "record", given, RECORD_HOST_ONLY, &extra)?
         .collect("/out", &host_out);
     if layout.is_some() {
         job = job.file(&info, "/perfvisor/guest-info.txt");
+    }
+    if facts.orc.is_some() {
+        job = job.file(&orc_file, "/perfvisor/guest-orc.bin");
     }
     // Ctrl-C (or SIGTERM) stops the recording inside the L1 the way it
     // stops a direct one; the outputs are still written. A second one kills
@@ -633,7 +743,10 @@ fn record_in_sandbox(
     job = job.stoppable(stops);
     // The outputs and their symbol sources are checked before the guest
     // boots: a bad path fails now, not after the samples are taken.
-    let mut outputs = Outputs::new(args, &meta(args, u32::from(args.run.cpus), backend))?;
+    let mut outputs = Outputs::new(
+        args,
+        &meta(args, u32::from(args.run.cpus), backend, image_kallsyms),
+    )?;
     let outcome = sandbox_for(&args.run)?.run(&job, &mut |line: &str| {
         // The inner perfvisor's progress and summary are about the raw
         // half; keep its progress, drop its summary (ours follows).

@@ -74,6 +74,10 @@ pub struct RecordMeta {
     /// The guest kernel's System.map, or a copy of the guest's /proc/kallsyms
     /// (needed if the guest kernel relocates itself, KASLR).
     pub guest_system_map: Option<PathBuf>,
+    /// Kallsyms text recovered from the guest kernel's image (its compressed
+    /// kallsyms tables): the last kernel symbol source, for a kernel that
+    /// ships neither a System.map nor an unstripped vmlinux.
+    pub guest_image_kallsyms: Option<PathBuf>,
     /// Static, non-PIE guest user binaries to resolve guest user space with.
     pub guest_binaries: Vec<GuestBinary>,
     /// The command line that recorded (perf's CMDLINE header).
@@ -101,6 +105,7 @@ impl RecordMeta {
             kernel_release: String::new(),
             guest_vmlinux: None,
             guest_system_map: None,
+            guest_image_kallsyms: None,
             guest_binaries: Vec::new(),
             cmdline: std::env::args().collect(),
             hostname: sysinfo::hostname(),

@@ -335,7 +335,7 @@ pub(crate) struct KernelSymbols {
 }
 
 /// Tries `meta`'s kernel symbol sources in order: the System.map (or
-/// kallsyms copy), then the vmlinux. A source with no text symbols (Debian's
+/// kallsyms copy), the vmlinux, then the kallsyms recovered from the image. A source with no text symbols (Debian's
 /// placeholder System.map, a stripped vmlinux) is passed over, and the
 /// second value says so: the recording goes on with raw kernel addresses.
 /// A source that cannot be read or parsed is an error: the user named it.
@@ -343,7 +343,11 @@ pub(crate) fn find_kernel_symbols(
     meta: &crate::RecordMeta,
 ) -> Result<(Option<KernelSymbols>, Option<String>)> {
     let mut passed_over = Vec::new();
-    let sources = [(&meta.guest_system_map, true), (&meta.guest_vmlinux, false)];
+    let sources = [
+        (&meta.guest_system_map, true),
+        (&meta.guest_vmlinux, false),
+        (&meta.guest_image_kallsyms, true),
+    ];
     for (path, is_map) in sources {
         let Some(path) = path else { continue };
         match read_kernel_symbols(path) {
@@ -608,16 +612,24 @@ ffffffff81000080 T after_data
             "perf.data is a plain file without kernel symbols"
         );
 
-        // The next source is used when it has symbols.
+        // The next source is used when it has symbols: the kallsyms
+        // recovered from the image (the last source), then a vmlinux.
         let map = dir.path().join("kallsyms");
         fs::write(&map, MAP).unwrap();
-        meta.guest_vmlinux = Some(map);
-        let s = Symbolizer::from_meta(&meta).unwrap();
-        assert!(s.kernel_note().is_none());
-        assert_eq!(
-            s.symbolize(0xffffffff81000025, false, None).map(|x| x.name),
-            Some("do_thing")
-        );
+        for last in [false, true] {
+            let mut meta = meta.clone();
+            if last {
+                meta.guest_image_kallsyms = Some(map.clone());
+            } else {
+                meta.guest_vmlinux = Some(map.clone());
+            }
+            let s = Symbolizer::from_meta(&meta).unwrap();
+            assert!(s.kernel_note().is_none());
+            assert_eq!(
+                s.symbolize(0xffffffff81000025, false, None).map(|x| x.name),
+                Some("do_thing")
+            );
+        }
 
         // A source that cannot be read is the user's mistake: an error.
         meta.guest_system_map = Some(dir.path().join("missing"));

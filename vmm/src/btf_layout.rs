@@ -40,10 +40,14 @@ type Result<T> = std::result::Result<T, BtfLayoutError>;
 /// The task layout of the kernel image at `path` (a bzImage or an ELF
 /// vmlinux), from its BTF.
 pub fn layout_from_image(path: &Path) -> Result<KernelInfo> {
-    let vmlinux = Vmlinux::open(path)?;
+    layout_from_vmlinux(&Vmlinux::open(path)?)
+}
+
+/// The task layout of an opened kernel image, from its BTF.
+pub fn layout_from_vmlinux(vmlinux: &Vmlinux) -> Result<KernelInfo> {
     let btf = vmlinux
         .section(".BTF")?
-        .ok_or_else(|| BtfLayoutError::NoBtf(path.display().to_string()))?;
+        .ok_or_else(|| BtfLayoutError::NoBtf(vmlinux.path().display().to_string()))?;
     layout_from_btf(btf)
 }
 

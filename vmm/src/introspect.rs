@@ -131,7 +131,10 @@ const KERNEL_STACK_SIZE: u64 = 16 << 10;
 /// `rsp` points into, if that really is a user entry's pt_regs (user CS
 /// and SS, a user IP). On an IRQ or exception stack, or for a kernel
 /// thread, the checks fail and there is nothing to add.
-fn user_regs_at_stack_top(space: &mut GuestAddressSpace<'_>, rsp: u64) -> Option<(u64, u64)> {
+pub(crate) fn user_regs_at_stack_top(
+    space: &mut GuestAddressSpace<'_>,
+    rsp: u64,
+) -> Option<(u64, u64)> {
     let top = (rsp | (KERNEL_STACK_SIZE - 1)).checked_add(1)?;
     let regs = top.checked_sub(pt_regs::SIZE)?;
     let cs = space.read_u64(regs.checked_add(pt_regs::CS)?)?;
@@ -211,6 +214,9 @@ pub enum WalkEnd {
     NotAscending,
     /// [`MAX_DEPTH`] frames.
     Depth,
+    /// The kernel's unwind tables (ORC) have no rule for this IP (module
+    /// or generated code, or a hole): the chain stops rather than guess.
+    NoUnwindInfo,
 }
 
 /// Walk frame pointers from `rbp`. `kernel` says the sample was taken in

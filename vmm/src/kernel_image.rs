@@ -91,6 +91,45 @@ impl Vmlinux {
         Ok(range.and_then(|r| self.elf.get(r)))
     }
 
+    /// The contents of section `name` and its address, if the ELF has it.
+    pub fn section_and_address(&self, name: &str) -> Result<Option<(&[u8], u64)>> {
+        let file = object::File::parse(&*self.elf).map_err(|source| KernelImageError::Elf {
+            path: self.path.clone(),
+            source,
+        })?;
+        let Some(section) = file.section_by_name(name) else {
+            return Ok(None);
+        };
+        let addr = section.address();
+        Ok(self.section(name)?.map(|data| (data, addr)))
+    }
+
+    /// The kernel release from the `linux_banner` ("Linux version 6.1.0-57-amd64 ..."),
+    /// if the image has one.
+    pub fn release(&self) -> Option<String> {
+        let hay = self.section(".rodata").ok().flatten().unwrap_or(&self.elf);
+        let needle = b"Linux version ";
+        // The banner's release starts with a digit (a format string such
+        // as "Linux version %s" does not).
+        let mut from = 0;
+        while let Some(pos) = hay
+            .get(from..)?
+            .windows(needle.len())
+            .position(|w| w == needle)
+        {
+            let at = from + pos + needle.len();
+            from = at;
+            let rest = &hay[at..hay.len().min(at + 64)];
+            let Some(end) = rest.iter().position(|&c| c == b' ' || c == 0) else {
+                continue;
+            };
+            if rest.first().is_some_and(u8::is_ascii_digit) {
+                return std::str::from_utf8(&rest[..end]).ok().map(str::to_string);
+            }
+        }
+        None
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -256,5 +295,21 @@ mod tests {
             Vmlinux::open(&p),
             Err(KernelImageError::PayloadNotElf { .. })
         ));
+    }
+
+    #[test]
+    fn the_release_comes_from_the_banner_not_a_format_string() {
+        // Not a parseable ELF: release() falls back to the whole file.
+        let elf = b"\x7fELF..Linux version %s (%s)\0..Linux version 6.1.0-57-amd64 (debian-kernel@lists.debian.org)\0".to_vec();
+        let v = Vmlinux {
+            path: PathBuf::from("x"),
+            elf,
+        };
+        assert_eq!(v.release().as_deref(), Some("6.1.0-57-amd64"));
+        let v = Vmlinux {
+            path: PathBuf::from("x"),
+            elf: b"\x7fELF Linux version ".to_vec(),
+        };
+        assert_eq!(v.release(), None);
     }
 }

@@ -18,6 +18,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::host_timer::{HostTimer, Tick};
 use crate::introspect::{current_task, walk_guest_stack, GuestAddressSpace, GuestTask, KernelInfo};
+use crate::orc::{OrcTable, StartRegs};
 use crate::sampler::{boottime_ns, Backend};
 use crate::vcpu::{VcpuContext, VcpuHook};
 
@@ -26,7 +27,7 @@ const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 const CHANNEL_DEPTH: usize = 1 << 16;
 
 /// How to record.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RecordConfig {
     /// Samples per second per vCPU.
     pub freq: u32,
@@ -36,6 +37,10 @@ pub struct RecordConfig {
     pub backend: Backend,
     /// Where the guest kernel keeps the current task, if known.
     pub kernel_info: Option<KernelInfo>,
+    /// The guest kernel's ORC tables: kernel frames are unwound with them
+    /// instead of frame pointers (a kernel built with the ORC unwinder has
+    /// none to follow).
+    pub orc: Option<Arc<OrcTable>>,
 }
 
 /// One sample.
@@ -180,7 +185,21 @@ impl VcpuHook for RecordHook {
         let mut callchain = Vec::new();
         if self.cfg.callchain {
             let t = Instant::now();
-            callchain = walk_guest_stack(&mut space, regs.rbp, regs.rsp, !user).frames;
+            callchain = match (&self.cfg.orc, user) {
+                (Some(orc), false) => {
+                    let start = StartRegs {
+                        ip: regs.rip,
+                        sp: regs.rsp,
+                        bp: regs.rbp,
+                        dx: regs.rdx,
+                        di: regs.rdi,
+                        r10: regs.r10,
+                        r13: regs.r13,
+                    };
+                    orc.walk(&mut space, start).frames
+                }
+                _ => walk_guest_stack(&mut space, regs.rbp, regs.rsp, !user).frames,
+            };
             self.stats.walks.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .walk_ns
@@ -228,7 +247,7 @@ pub fn hooks(
         .map(|i| RecordHook {
             index: i as u8,
             tid: 0,
-            cfg,
+            cfg: cfg.clone(),
             mem: mem.clone(),
             tx: tx.clone(),
             stats: stats.clone(),

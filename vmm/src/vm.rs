@@ -447,12 +447,13 @@ impl Vm {
     /// record`), replacing the pvpmu sampler if any. Samples arrive on the
     /// returned channel while [`Vm::run`] runs.
     pub fn record(&mut self, cfg: RecordConfig) -> Recording {
+        let (freq, backend) = (cfg.freq, cfg.backend);
         let (hooks, recording) = recorder::hooks(self.vcpus.len(), cfg, self.ram.memory().clone());
         for (v, h) in self.vcpus.iter_mut().zip(hooks) {
             v.set_hook(Box::new(h));
         }
-        let interval = Duration::from_nanos(1_000_000_000 / u64::from(cfg.freq.max(1)));
-        self.recording = Some((interval, cfg.backend));
+        let interval = Duration::from_nanos(1_000_000_000 / u64::from(freq.max(1)));
+        self.recording = Some((interval, backend));
         self.pmu = None;
         recording
     }

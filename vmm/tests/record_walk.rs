@@ -58,6 +58,7 @@ fn hostile_page_tables_and_frames_cost_a_bounded_walk() {
             callchain: true,
             backend: Backend::Kick,
             kernel_info: None,
+            orc: None,
         };
         let (mut hs, rec) = hooks(1, cfg, mem);
         vm.set_hook(Box::new(hs.remove(0)));
