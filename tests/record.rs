@@ -7,7 +7,7 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use harness::{image_dir, perfvisor_cmd, Run};
+use harness::{image_dir, kv, perfvisor_cmd, Run};
 
 fn out_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("perfvisor-test-{name}-{}", std::process::id()));
@@ -382,6 +382,7 @@ fn record_on_a_stock_kernel_names_symbols_and_tasks_from_the_image() {
     // leaf without a frame, so a frame-pointer walk goes from its IP to
     // workload_b: workload_hot's return address is not in a frame).
     let mut full_chains = 0u64;
+    let mut entry_leaves = 0u64;
     let mut top: std::collections::HashMap<String, u64> = Default::default();
     let mut lines = script.lines().peekable();
     while let Some(head) = lines.next() {
@@ -415,6 +416,11 @@ fn record_on_a_stock_kernel_names_symbols_and_tasks_from_the_image() {
             continue;
         }
         kernel_leaves += 1;
+        if sym.starts_with("entry_SYSCALL_64") || sym.starts_with("syscall_return_via_sysret") {
+            // Entry code with interrupts off: one frame, and where the
+            // guest's own cpu-clock never samples (see below).
+            entry_leaves += 1;
+        }
         if !sym.is_empty() && sym != "[unknown]" && !sym.starts_with("0x") {
             kernel_named += 1;
             let name = sym.split('+').next().unwrap_or(sym).to_string();
@@ -463,5 +469,55 @@ fn record_on_a_stock_kernel_names_symbols_and_tasks_from_the_image() {
         full_chains * 2 >= kernel_leaves,
         "most kernel samples carry multi-frame kernel callchains (the kernel's ORC tables) that end in the system call entry and continue into the workload's user frames",
     );
+
+    // The independent view: the stock kernel's own perf, unwinding with
+    // its own ORC unwinder, on the same workload in the same kernel.
+    let g = perfvisor_cmd(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--memory",
+        "512M",
+        "--timeout",
+        "300",
+        "--",
+        GUEST_PERF_CHAINS,
+    ]);
+    let gk = kv(&g.stdout, "guest-perf: ");
+    let num = |k: &str| gk.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let (g_kernel, g_full) = (num("kernel"), num("full"));
+    let pct = |a: u64, b: u64| 100.0 * a as f64 / b.max(1) as f64;
+    // Compared outside the interrupts-off entry code, which the guest's
+    // cpu-clock (an hrtimer) cannot sample and perfvisor can.
+    let comparable = kernel_leaves - entry_leaves;
+    println!(
+        "kernel samples with a chain through entry_SYSCALL_64 into the workload, outside the entry code: perfvisor record {full_chains}/{comparable} ({:.1}%; {entry_leaves} more samples in the entry code), the guest's own perf -g {g_full}/{g_kernel} ({:.1}%)",
+        pct(full_chains, comparable),
+        pct(g_full, g_kernel)
+    );
+    g.check(
+        g.status == 0 && g_kernel > 200,
+        "the guest's own perf record -g ran on the stock kernel",
+    );
+    r.check(
+        pct(full_chains, comparable) >= pct(g_full, g_kernel) - 10.0,
+        "perfvisor's kernel chains are as complete as the kernel's own unwinder's (within 10 points)",
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The guest's own `perf record -g` of the syscall workload, summarised
+/// like the host side: of the workload's samples with a kernel leaf, how
+/// many have two or more kernel frames ending in entry_SYSCALL_64 and then
+/// one of the workload's functions.
+const GUEST_PERF_CHAINS: &str = r#"perf record -q -g -e cpu-clock -F 1000 -o /tmp/g.data -- pv-workload --mode syscall --seconds 2 >/dev/null 2>&1
+perf script -i /tmp/g.data -F comm,ip,sym 2>/dev/null | awk -F'\t' '
+function flush() { if (w && firstk) { k++; if (nk >= 2 && ent && usr) f++ } w = 0; first = 1; firstk = 0; nk = 0; ent = 0; usr = 0; inker = 1; last = "" }
+/^\t/ { split($2, a, " "); isk = (length(a[1]) == 16 && substr(a[1], 1, 4) == "ffff");
+  if (first) { firstk = isk; first = 0 }
+  if (isk && inker) { nk++; last = a[2] } else { if (inker) { inker = 0; if (last ~ /^entry_SYSCALL_64/) ent = 1 } if (a[2] ~ /^workload_/) usr = 1 }
+  next }
+/./ { flush(); w = index($0, "pv-workload") > 0 }
+END { flush(); printf "guest-perf: kernel=%d full=%d\n", k, f }'"#;
