@@ -111,10 +111,15 @@ impl<'a> GuestAddressSpace<'a> {
 }
 
 /// x86_64 `struct pt_regs` offsets (arch/x86/include/asm/ptrace.h).
-mod pt_regs {
+pub(crate) mod pt_regs {
+    pub const R13: u64 = 2 * 8;
     pub const BP: u64 = 4 * 8;
+    pub const R10: u64 = 7 * 8;
+    pub const DX: u64 = 12 * 8;
+    pub const DI: u64 = 14 * 8;
     pub const IP: u64 = 16 * 8;
     pub const CS: u64 = 17 * 8;
+    pub const SP: u64 = 19 * 8;
     pub const SS: u64 = 20 * 8;
     pub const SIZE: u64 = 21 * 8;
 }
@@ -172,11 +177,22 @@ pub fn walk_guest_stack(
         chain.user_start = Some(i);
         return chain;
     }
-    let Some((ip, bp)) = user_regs_at_stack_top(space, rsp) else {
-        return chain;
-    };
+    if let Some((ip, bp)) = user_regs_at_stack_top(space, rsp) {
+        continue_in_user(space, &mut chain, ip, bp);
+    }
+    chain
+}
+
+/// Appends the user IP of a kernel entry and the user frames from its
+/// saved RBP to `chain`, within [`MAX_DEPTH`] frames in all.
+pub(crate) fn continue_in_user(
+    space: &mut GuestAddressSpace<'_>,
+    chain: &mut Callchain,
+    ip: u64,
+    bp: u64,
+) {
     if chain.frames.len() >= MAX_DEPTH {
-        return chain;
+        return;
     }
     chain.user_start = Some(chain.frames.len());
     chain.frames.push(ip);
@@ -184,7 +200,6 @@ pub fn walk_guest_stack(
     let room = MAX_DEPTH - chain.frames.len();
     chain.frames.extend(user.frames.into_iter().take(room));
     chain.end = user.end;
-    chain
 }
 
 /// A walked callchain: return addresses after the sampled IP, innermost

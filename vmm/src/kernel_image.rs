@@ -78,6 +78,12 @@ impl Vmlinux {
 
     /// The contents of section `name`, if the ELF has it.
     pub fn section(&self, name: &str) -> Result<Option<&[u8]>> {
+        Ok(self.section_and_address(name)?.map(|(data, _)| data))
+    }
+
+    /// The contents of section `name` and its address, if the ELF has it
+    /// (a section whose file range does not fit the file has none).
+    pub fn section_and_address(&self, name: &str) -> Result<Option<(&[u8], u64)>> {
         let file = object::File::parse(&*self.elf).map_err(|source| KernelImageError::Elf {
             path: self.path.clone(),
             source,
@@ -88,20 +94,9 @@ impl Vmlinux {
         let range = section.file_range().and_then(|(off, len)| {
             Some(usize::try_from(off).ok()?..usize::try_from(off.checked_add(len)?).ok()?)
         });
-        Ok(range.and_then(|r| self.elf.get(r)))
-    }
-
-    /// The contents of section `name` and its address, if the ELF has it.
-    pub fn section_and_address(&self, name: &str) -> Result<Option<(&[u8], u64)>> {
-        let file = object::File::parse(&*self.elf).map_err(|source| KernelImageError::Elf {
-            path: self.path.clone(),
-            source,
-        })?;
-        let Some(section) = file.section_by_name(name) else {
-            return Ok(None);
-        };
-        let addr = section.address();
-        Ok(self.section(name)?.map(|data| (data, addr)))
+        Ok(range
+            .and_then(|r| self.elf.get(r))
+            .map(|data| (data, section.address())))
     }
 
     /// The kernel release from the `linux_banner` ("Linux version 6.1.0-57-amd64 ..."),

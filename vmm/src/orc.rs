@@ -17,8 +17,8 @@
 //! full `pt_regs` at the CFA (entry code), or in an IRET frame.
 
 use crate::introspect::{
-    is_user_address, user_regs_at_stack_top, walk_frame_pointers, Callchain, GuestAddressSpace,
-    WalkEnd, MAX_DEPTH,
+    continue_in_user, is_user_address, pt_regs, user_regs_at_stack_top, Callchain,
+    GuestAddressSpace, WalkEnd, MAX_DEPTH,
 };
 use crate::kernel_image::{KernelImageError, Vmlinux};
 
@@ -155,18 +155,6 @@ pub struct StartRegs {
     pub r13: u64,
 }
 
-/// x86-64 `struct pt_regs` offsets.
-mod pt_regs {
-    pub const R13: u64 = 2 * 8;
-    pub const BP: u64 = 4 * 8;
-    pub const R10: u64 = 7 * 8;
-    pub const DX: u64 = 12 * 8;
-    pub const DI: u64 = 14 * 8;
-    pub const IP: u64 = 16 * 8;
-    pub const CS: u64 = 17 * 8;
-    pub const SP: u64 = 19 * 8;
-}
-
 impl OrcTable {
     /// The ORC tables of an opened kernel image.
     pub fn from_image(vmlinux: &Vmlinux) -> Result<OrcTable> {
@@ -200,6 +188,16 @@ impl OrcTable {
             let at = ip_addr.wrapping_add(4 * i as u64);
             ips.push(at.wrapping_add(rel as i64 as u64));
         }
+        OrcTable::new(ips, unwind, format)
+    }
+
+    /// The table from absolute IPs and the 6-byte entries they index,
+    /// refused when the IPs are not sorted (lookups bisect them).
+    fn new(
+        ips: Vec<u64>,
+        unwind: &[u8],
+        format: OrcFormat,
+    ) -> std::result::Result<OrcTable, &'static str> {
         if ips.windows(2).any(|w| w[0] > w[1]) {
             return Err("the IP table is not sorted");
         }
@@ -263,18 +261,7 @@ impl OrcTable {
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
             .collect();
-        if ips.windows(2).any(|w| w[0] > w[1]) {
-            return Err("the IP table is not sorted");
-        }
-        let entries = b[ips_end..]
-            .chunks_exact(6)
-            .map(|c| [c[0], c[1], c[2], c[3], c[4], c[5]])
-            .collect();
-        Ok(OrcTable {
-            ips,
-            entries,
-            format,
-        })
+        OrcTable::new(ips, &b[ips_end..], format)
     }
 
     pub fn len(&self) -> usize {
@@ -313,12 +300,7 @@ impl OrcTable {
             return chain;
         }
         if let Some((ip, bp)) = user_regs_at_stack_top(space, last_sp) {
-            chain.user_start = Some(chain.frames.len());
-            chain.frames.push(ip);
-            let user = walk_frame_pointers(space, bp, false);
-            let room = MAX_DEPTH.saturating_sub(chain.frames.len());
-            chain.frames.extend(user.frames.into_iter().take(room));
-            chain.end = user.end;
+            continue_in_user(space, &mut chain, ip, bp);
         }
         chain
     }
@@ -437,12 +419,7 @@ impl OrcTable {
                             chain.end = WalkEnd::BadPointer;
                             return (chain, sp);
                         }
-                        chain.user_start = Some(chain.frames.len());
-                        chain.frames.push(rip);
-                        let user = walk_frame_pointers(space, ubp, false);
-                        let room = MAX_DEPTH.saturating_sub(chain.frames.len());
-                        chain.frames.extend(user.frames.into_iter().take(room));
-                        chain.end = user.end;
+                        continue_in_user(space, &mut chain, rip, ubp);
                         return (chain, sp);
                     }
                     ip = rip;
