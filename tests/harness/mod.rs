@@ -108,14 +108,32 @@ pub fn perfvisor_cmd_interrupted(args: &[&str], when: &str, after: Duration) -> 
 /// platform failures in about 150 boots).
 const PLATFORM_RETRIES: u32 = 2;
 
+/// Printed by a test inside the L1 sandbox whose L1 showed it is no longer
+/// fit to run guests; the outer harness reruns that test in a fresh L1.
+const FRESH_L1: &str = "!!! this L1 sandbox is sick";
+
 fn with_platform_retry(args: &[&str], mut go: impl FnMut() -> Run) -> Run {
     let mut r = go();
-    let sandboxed = std::env::var_os(INSIDE_ENV).is_some()
-        || r.stderr.contains("running the guest inside the L1 sandbox");
+    let inside = std::env::var_os(INSIDE_ENV).is_some();
+    let sandboxed = inside || r.stderr.contains("running the guest inside the L1 sandbox");
     for attempt in 1..=PLATFORM_RETRIES {
         let Some(what) = platform_failure(&r).filter(|_| sandboxed) else {
             break;
         };
+        if inside && what == TIMER_STALL {
+            // Every later guest of this L1 stalls the same way (seen
+            // 2026-12-07: a triple fault, then three 300 s stalls in a row),
+            // so a retry here only burns the timeout again.
+            panic!(
+                "{FRESH_L1}: perfvisor {} ended after {:.1}s in {what}; the guests this L1 \
+                 runs after that stall too (docs/platform.md), so the test goes to a fresh L1\n\
+                 --- stdout:\n{}\n--- stderr:\n{}",
+                args.join(" "),
+                r.elapsed.as_secs_f64(),
+                r.stdout,
+                r.stderr
+            );
+        }
         let left = PLATFORM_RETRIES - attempt;
         println!(
             "!!! perfvisor {} ended after {:.1}s in {what} under the L1 sandbox's \
@@ -142,10 +160,18 @@ fn platform_failure(r: &Run) -> Option<&'static str> {
         Some("an L1 sandbox death")
     } else if exception_at_syscall_entry(&r.stdout) || exception_at_syscall_entry(&r.stderr) {
         Some("a guest oops at entry_SYSCALL_64+0x0 on a user stack")
+    } else if said("rcu_sched kthread timer wakeup didn't happen") {
+        Some(TIMER_STALL)
     } else {
         None
     }
 }
+
+/// A guest whose CPU stopped taking timer interrupts: RCU reports its
+/// grace-period kthread's timer never fired (for minutes, with one timer
+/// softirq since boot) and the guest runs into `--timeout`. The timer is
+/// the L1 kernel's in-kernel LAPIC; perfvisor does not emulate it.
+const TIMER_STALL: &str = "a guest timer stall (RCU: timer wakeup didn't happen)";
 
 /// A guest oops at the first instruction of the SYSCALL entry with a user
 /// stack pointer: an interrupt or exception was delivered between SYSCALL
@@ -298,6 +324,14 @@ struct InnerResult {
     output: String,
 }
 
+impl InnerResult {
+    /// Failed because its L1 could no longer run guests, not because of
+    /// anything perfvisor did: worth one run in a fresh L1.
+    fn wants_fresh_l1(&self) -> bool {
+        !self.passed && self.output.contains(FRESH_L1)
+    }
+}
+
 fn collect(console: &str) -> HashMap<String, InnerResult> {
     let mut results = HashMap::new();
     let mut current: Option<(String, String)> = None;
@@ -377,9 +411,10 @@ fn sandbox_results() -> &'static SandboxResults {
                 "--test-threads=1".into(),
                 "--nocapture".into(),
             ];
+            // Skip what finished, except a test that failed in a sick L1.
             let finished: Vec<&String> = results
                 .iter()
-                .filter(|(_, r): &(&String, &InnerResult)| r.finished)
+                .filter(|(_, r): &(&String, &InnerResult)| r.finished && !r.wants_fresh_l1())
                 .map(|(n, _)| n)
                 .collect();
             if !finished.is_empty() {
@@ -416,7 +451,22 @@ fn sandbox_results() -> &'static SandboxResults {
                         start.elapsed().as_secs_f64(),
                         outcome.status
                     ));
-                    break;
+                    let sick: Vec<&str> = results
+                        .iter()
+                        .filter(|(_, r)| r.wants_fresh_l1())
+                        .map(|(n, _)| n.as_str())
+                        .collect();
+                    if attempt > 1 || sick.is_empty() {
+                        break;
+                    }
+                    let msg = format!(
+                        "!!! the L1 sandbox became unfit to run guests under {} (attempt 1; \
+                         docs/platform.md); booting a second L1 ONCE for {}",
+                        sick.join(", "),
+                        if sick.len() == 1 { "it" } else { "them" }
+                    );
+                    eprintln!("{msg}");
+                    summaries.push(msg);
                 }
                 Err(e @ (sandbox::Error::NoExitMarker { .. } | sandbox::Error::Silent { .. }))
                     if attempt == 1 =>
