@@ -67,7 +67,7 @@ fn perf_kernel(text: &str, sym: &record::Symbolizer) -> HashMap<String, u64> {
         }) else {
             continue;
         };
-        if ip < record::KERNEL_SPACE_START {
+        if !record::is_kernel_address(ip) {
             continue;
         }
         let name = sym

@@ -14,7 +14,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use crate::error::{RecordError, Result};
-use crate::symbols::{Symbolizer, KERNEL_SPACE_START};
+use crate::symbols::{is_kernel_address, Symbolizer};
 use crate::GuestSample;
 
 /// Suffix of guest kernel frames.
@@ -116,7 +116,7 @@ impl Folded {
             if ret == 0 || ret >= crate::perf_data::PERF_CONTEXT_MAX {
                 continue;
             }
-            let user = ret < KERNEL_SPACE_START;
+            let user = !is_kernel_address(ret);
             frames.push(frame_name(symbolizer, ret - 1, user, comm));
         }
         let leaf = frame_name(symbolizer, s.ip, s.user, comm);

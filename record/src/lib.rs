@@ -47,7 +47,7 @@ pub use error::{RecordError, Result};
 pub use flamegraph::{flamegraph, FlameInput};
 pub use folded::{Folded, KERNEL_SUFFIX, MAX_STACKS, OTHER, UNKNOWN};
 pub use perf_data::{Layout, PerfDataWriter, WriteSummary, MAX_TASKS};
-pub use symbols::{Symbol, Symbolizer, KERNEL_SPACE_START};
+pub use symbols::{is_kernel_address, Symbol, Symbolizer};
 
 /// A guest user binary: its host copy (static, non-PIE, unstripped: the one
 /// in the guest image) and the guest process name (comm) that runs it.

@@ -42,7 +42,7 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{RecordError, Result};
-use crate::symbols::{self, SymbolTable, UserBinary, KERNEL_SPACE_START};
+use crate::symbols::{self, is_kernel_address, SymbolTable, UserBinary};
 use crate::sysinfo;
 use crate::{GuestSample, RecordMeta};
 
@@ -316,7 +316,7 @@ impl PerfDataWriter {
                 source: e,
             })?;
             let kallsyms = kdir.join("kallsyms");
-            let ref_addr = table.text_start.unwrap_or_else(|| table.first_start());
+            let ref_addr = table.text_start().or(table.first_start()).unwrap_or(0);
             let mut text = format!("{ref_addr:016x} t {REF_SYMBOL}\n").into_bytes();
             // A System.map / kallsyms copy is already in kallsyms format.
             match map_path {
@@ -332,7 +332,7 @@ impl PerfDataWriter {
         };
         let text_start = kernel
             .as_ref()
-            .map(|(t, _)| t.text_start.unwrap_or_else(|| t.first_start()));
+            .map(|(t, _)| t.text_start().or(t.first_start()).unwrap_or(0));
 
         let file = File::create(&data_path).map_err(|e| RecordError::Create {
             path: data_path.clone(),
@@ -656,7 +656,7 @@ impl PerfDataWriter {
         let has_user_frames = s.user
             || s.callchain
                 .iter()
-                .any(|a| *a != 0 && *a < KERNEL_SPACE_START);
+                .any(|a| *a != 0 && !is_kernel_address(*a));
         if has_user_frames && !self.binaries.is_empty() {
             let comm_for_map = if s.guest_pid.is_some() { s.comm } else { None };
             self.ensure_process_map(pid, tid, comm_for_map, s.time_ns, s.cpu)?;
@@ -692,7 +692,7 @@ impl PerfDataWriter {
                 if a == 0 || a >= PERF_CONTEXT_MAX {
                     continue;
                 }
-                let c = if a >= KERNEL_SPACE_START {
+                let c = if is_kernel_address(a) {
                     PERF_CONTEXT_KERNEL
                 } else {
                     PERF_CONTEXT_USER

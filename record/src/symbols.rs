@@ -1,193 +1,35 @@
-//! Symbolization of guest addresses on the host: the guest kernel through its
+//! Where a recording's guest symbols come from: the guest kernel's
 //! System.map (or a copy of the guest's /proc/kallsyms, or an unstripped
-//! vmlinux), guest user space through the ELF symbol tables of static, non-PIE
-//! guest binaries (their link-time addresses are their run-time addresses).
+//! vmlinux, or the kallsyms tables recovered from the image), and the ELF
+//! symbol tables of static, non-PIE guest binaries (their link-time
+//! addresses are their run-time addresses). Parsing and lookup are the
+//! `guest-symbols` crate's, the same the guest's pvpmu-tool uses.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use object::elf;
-use object::read::elf::{FileHeader, ProgramHeader};
-use object::{Object, ObjectSection, ObjectSymbol, SectionKind, SymbolKind};
+pub use guest_symbols::{is_kernel_address, Symbol};
+pub(crate) use guest_symbols::{ExecSegment, SymbolTable};
 
 use crate::error::{RecordError, Result};
 
-/// x86-64 kernel addresses are the upper half of the address space.
-pub const KERNEL_SPACE_START: u64 = 0xffff_8000_0000_0000;
-
-/// Without a size or a following symbol, an address this far past the last
-/// symbol still counts as inside it.
-const LAST_SYMBOL_SLACK: u64 = 1 << 16;
-
-/// A resolved address: the symbol's name and the address's offset into it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Symbol<'a> {
-    pub name: &'a str,
-    pub offset: u64,
-}
-
-/// A sorted symbol table.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct SymbolTable {
-    /// Address of `_text` (else `_stext`), for a kernel: perf's reference
-    /// relocation symbol.
-    pub(crate) text_start: Option<u64>,
-    starts: Vec<u64>,
-    ends: Vec<u64>,
-    names: Vec<Box<str>>,
-}
-
-/// How good a name is among aliases at one address (lower is better), in the
-/// spirit of perf's choose_best_symbol(): global before weak before local,
-/// fewer leading underscores, shorter.
-fn alias_rank(binding: u8, name: &str) -> (u8, usize, usize) {
-    let underscores = name.bytes().take_while(|b| *b == b'_').count();
-    (binding, underscores, name.len())
-}
-
-struct Entry {
-    start: u64,
-    /// 0 = unknown (ends at the next boundary).
-    size: u64,
-    rank: (u8, usize, usize),
-    name: String,
-}
-
-impl SymbolTable {
-    /// `entries` are the named text symbols; `boundaries` are further
-    /// addresses where an unsized symbol must end (data symbols, section
-    /// ends).
-    fn build(mut entries: Vec<Entry>, mut boundaries: Vec<u64>) -> SymbolTable {
-        let text_start = ["_text", "_stext"]
-            .iter()
-            .find_map(|n| entries.iter().find(|e| e.name == *n).map(|e| e.start));
-        entries.sort_by(|a, b| a.start.cmp(&b.start).then(a.rank.cmp(&b.rank)));
-        entries.dedup_by_key(|e| e.start);
-        boundaries.extend(entries.iter().map(|e| e.start));
-        boundaries.sort_unstable();
-        boundaries.dedup();
-        let mut t = SymbolTable {
-            text_start,
-            ..SymbolTable::default()
-        };
-        for e in entries {
-            let end = if e.size != 0 {
-                e.start.saturating_add(e.size)
-            } else {
-                let i = boundaries.partition_point(|b| *b <= e.start);
-                match boundaries.get(i) {
-                    Some(next) => *next,
-                    None => e.start.saturating_add(LAST_SYMBOL_SLACK),
-                }
-            };
-            t.starts.push(e.start);
-            t.ends.push(end);
-            t.names.push(e.name.into_boxed_str());
-        }
-        t
-    }
-
-    /// The lowest symbol address (tables are never empty).
-    pub(crate) fn first_start(&self) -> u64 {
-        self.starts.first().copied().unwrap_or(0)
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.starts.len()
-    }
-
-    pub(crate) fn lookup(&self, addr: u64) -> Option<Symbol<'_>> {
-        let i = self.starts.partition_point(|s| *s <= addr).checked_sub(1)?;
-        let start = *self.starts.get(i)?;
-        let end = *self.ends.get(i)?;
-        if addr >= end {
-            return None;
-        }
-        Some(Symbol {
-            name: self.names.get(i)?,
-            offset: addr - start,
-        })
-    }
-
-    /// kallsyms text ("ADDR t NAME" lines, ascending, `_text` first) for
-    /// perf.
-    pub(crate) fn to_kallsyms(&self) -> String {
-        let mut s = String::with_capacity(self.len() * 40);
-        if let Some(t) = self.text_start {
-            s.push_str(&format!("{t:016x} T _text\n"));
-        }
-        for (start, name) in self.starts.iter().zip(&self.names) {
-            s.push_str(&format!("{start:016x} t {name}\n"));
-        }
-        s
-    }
-}
-
-/// Parses System.map or /proc/kallsyms text: `ADDR TYPE NAME [\t[MODULE]]`.
-/// Text symbols (t, T, w, W) become entries; every other non-absolute symbol
-/// only bounds them.
+/// Parses System.map or /proc/kallsyms text the user named: a line that is
+/// not `ADDR TYPE NAME` is an error, and so is a file without text symbols.
 pub(crate) fn parse_kallsyms(path: &Path, text: &str) -> Result<SymbolTable> {
-    let mut entries = Vec::new();
-    let mut boundaries = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = || RecordError::BadSymbolMap {
+    let k = guest_symbols::parse_kallsyms(text);
+    if let Some(m) = k.first_malformed {
+        return Err(RecordError::BadSymbolMap {
             path: path.to_path_buf(),
-            line: i + 1,
-            text: line.chars().take(80).collect(),
-        };
-        let mut it = line.split_whitespace();
-        let (Some(addr), Some(ty), Some(name)) = (it.next(), it.next(), it.next()) else {
-            return Err(bad());
-        };
-        let addr = u64::from_str_radix(addr, 16).map_err(|_| bad())?;
-        let ty = match ty.as_bytes() {
-            [c] => *c,
-            _ => return Err(bad()),
-        };
-        if matches!(ty, b'a' | b'A') || addr == 0 {
-            continue;
-        }
-        match ty {
-            b'T' | b't' | b'W' | b'w' => {
-                let binding = match ty {
-                    b'T' => 0,
-                    b'W' => 1,
-                    b'w' => 2,
-                    _ => 3,
-                };
-                // Module symbols of a kallsyms copy: keep the name, mark it.
-                let name = match it.next() {
-                    Some(m) if m.starts_with('[') => format!("{name} {m}"),
-                    _ => name.to_string(),
-                };
-                entries.push(Entry {
-                    start: addr,
-                    size: 0,
-                    rank: alias_rank(binding, &name),
-                    name,
-                });
-            }
-            _ => boundaries.push(addr),
-        }
+            line: m.line,
+            text: m.text,
+        });
     }
-    if entries.is_empty() {
+    if k.table.is_empty() {
         return Err(RecordError::NoSymbols {
             path: path.to_path_buf(),
         });
     }
-    Ok(SymbolTable::build(entries, boundaries))
-}
-
-/// An executable segment of a static binary: where it is in the guest and in
-/// the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ExecSegment {
-    pub vaddr: u64,
-    pub memsz: u64,
-    pub offset: u64,
+    Ok(k.table)
 }
 
 /// What an ELF file gives us: its function symbols and executable segments.
@@ -197,104 +39,20 @@ pub(crate) struct ElfInfo {
     pub is_exec: bool,
 }
 
-fn demangle(name: &str) -> String {
-    match rustc_demangle::try_demangle(name) {
-        Ok(d) => format!("{d:#}"),
-        Err(_) => name.to_string(),
-    }
-}
-
 /// Reads an ELF file's symbol table (falling back to the dynamic one) and its
 /// executable PT_LOAD segments.
 pub(crate) fn read_elf(path: &Path, what: &'static str) -> Result<ElfInfo> {
     let data = fs::read(path).map_err(|e| RecordError::read(what, path, e))?;
-    let bad = |reason: String| RecordError::BadElf {
+    let e = guest_symbols::ElfSymbols::parse(&data).map_err(|e| RecordError::BadElf {
         path: path.to_path_buf(),
-        reason,
-    };
-    let file = object::File::parse(&*data).map_err(|e| {
-        bad(format!(
-            "not an ELF file ({e}); pass the binary itself, not a script or a wrapper"
-        ))
+        reason: e.to_string(),
     })?;
-    let is_exec = matches!(file.kind(), object::ObjectKind::Executable);
-
-    let mut exec_segments = Vec::new();
-    if let Ok(hdr) = elf::FileHeader64::<object::Endianness>::parse(&*data) {
-        if let Ok(endian) = hdr.endian() {
-            if let Ok(phdrs) = hdr.program_headers(endian, &*data) {
-                for ph in phdrs {
-                    if ph.p_type(endian) == elf::PT_LOAD && ph.p_flags(endian) & elf::PF_X != 0 {
-                        exec_segments.push(ExecSegment {
-                            vaddr: ph.p_vaddr(endian),
-                            memsz: ph.p_memsz(endian),
-                            offset: ph.p_offset(endian),
-                        });
-                    }
-                }
-            }
-        }
-    }
-
-    let mut boundaries: Vec<u64> = Vec::new();
-    for s in file.sections() {
-        if s.kind() == SectionKind::Text && s.size() > 0 {
-            boundaries.push(s.address().saturating_add(s.size()));
-        }
-    }
-    let mut entries: Vec<Entry> = Vec::new();
-    let collect = |syms: &mut dyn Iterator<Item = object::Symbol<'_, '_>>,
-                   entries: &mut Vec<Entry>,
-                   boundaries: &mut Vec<u64>| {
-        for sym in syms {
-            if !sym.is_definition() || sym.address() == 0 {
-                continue;
-            }
-            let Ok(name) = sym.name() else { continue };
-            if name.is_empty() {
-                continue;
-            }
-            // Functions, and labels in text sections (asm entry points such
-            // as entry_SYSCALL_64, and _text itself), like perf's
-            // elf_sym__is_function() / elf_sym__is_label().
-            let label_in_text = sym.kind() == SymbolKind::Label
-                && sym
-                    .section_index()
-                    .and_then(|i| file.section_by_index(i).ok())
-                    .is_some_and(|s| s.kind() == SectionKind::Text);
-            if sym.kind() == SymbolKind::Text || label_in_text {
-                let mut binding = if sym.is_weak() {
-                    1
-                } else if sym.is_global() {
-                    0
-                } else {
-                    3
-                };
-                if label_in_text {
-                    binding += 4;
-                }
-                let name = demangle(name);
-                entries.push(Entry {
-                    start: sym.address(),
-                    size: sym.size(),
-                    rank: alias_rank(binding, &name),
-                    name,
-                });
-            } else if matches!(sym.kind(), SymbolKind::Data | SymbolKind::Unknown) {
-                boundaries.push(sym.address());
-            }
-        }
-    };
-    collect(&mut file.symbols(), &mut entries, &mut boundaries);
-    if entries.is_empty() {
-        collect(&mut file.dynamic_symbols(), &mut entries, &mut boundaries);
-    }
     // An empty table is the caller's to judge: a user binary without
     // symbols is refused, a stripped vmlinux only leaves kernel frames raw.
     Ok(ElfInfo {
-        table: SymbolTable::build(entries, boundaries),
-        exec_segments,
-        is_exec,
+        table: e.table,
+        exec_segments: e.exec_segments,
+        is_exec: e.kind == guest_symbols::ElfKind::Executable,
     })
 }
 
@@ -304,7 +62,7 @@ pub(crate) fn read_kernel_symbols(path: &Path) -> Result<SymbolTable> {
     let data = fs::read(path).map_err(|e| RecordError::read("guest kernel symbols", path, e))?;
     if data.starts_with(b"\x7fELF") {
         let table = read_elf(path, "guest vmlinux")?.table;
-        if table.len() == 0 {
+        if table.is_empty() {
             return Err(RecordError::NoSymbols {
                 path: path.to_path_buf(),
             });
@@ -392,7 +150,7 @@ pub(crate) struct UserBinary {
 impl UserBinary {
     pub(crate) fn load(path: &Path, name: Option<&str>) -> Result<UserBinary> {
         let info = read_elf(path, "guest user binary")?;
-        if info.table.len() == 0 {
+        if info.table.is_empty() {
             return Err(RecordError::BadElf {
                 path: path.to_path_buf(),
                 reason: "has no function symbols (stripped?); pass the unstripped binary"
@@ -562,15 +320,15 @@ ffffffff81000080 T after_data
         let t = parse_kallsyms(Path::new("map"), MAP).expect("parses");
         assert_eq!(
             t.lookup(0xffffffff81000000).map(|s| s.name),
-            Some("_text"),
-            "_text beats _stext? both global, shorter wins"
+            Some("_stext"),
+            "both global, one leading underscore: perf keeps the longer name"
         );
         let s = t.lookup(0xffffffff81000025).expect("inside do_thing");
         assert_eq!((s.name, s.offset), ("do_thing", 5));
         assert_eq!(t.lookup(0xffffffff81000040), None, "data ends do_thing");
         assert_eq!(t.lookup(0xffffffff81000017).map(|s| s.name), Some("helper"));
         assert_eq!(t.lookup(0xffffffff80000000), None);
-        assert_eq!(t.text_start, Some(0xffffffff81000000));
+        assert_eq!(t.text_start(), Some(0xffffffff81000000));
         assert!(t.to_kallsyms().contains("ffffffff81000020 t do_thing\n"));
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use devices::perf_ring::abi::aux_flag;
 use devices::pvpmu::trace::{DecodeError, Decoded, ExitReason, Record};
@@ -105,7 +105,7 @@ pub struct Report {
     pub stats: BTreeMap<(u32, String), u64>,
 
     /// Samples per symbol.
-    pub symbols: HashMap<Rc<str>, u64>,
+    pub symbols: HashMap<Arc<str>, u64>,
     /// Samples per folded stack ("root;...;leaf").
     pub stacks: HashMap<String, u64>,
     /// (samples, lost) per CPU ring.
@@ -183,7 +183,7 @@ impl Report {
     }
 
     /// Counts one sample on `symbol` (and its folded stack, if any).
-    pub fn on_sample_symbol(&mut self, symbol: Rc<str>, stack: Option<String>) {
+    pub fn on_sample_symbol(&mut self, symbol: Arc<str>, stack: Option<String>) {
         *self.symbols.entry(symbol).or_default() += 1;
         if let Some(s) = stack {
             *self.stacks.entry(s).or_default() += 1;
@@ -191,7 +191,7 @@ impl Report {
     }
 
     /// The `n` most sampled symbols, most first (ties by name).
-    pub fn top(&self, n: usize) -> Vec<(Rc<str>, u64)> {
+    pub fn top(&self, n: usize) -> Vec<(Arc<str>, u64)> {
         top_of(self.symbols.iter().map(|(k, v)| (k.clone(), *v)), n)
     }
 
@@ -469,11 +469,11 @@ mod tests {
         };
         for _ in 0..3 {
             r.on_sample_symbol(
-                Rc::from("workload_hot"),
+                Arc::from("workload_hot"),
                 Some("main;workload_a;workload_b;workload_hot".into()),
             );
         }
-        r.on_sample_symbol(Rc::from("do idle"), None);
+        r.on_sample_symbol(Arc::from("do idle"), None);
         r.samples = 4;
         r.records = 5;
         r
@@ -525,7 +525,7 @@ mod tests {
     #[test]
     fn top_symbols_and_render() {
         let r = report();
-        assert_eq!(r.top(1)[0], (Rc::from("workload_hot"), 3));
+        assert_eq!(r.top(1)[0], (Arc::from("workload_hot"), 3));
         assert_eq!(r.top(10).len(), 2);
         let text = r.render(10);
         let lines: Vec<&str> = text.lines().collect();

@@ -1,104 +1,30 @@
-//! Symbolization: kernel IPs through /proc/kallsyms, user IPs through the
-//! ELF symbol table of the sampled task's executable.
+//! Symbolization in the guest: kernel IPs through /proc/kallsyms, user IPs
+//! through the ELF symbol table of the sampled task's executable. Parsing
+//! and lookup are the `guest-symbols` crate's, the same the host's
+//! `perfvisor record` uses; this module finds the sources (the task's
+//! /proc entry, a registered path) and caches them.
 //!
-//! Both tables are sorted once and searched with a binary search. User
-//! executables are static (non-PIE in the guest image), so their symbol
-//! addresses are the run-time addresses; for a position-independent
+//! User executables are static (non-PIE in the guest image), so their
+//! symbol addresses are the run-time addresses; for a position-independent
 //! executable the load bias is taken from /proc/<pid>/maps.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use devices::perf_ring::abi::{context, misc};
+pub use guest_symbols::SymbolTable as SymTab;
+use guest_symbols::{is_kernel_address, ElfKind, ElfSymbols};
 
 /// What an unresolvable address is called.
 pub const UNKNOWN: &str = "[unknown]";
 
-/// Kernel addresses start here on x86-64 (the upper half).
-const KERNEL_START: u64 = 0xffff_8000_0000_0000;
-
-/// Without a size, an address this far past the last symbol is unknown.
-const LAST_SYMBOL_SLACK: u64 = 1 << 20;
-
-/// A sorted symbol table.
-#[derive(Debug, Default, Clone)]
-pub struct SymTab {
-    /// Start addresses, ascending.
-    starts: Vec<u64>,
-    /// Sizes (0 = unknown: the symbol ends where the next one starts).
-    sizes: Vec<u64>,
-    names: Vec<Rc<str>>,
-}
-
-impl SymTab {
-    /// Builds a table from `(start, size, name)`; for equal starts the first
-    /// sized, non-local-looking name wins.
-    pub fn new(mut entries: Vec<(u64, u64, String)>) -> SymTab {
-        entries.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-        entries.dedup_by_key(|e| e.0);
-        let mut t = SymTab::default();
-        for (start, size, name) in entries {
-            t.starts.push(start);
-            t.sizes.push(size);
-            t.names.push(Rc::from(name));
-        }
-        t
-    }
-
-    /// Number of symbols.
-    pub fn len(&self) -> usize {
-        self.starts.len()
-    }
-
-    /// No symbols.
-    pub fn is_empty(&self) -> bool {
-        self.starts.is_empty()
-    }
-
-    /// The symbol containing `addr`.
-    pub fn lookup(&self, addr: u64) -> Option<&Rc<str>> {
-        let i = self.starts.partition_point(|s| *s <= addr).checked_sub(1)?;
-        let start = *self.starts.get(i)?;
-        let size = *self.sizes.get(i)?;
-        let inside = if size != 0 {
-            addr - start < size
-        } else {
-            match self.starts.get(i + 1) {
-                Some(next) => addr < *next,
-                None => addr - start < LAST_SYMBOL_SLACK,
-            }
-        };
-        if inside {
-            self.names.get(i)
-        } else {
-            None
-        }
-    }
-}
-
-/// Parses /proc/kallsyms text: `ADDR TYPE NAME [\[MODULE\]]`, keeping text
-/// symbols (t, T, w, W). Lines with address 0 (kptr_restrict) are skipped,
-/// so a restricted file gives an empty table.
+/// Parses /proc/kallsyms text (see [`guest_symbols::parse_kallsyms`]); lines
+/// that are not symbols are passed over, and a restricted file
+/// (kptr_restrict: every address 0) gives an empty table.
 pub fn parse_kallsyms(text: &str) -> SymTab {
-    let mut v = Vec::new();
-    for line in text.lines() {
-        let mut it = line.split_ascii_whitespace();
-        let (Some(addr), Some(ty), Some(name)) = (it.next(), it.next(), it.next()) else {
-            continue;
-        };
-        if !matches!(ty, "t" | "T" | "w" | "W") {
-            continue;
-        }
-        let Ok(addr) = u64::from_str_radix(addr, 16) else {
-            continue;
-        };
-        if addr == 0 {
-            continue;
-        }
-        v.push((addr, 0, name.to_string()));
-    }
-    SymTab::new(v)
+    guest_symbols::parse_kallsyms(text).table
 }
 
 /// The function symbols of one executable.
@@ -114,32 +40,15 @@ pub struct Image {
     pub min_vaddr: u64,
 }
 
-/// Reads the function symbols of an ELF file (the .symtab, or the dynamic
-/// symbols when stripped). Rust names are demangled without their hash.
+/// Reads the function symbols of an ELF file (see
+/// [`guest_symbols::ElfSymbols::parse`]).
 pub fn parse_elf(data: &[u8], path: &Path) -> Result<Image, String> {
-    use object::{Object, ObjectKind, ObjectSegment, ObjectSymbol, SymbolKind};
-    let file = object::File::parse(data).map_err(|e| format!("{}: {e}", path.display()))?;
-    fn collect<'d: 'f, 'f>(
-        syms: impl Iterator<Item = object::Symbol<'d, 'f>>,
-    ) -> Vec<(u64, u64, String)> {
-        syms.filter(|s| s.kind() == SymbolKind::Text && s.address() != 0 && !s.is_undefined())
-            .filter_map(|s| {
-                let name = s.name().ok().filter(|n| !n.is_empty())?;
-                let name = format!("{:#}", rustc_demangle::demangle(name));
-                Some((s.address(), s.size(), name))
-            })
-            .collect()
-    }
-    let mut v = collect(file.symbols());
-    if v.is_empty() {
-        v = collect(file.dynamic_symbols());
-    }
-    let min_vaddr = file.segments().map(|s| s.address()).min().unwrap_or(0);
+    let e = ElfSymbols::parse(data).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(Image {
         path: path.to_path_buf(),
-        syms: SymTab::new(v),
-        pie: file.kind() == ObjectKind::Dynamic,
-        min_vaddr,
+        syms: e.table,
+        pie: e.kind == ElfKind::Dynamic,
+        min_vaddr: e.min_vaddr,
     })
 }
 
@@ -185,7 +94,7 @@ pub struct Symbolizer {
     proc_root: PathBuf,
     /// Why images could not be read (first few, for the summary).
     pub problems: Vec<String>,
-    unknown: Rc<str>,
+    unknown: Arc<str>,
 }
 
 impl Symbolizer {
@@ -199,7 +108,7 @@ impl Symbolizer {
             registered: HashMap::new(),
             proc_root: proc_root.into(),
             problems: Vec::new(),
-            unknown: Rc::from(UNKNOWN),
+            unknown: Arc::from(UNKNOWN),
         }
     }
 
@@ -282,11 +191,11 @@ impl Symbolizer {
 
     /// The name of the function at `ip`: kernel when `kernel` says so, else
     /// the task's executable.
-    pub fn resolve(&mut self, pid: u32, ip: u64, kernel: bool) -> Rc<str> {
+    pub fn resolve(&mut self, pid: u32, ip: u64, kernel: bool) -> Arc<str> {
         if kernel {
             return self
                 .kernel
-                .lookup(ip)
+                .lookup_name(ip)
                 .cloned()
                 .unwrap_or(self.unknown.clone());
         }
@@ -295,7 +204,7 @@ impl Symbolizer {
             Some(Some(l)) => l
                 .image
                 .syms
-                .lookup(ip.wrapping_sub(l.bias))
+                .lookup_name(ip.wrapping_sub(l.bias))
                 .cloned()
                 .unwrap_or(self.unknown.clone()),
             _ => self.unknown.clone(),
@@ -309,7 +218,7 @@ pub fn is_kernel(misc_bits: u16, ip: u64) -> bool {
     match misc_bits & misc::CPUMODE_MASK {
         misc::KERNEL | misc::GUEST_KERNEL => true,
         misc::USER | misc::GUEST_USER => false,
-        _ => ip >= KERNEL_START,
+        _ => is_kernel_address(ip),
     }
 }
 
@@ -331,7 +240,7 @@ pub fn callchain_frames(chain: &[u64]) -> Vec<(u64, bool)> {
             first_in_ctx = true;
             continue;
         }
-        let k = kernel.unwrap_or(ip >= KERNEL_START);
+        let k = kernel.unwrap_or(is_kernel_address(ip));
         let at = if first_in_ctx {
             ip
         } else {
@@ -347,66 +256,11 @@ pub fn callchain_frames(chain: &[u64]) -> Vec<(u64, bool)> {
 mod tests {
     use super::*;
 
-    const KALLSYMS: &str = "\
-ffffffff81000000 T _stext
-ffffffff81000000 T startup_64
-ffffffff81000100 t secondary_startup_64
-ffffffff81001000 D some_data
-ffffffff81002000 T do_idle
-ffffffff81003000 W weak_fn
-ffffffffa0000000 t pvpmu_irq\t[pvpmu]
-ffffffffa0000100 T pvpmu_drain\t[pvpmu]
-garbage line
-zzzz T bad_addr
-";
-
-    #[test]
-    fn kallsyms() {
-        let t = parse_kallsyms(KALLSYMS);
-        assert_eq!(t.len(), 6, "data, duplicates and junk dropped");
-        let name = |a: u64| t.lookup(a).map(|s| s.to_string());
-        assert_eq!(name(0xffffffff81000000).as_deref(), Some("_stext"));
-        assert_eq!(name(0xffffffff810000ff).as_deref(), Some("_stext"));
-        assert_eq!(
-            name(0xffffffff81000100).as_deref(),
-            Some("secondary_startup_64")
-        );
-        // Data symbols are not kept: text runs to the next text symbol.
-        assert_eq!(
-            name(0xffffffff81001800).as_deref(),
-            Some("secondary_startup_64")
-        );
-        assert_eq!(name(0xffffffff81002abc).as_deref(), Some("do_idle"));
-        assert_eq!(name(0xffffffff81003000).as_deref(), Some("weak_fn"));
-        assert_eq!(name(0xffffffffa0000050).as_deref(), Some("pvpmu_irq"));
-        assert_eq!(name(0xffffffffa0000150).as_deref(), Some("pvpmu_drain"));
-        assert_eq!(name(0xffffffffa0000100 + LAST_SYMBOL_SLACK), None);
-        assert_eq!(name(0x1000), None);
-    }
-
     #[test]
     fn restricted_kallsyms_is_empty() {
         let t = parse_kallsyms("0000000000000000 T _stext\n0000000000000000 T do_idle\n");
         assert!(t.is_empty());
         assert_eq!(t.lookup(0xffffffff81000000), None);
-    }
-
-    #[test]
-    fn sized_symbols() {
-        let t = SymTab::new(vec![
-            (0x1000, 0x10, "a".into()),
-            (0x1000, 0, "a_alias".into()),
-            (0x1040, 0x20, "b".into()),
-            (0x2000, 0, "c".into()),
-        ]);
-        assert_eq!(t.len(), 3);
-        assert_eq!(t.lookup(0x1000).map(|s| &**s), Some("a"));
-        assert_eq!(t.lookup(0x100f).map(|s| &**s), Some("a"));
-        assert_eq!(t.lookup(0x1010), None, "past a's size");
-        assert_eq!(t.lookup(0x105f).map(|s| &**s), Some("b"));
-        assert_eq!(t.lookup(0x1060), None);
-        assert_eq!(t.lookup(0x2fff).map(|s| &**s), Some("c"));
-        assert_eq!(t.lookup(0xfff), None);
     }
 
     /// The test binary itself is an ELF with a symbol table: a function of
@@ -425,7 +279,7 @@ zzzz T bad_addr
         } else {
             0
         };
-        let name = img.syms.lookup(f - bias).map(|s| s.to_string());
+        let name = img.syms.lookup(f - bias).map(|s| s.name.to_string());
         assert!(
             name.as_deref()
                 .is_some_and(|n| n.ends_with("marker_function")),
