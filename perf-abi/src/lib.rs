@@ -1,7 +1,14 @@
-//! Constants of the Linux perf ABI (include/uapi/linux/perf_event.h, 6.1).
+//! The Linux perf uapi (include/uapi/linux/perf_event.h, 6.1), written
+//! once for every perfvisor crate: the ring producer, decoder and checker
+//! (`devices`, which re-exports this crate as `perf_ring::abi` and
+//! `perf_ring::attr`), the host-timer backend, the perf.data writer
+//! (`record`) and the static guest tools. A leaf crate: it depends on
+//! nothing.
 //!
-//! Only what the ring producer, decoder and checker need. Values are copied
-//! from the uapi header, not derived, so a reviewer can diff them.
+//! Values are copied from the uapi header, not derived, so a reviewer can
+//! diff them.
+
+pub mod attr;
 
 /// Byte offsets of `struct perf_event_mmap_page` fields.
 pub mod ctrl {

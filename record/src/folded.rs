@@ -113,7 +113,7 @@ impl Folded {
         }
         // Callers are return addresses: look up the call instruction (- 1).
         for &ret in s.callchain.iter().rev() {
-            if ret == 0 || ret >= crate::perf_data::PERF_CONTEXT_MAX {
+            if ret == 0 || ret >= perf_abi::context::MAX {
                 continue;
             }
             let user = !is_kernel_address(ret);

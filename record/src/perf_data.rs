@@ -46,36 +46,15 @@ use crate::symbols::{self, is_kernel_address, SymbolTable, UserBinary};
 use crate::sysinfo;
 use crate::{GuestSample, RecordMeta};
 
-// perf_event.h / perf's event.h
-const PERF_RECORD_MMAP: u32 = 1;
-const PERF_RECORD_COMM: u32 = 3;
-const PERF_RECORD_SAMPLE: u32 = 9;
-const PERF_RECORD_MMAP2: u32 = 10;
+use perf_abi::attr::{flag, PERF_ATTR_SIZE_VER7, PERF_COUNT_SW_CPU_CLOCK, PERF_TYPE_SOFTWARE};
+use perf_abi::{context, misc, record as rec, sample as st};
+
+/// PERF_RECORD_ID_INDEX: a record type of perf's own (tools/lib/perf
+/// event.h, `PERF_RECORD_USER_TYPE_START` + 1), not of the kernel uapi.
 const PERF_RECORD_ID_INDEX: u32 = 69;
 
-const MISC_CPUMODE_UNKNOWN: u16 = 0;
-const MISC_KERNEL: u16 = 1;
-const MISC_GUEST_KERNEL: u16 = 4;
-const MISC_GUEST_USER: u16 = 5;
-
-const SAMPLE_IP: u64 = 1 << 0;
-const SAMPLE_TID: u64 = 1 << 1;
-const SAMPLE_TIME: u64 = 1 << 2;
-const SAMPLE_CALLCHAIN: u64 = 1 << 5;
-const SAMPLE_CPU: u64 = 1 << 7;
-const SAMPLE_PERIOD: u64 = 1 << 8;
-const SAMPLE_IDENTIFIER: u64 = 1 << 16;
-
-const PERF_TYPE_SOFTWARE: u32 = 1;
-const PERF_COUNT_SW_CPU_CLOCK: u64 = 0;
-
-pub(crate) const PERF_CONTEXT_KERNEL: u64 = -128i64 as u64;
-pub(crate) const PERF_CONTEXT_USER: u64 = -512i64 as u64;
-/// Values at or above this are context markers, never addresses.
-pub(crate) const PERF_CONTEXT_MAX: u64 = -4095i64 as u64;
-
 /// perf_event_attr as of PERF_ATTR_SIZE_VER7 (what 6.1 writes).
-const ATTR_SIZE: usize = 128;
+const ATTR_SIZE: usize = PERF_ATTR_SIZE_VER7 as usize;
 const FILE_HEADER_SIZE: u64 = 104;
 /// Frames kept per sample (perf's default max stack is 127).
 const MAX_FRAMES: usize = 1024;
@@ -220,17 +199,16 @@ fn build_attr(meta: &RecordMeta, sample_type: u64) -> [u8; ATTR_SIZE] {
     push_u64(&mut a, if freq { u64::from(meta.freq) } else { 1 });
     push_u64(&mut a, sample_type);
     push_u64(&mut a, 0); // read_format
-    let bit = |n: u32| 1u64 << n;
-    let mut flags = bit(0) // disabled
-        | bit(8) // mmap
-        | bit(9) // comm
-        | bit(13) // task
-        | bit(18) // sample_id_all
-        | bit(19) // exclude_host: guest samples only
-        | bit(23) // mmap2
-        | bit(24); // comm_exec
+    let mut flags = flag::DISABLED
+        | flag::MMAP
+        | flag::COMM
+        | flag::TASK
+        | flag::SAMPLE_ID_ALL
+        | flag::EXCLUDE_HOST // guest samples only
+        | flag::MMAP2
+        | flag::COMM_EXEC;
     if freq {
-        flags |= bit(10);
+        flags |= flag::FREQ;
     }
     push_u64(&mut a, flags);
     a.resize(ATTR_SIZE, 0);
@@ -338,10 +316,9 @@ impl PerfDataWriter {
             path: data_path.clone(),
             source: e,
         })?;
-        let mut sample_type =
-            SAMPLE_IDENTIFIER | SAMPLE_IP | SAMPLE_TID | SAMPLE_TIME | SAMPLE_CPU | SAMPLE_PERIOD;
+        let mut sample_type = st::IDENTIFIER | st::IP | st::TID | st::TIME | st::CPU | st::PERIOD;
         if meta.callchain {
-            sample_type |= SAMPLE_CALLCHAIN;
+            sample_type |= st::CALLCHAIN;
         }
         let ids: Vec<u64> = (1..=u64::from(meta.nr_cpus)).collect();
         let ids_offset = FILE_HEADER_SIZE;
@@ -462,7 +439,7 @@ impl PerfDataWriter {
     fn write_host_kernel_mmap(&mut self) -> Result<()> {
         let text = sysinfo::host_kernel_text();
         let start = text.unwrap_or(0xffff_ffff_8100_0000);
-        self.begin(PERF_RECORD_MMAP, MISC_KERNEL);
+        self.begin(rec::MMAP, misc::KERNEL);
         push_u32(&mut self.buf, u32::MAX); // pid -1: the host kernel
         push_u32(&mut self.buf, 0);
         push_u64(&mut self.buf, start);
@@ -481,7 +458,7 @@ impl PerfDataWriter {
         let start = text_start;
         let pid = self.meta.vmm_pid;
         let name = format!("[guest.kernel.kallsyms.{pid}]{REF_SYMBOL}");
-        self.begin(PERF_RECORD_MMAP, MISC_GUEST_KERNEL);
+        self.begin(rec::MMAP, misc::GUEST_KERNEL);
         push_u32(&mut self.buf, pid);
         push_u32(&mut self.buf, 0);
         push_u64(&mut self.buf, start);
@@ -501,7 +478,7 @@ impl PerfDataWriter {
         time: u64,
         cpu: u32,
     ) -> Result<()> {
-        self.begin(PERF_RECORD_COMM, misc);
+        self.begin(rec::COMM, misc);
         push_u32(&mut self.buf, pid);
         push_u32(&mut self.buf, tid);
         // The kernel's comm is at most 15 bytes.
@@ -517,7 +494,7 @@ impl PerfDataWriter {
         if self.host_threads.insert(tid) {
             let pid = self.meta.vmm_pid;
             self.write_comm(
-                MISC_CPUMODE_UNKNOWN,
+                misc::CPUMODE_UNKNOWN,
                 pid,
                 tid,
                 &format!("vcpu{cpu}"),
@@ -543,7 +520,7 @@ impl PerfDataWriter {
             Some(_) => time,
             None => 0,
         };
-        self.write_comm(MISC_GUEST_KERNEL, pid, tid, &comm, when, cpu)?;
+        self.write_comm(misc::GUEST_KERNEL, pid, tid, &comm, when, cpu)?;
         if self.guest_comms.len() < MAX_TASKS || self.guest_comms.contains_key(&(pid, tid)) {
             self.guest_comms.insert((pid, tid), comm);
         } else {
@@ -566,7 +543,7 @@ impl PerfDataWriter {
     ) -> Result<()> {
         let start = vaddr & !0xfff;
         let end = vaddr.saturating_add(memsz).saturating_add(0xfff) & !0xfff;
-        self.begin(PERF_RECORD_MMAP2, MISC_GUEST_USER);
+        self.begin(rec::MMAP2, misc::GUEST_USER);
         push_u32(&mut self.buf, pid);
         push_u32(&mut self.buf, tid);
         push_u64(&mut self.buf, start);
@@ -663,12 +640,12 @@ impl PerfDataWriter {
         }
 
         let misc = if s.user {
-            MISC_GUEST_USER
+            misc::GUEST_USER
         } else {
-            MISC_GUEST_KERNEL
+            misc::GUEST_KERNEL
         };
         let id = self.ids[s.cpu as usize];
-        self.begin(PERF_RECORD_SAMPLE, misc);
+        self.begin(rec::SAMPLE, misc);
         push_u64(&mut self.buf, id); // IDENTIFIER
         push_u64(&mut self.buf, s.ip);
         push_u32(&mut self.buf, pid);
@@ -677,25 +654,25 @@ impl PerfDataWriter {
         push_u32(&mut self.buf, s.cpu);
         push_u32(&mut self.buf, 0);
         push_u64(&mut self.buf, s.period.max(1));
-        if self.sample_type & SAMPLE_CALLCHAIN != 0 {
+        if self.sample_type & st::CALLCHAIN != 0 {
             self.chain.clear();
             let mut ctx = if s.user {
-                PERF_CONTEXT_USER
+                context::USER
             } else {
-                PERF_CONTEXT_KERNEL
+                context::KERNEL
             };
             self.chain.push(ctx);
-            if s.ip < PERF_CONTEXT_MAX {
+            if s.ip < context::MAX {
                 self.chain.push(s.ip);
             }
             for &a in s.callchain.iter().take(MAX_FRAMES) {
-                if a == 0 || a >= PERF_CONTEXT_MAX {
+                if a == 0 || a >= context::MAX {
                     continue;
                 }
                 let c = if is_kernel_address(a) {
-                    PERF_CONTEXT_KERNEL
+                    context::KERNEL
                 } else {
-                    PERF_CONTEXT_USER
+                    context::USER
                 };
                 if c != ctx {
                     self.chain.push(c);
@@ -923,7 +900,7 @@ mod tests {
     #[test]
     fn attr_is_ver7_sized_guest_only() {
         let meta = RecordMeta::new(2, 99);
-        let a = build_attr(&meta, SAMPLE_IP);
+        let a = build_attr(&meta, st::IP);
         assert_eq!(u32::from_ne_bytes(a[4..8].try_into().unwrap()), 128);
         let flags = u64::from_ne_bytes(a[40..48].try_into().unwrap());
         assert_ne!(flags & (1 << 18), 0, "sample_id_all");

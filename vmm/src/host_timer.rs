@@ -9,11 +9,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
 use crate::introspect::is_user_address;
-use devices::perf_ring::abi::{misc, record, sample};
-use devices::perf_ring::attr::{
+use devices::perf_ring::{Consumer, ReadMode, RingPages};
+use perf_abi::attr::{
     flag, PerfEventAttr, PERF_ATTR_SIZE_VER7, PERF_COUNT_SW_CPU_CLOCK, PERF_TYPE_SOFTWARE,
 };
-use devices::perf_ring::{Consumer, ReadMode, RingPages};
+use perf_abi::{misc, record, sample};
 
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
 /// Data pages of the host ring (32 KiB: 10 ms at 4 kHz is 40 records).

@@ -15,8 +15,10 @@
 //!
 //! See docs/perf-ring.md for the protocol notes.
 
-pub mod abi;
-pub mod attr;
+/// The perf uapi constants (the `perf-abi` crate).
+pub use perf_abi as abi;
+/// `struct perf_event_attr` (the `perf-abi` crate).
+pub use perf_abi::attr;
 pub mod aux;
 pub mod checker;
 pub mod consumer;

@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
-pub use devices::perf_ring::attr::{
+pub use perf_abi::attr::{
     flag, read_format, PerfEventAttr, PERF_ATTR_SIZE_VER7, PERF_COUNT_SW_CPU_CLOCK,
     PERF_TYPE_SOFTWARE,
 };

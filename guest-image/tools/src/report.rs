@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use devices::perf_ring::abi::aux_flag;
 use devices::pvpmu::trace::{DecodeError, Decoded, ExitReason, Record};
+use perf_abi::aux_flag;
 
 /// The prefix of the machine-readable line.
 pub const MACHINE_PREFIX: &str = "pvpmu-tool: ";

@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use devices::perf_ring::abi::{aux_flag, ctrl, sample as st};
 use devices::perf_ring::{
     decode, Body, Checker, CheckerConfig, Consumer, CtrlField, ReadError, ReadMode, RingMemory,
     RingPages, SampleFormat,
 };
 use devices::pvpmu::trace::StreamDecoder;
+use perf_abi::{aux_flag, ctrl, sample as st};
 
 use crate::args::Options;
 use crate::perf::{self, flag, Mapping, PerfEventAttr, PERF_ATTR_SIZE_VER7};
@@ -707,9 +707,9 @@ pub fn run(o: &Options) -> Result<Report, SetupError> {
 mod tests {
     use super::*;
 
-    use devices::perf_ring::abi::misc;
     use devices::perf_ring::{Producer, ProducerConfig, Sample, SampleId, Wakeup};
     use devices::pvpmu::trace::{self, Exit, ExitReason, Stat};
+    use perf_abi::misc;
 
     const PAGE: usize = 4096;
 

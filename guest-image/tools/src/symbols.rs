@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use devices::perf_ring::abi::{context, misc};
 pub use guest_symbols::SymbolTable as SymTab;
 use guest_symbols::{is_kernel_address, ElfKind, ElfSymbols};
+use perf_abi::{context, misc};
 
 /// What an unresolvable address is called.
 pub const UNKNOWN: &str = "[unknown]";
