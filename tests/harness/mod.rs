@@ -70,9 +70,40 @@ impl Run {
     pub fn check(&self, cond: bool, what: &str) {
         assert!(
             cond,
-            "{what}\n--- status {} after {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
-            self.status, self.elapsed, self.stdout, self.stderr
+            "{what}\n--- status {} after {:?}\n--- key lines:\n{}\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.status,
+            self.elapsed,
+            self.key_lines(),
+            self.stdout,
+            self.stderr
         );
+    }
+
+    /// The lines that explain a failure, for the top of the message (CI
+    /// shows only part of a long one): guest oopses and panics, and
+    /// perfvisor's own error line.
+    pub fn key_lines(&self) -> String {
+        const MARKS: [&str; 8] = [
+            "Kernel panic",
+            "BUG:",
+            "Oops",
+            "RIP: 0010:",
+            "RSP: 0018:",
+            "double fault",
+            "perfvisor: error",
+            "error:",
+        ];
+        let mut out: Vec<&str> = self
+            .stdout
+            .lines()
+            .chain(self.stderr.lines())
+            .filter(|l| MARKS.iter().any(|m| l.contains(m)))
+            .take(24)
+            .collect();
+        if let Some(last) = self.stderr.lines().rev().find(|l| !l.trim().is_empty()) {
+            out.push(last);
+        }
+        out.join("\n")
     }
 }
 
@@ -178,20 +209,38 @@ const TIMER_STALL: &str = "a guest timer stall (RCU: timer wakeup didn't happen)
 /// (which masks IF) and the stack switch, which a correct CPU never does
 /// (docs/platform.md, 2026-12-06). The guest kernel did nothing wrong.
 fn exception_at_syscall_entry(out: &str) -> bool {
-    let mut lines = out.lines();
-    while let Some(l) = lines.next() {
+    let lines: Vec<&str> = out.lines().collect();
+    lines.iter().enumerate().any(|(i, l)| {
         if !l.contains("RIP: 0010:entry_SYSCALL_64+0x0/") {
-            continue;
+            return false;
         }
-        let user_rsp = lines.next().and_then(|n| {
-            let v = n.split("RSP: 0018:").nth(1)?.split_whitespace().next()?;
-            u64::from_str_radix(v, 16).ok()
-        });
-        if user_rsp.is_some_and(|rsp| rsp >> 63 == 0) {
-            return true;
-        }
-    }
-    false
+        // The oops prints RSP right after RIP, or after a `Code:` line
+        // (seen 2026-12-07), so look at the next few lines.
+        lines[i + 1..]
+            .iter()
+            .take(3)
+            .find_map(|n| {
+                let v = n.split("RSP: 0018:").nth(1)?.split_whitespace().next()?;
+                u64::from_str_radix(v, 16).ok()
+            })
+            .is_some_and(|rsp| rsp >> 63 == 0)
+    })
+}
+
+#[test]
+fn syscall_entry_oops_is_found_past_a_code_line() {
+    let rip = "[    9.1] RIP: 0010:entry_SYSCALL_64+0x0/0x10";
+    let code = "[    9.1] Code: cc cc cc cc 0f 01 f8 65 48 89 24 25";
+    let user = "[    9.1] RSP: 0018:00007ffd5a3c1e98 EFLAGS: 00000002";
+    let kernel = "[    9.1] RSP: 0018:ffffc90000013f58 EFLAGS: 00000002";
+    assert!(exception_at_syscall_entry(&format!("{rip}\n{user}\n")));
+    assert!(exception_at_syscall_entry(&format!(
+        "{rip}\n{code}\n{user}\n"
+    )));
+    assert!(!exception_at_syscall_entry(&format!(
+        "{rip}\n{code}\n{kernel}\n"
+    )));
+    assert!(!exception_at_syscall_entry(&format!("{code}\n{user}\n")));
 }
 
 fn perfvisor_cmd_once(
