@@ -9,16 +9,24 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
 use crate::introspect::is_user_address;
-use devices::perf_ring::{Consumer, ReadMode, RingPages};
+use devices::perf_ring::{decode, Body, Consumer, ReadMode, RingPages, SampleFormat};
 use perf_abi::attr::{
     flag, PerfEventAttr, PERF_ATTR_SIZE_VER7, PERF_COUNT_SW_CPU_CLOCK, PERF_TYPE_SOFTWARE,
 };
-use perf_abi::{misc, record, sample};
+use perf_abi::{misc, sample};
 
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
 /// Data pages of the host ring (32 KiB: 10 ms at 4 kHz is 40 records).
 const DATA_PAGES: usize = 8;
 const PAGE: usize = 4096;
+/// What the event samples: the guest IP and the time.
+const SAMPLE_TYPE: u64 = sample::IP | sample::TIME;
+/// The records' layout, for the decoder.
+const FORMAT: SampleFormat = SampleFormat {
+    sample_type: SAMPLE_TYPE,
+    read_format: 0,
+    sample_id_all: false,
+};
 /// Samples the host ring holds (24 bytes each: header, IP, TIME).
 pub const RING_SAMPLES: u32 = (DATA_PAGES * PAGE / 24) as u32;
 
@@ -43,7 +51,7 @@ impl HostTimer {
             size: PERF_ATTR_SIZE_VER7,
             config: PERF_COUNT_SW_CPU_CLOCK,
             sample_period_or_freq: 1_000_000_000 / u64::from(freq.max(1)),
-            sample_type: sample::IP | sample::TIME,
+            sample_type: SAMPLE_TYPE,
             flags: flag::EXCLUDE_HOST | flag::USE_CLOCKID,
             clockid: libc::CLOCK_BOOTTIME,
             ..Default::default()
@@ -98,17 +106,16 @@ impl HostTimer {
 
     /// Hand every tick since the last drain to `f(tick)`, oldest first.
     pub fn drain(&mut self, mut f: impl FnMut(Tick)) {
-        let _ = self.consumer.read_batch(None, |_, rec| {
-            if rec.len() < 24 {
+        let _ = self.consumer.read_batch(None, |_, bytes| {
+            // Only samples matter; the kernel's other records (throttle,
+            // lost) and anything undecodable are passed over.
+            let Ok(rec) = decode(&FORMAT, bytes) else {
                 return;
-            }
-            let ty = u32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]);
-            if ty != record::SAMPLE {
+            };
+            let Body::Sample(s) = &rec.body else {
                 return;
-            }
-            let cpumode = u16::from_le_bytes([rec[4], rec[5]]) & misc::CPUMODE_MASK;
-            let word = |i: usize| u64::from_le_bytes(rec[i..i + 8].try_into().unwrap_or([0; 8]));
-            let (ip, boot_ns) = (word(8), word(16));
+            };
+            let (cpumode, ip, boot_ns) = (rec.cpumode(), s.ip, s.ids.time);
             f(match cpumode {
                 // User or kernel is decided by the address, not by the
                 // host's GUEST_USER/GUEST_KERNEL, which comes from the CPL

@@ -398,7 +398,7 @@ impl RingPages {
         match self.data_run(off, (1 + n) * 8) {
             Some(dst) if off.is_multiple_of(8) => {
                 let dst = dst.cast::<u64>();
-                // SAFETY (every arm): data_run checked that all (1 + n) * 8
+                // SAFETY: (every arm) data_run checked that all (1 + n) * 8
                 // bytes at `dst` lie in one data page, which is valid for
                 // writes (constructor invariants); the page pointer is
                 // 8-aligned and `off` is a multiple of 8, so every word
