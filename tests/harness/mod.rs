@@ -110,6 +110,19 @@ impl Run {
 /// Longest a single perfvisor invocation may take before the harness kills it.
 const RUN_LIMIT: Duration = Duration::from_secs(420);
 
+/// Inside the L1 sandbox, a running perfvisor invocation prints a line this
+/// often, so the outer harness can tell a slow test from a frozen L1.
+const HEARTBEAT: Duration = Duration::from_secs(30);
+
+/// How long the L1's console may stay quiet before the outer harness
+/// calls the L1 frozen: several heartbeats.
+const SILENCE_LIMIT: Duration = Duration::from_secs(180);
+
+/// L1 sandboxes one test binary may boot: the first, and one more each time
+/// the previous one died, froze or became unfit to run guests
+/// (docs/platform.md has the rates).
+const L1_ATTEMPTS: u32 = 3;
+
 /// Run `perfvisor ARGS` and collect its output (stdin is /dev/null). A run
 /// that outlives [`RUN_LIMIT`] is killed and fails the test: a hang is a bug.
 pub fn perfvisor_cmd(args: &[&str]) -> Run {
@@ -279,7 +292,18 @@ fn perfvisor_cmd_once(
     let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
     let mut interrupt_at: Option<Instant> = None;
     let mut interrupted = false;
+    let inside = std::env::var_os(INSIDE_ENV).is_some();
+    let mut next_beat = start + HEARTBEAT;
     let status = loop {
+        if inside && Instant::now() >= next_beat {
+            // Inside the L1 the console is the outer harness's only sign
+            // of life: a quiet console for SILENCE_LIMIT means a frozen L1.
+            println!(
+                "... perfvisor still running after {:.0}s",
+                start.elapsed().as_secs_f64()
+            );
+            next_beat += HEARTBEAT;
+        }
         match child.try_wait() {
             Ok(Some(s)) => break s.code().unwrap_or(-1),
             Ok(None) if start.elapsed() > RUN_LIMIT => {
@@ -440,9 +464,9 @@ fn sandbox_results() -> &'static SandboxResults {
         let sb = sandbox::Sandbox::locate()
             .map_err(|e| format!("boot tests need the L1 sandbox here, and it is not available: {e}"))?
             .timeout(Duration::from_secs(40 * 60))
-            // Inside, every perfvisor run prints when it ends and is killed
+            // Inside, every perfvisor run prints a heartbeat and is killed
             // after RUN_LIMIT, so a console this quiet means a frozen L1.
-            .silence_limit(RUN_LIMIT + Duration::from_secs(120))
+            .silence_limit(SILENCE_LIMIT)
             .memory_mib(3072)
             .cpus(2);
         let test_bin = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -450,11 +474,11 @@ fn sandbox_results() -> &'static SandboxResults {
         let start = Instant::now();
         let mut results = HashMap::new();
         let mut summaries = Vec::new();
-        // A second L1 only when the first one died under the tests (the L1
-        // kernel itself, nested kvm-amd under QEMU TCG, crashes now and then:
-        // docs/platform.md). It reruns what did not finish; a death that
-        // comes back fails those tests.
-        for attempt in 1..=2 {
+        // Another L1 only when the last one died, froze or became unfit
+        // under the tests (the L1 kernel itself, nested kvm-amd under QEMU
+        // TCG, does that now and then: docs/platform.md). It reruns what
+        // did not finish; after L1_ATTEMPTS those tests fail.
+        for attempt in 1..=L1_ATTEMPTS {
             let mut argv = vec![
                 "/tests/boot-tests".to_string(),
                 "--test-threads=1".into(),
@@ -505,12 +529,12 @@ fn sandbox_results() -> &'static SandboxResults {
                         .filter(|(_, r)| r.wants_fresh_l1())
                         .map(|(n, _)| n.as_str())
                         .collect();
-                    if attempt > 1 || sick.is_empty() {
+                    if attempt == L1_ATTEMPTS || sick.is_empty() {
                         break;
                     }
                     let msg = format!(
-                        "!!! the L1 sandbox became unfit to run guests under {} (attempt 1; \
-                         docs/platform.md); booting a second L1 ONCE for {}",
+                        "!!! the L1 sandbox became unfit to run guests under {} (attempt \
+                         {attempt} of {L1_ATTEMPTS}; docs/platform.md); booting another L1 for {}",
                         sick.join(", "),
                         if sick.len() == 1 { "it" } else { "them" }
                     );
@@ -518,19 +542,20 @@ fn sandbox_results() -> &'static SandboxResults {
                     summaries.push(msg);
                 }
                 Err(e @ (sandbox::Error::NoExitMarker { .. } | sandbox::Error::Silent { .. }))
-                    if attempt == 1 =>
+                    if attempt < L1_ATTEMPTS =>
                 {
                     let msg = format!(
-                        "!!! the L1 sandbox died or hung under the boot tests (attempt 1): {e}\n\
+                        "!!! the L1 sandbox died or hung under the boot tests (attempt {attempt} of \
+                         {L1_ATTEMPTS}): {e}\n\
                          !!! nested kvm-amd under QEMU TCG does that now and then (docs/platform.md); \
-                         booting a second L1 ONCE for the tests that did not finish"
+                         booting another L1 for the tests that did not finish"
                     );
                     eprintln!("{msg}");
-                    summaries.push(
-                        "!!! the first L1 sandbox died or hung under the boot tests (its console tail \
-                         is in the test log); a second L1 ran the tests that had not finished"
-                            .into(),
-                    );
+                    summaries.push(format!(
+                        "!!! L1 sandbox {attempt} of {L1_ATTEMPTS} died or hung under the boot tests \
+                         (its console tail is in the test log); another L1 ran the tests that had \
+                         not finished"
+                    ));
                 }
                 Err(e) => {
                     summaries.push(format!("the L1 sandbox run failed (attempt {attempt}): {e}"));
