@@ -18,12 +18,12 @@ fi
 crit="$root/target/criterion"
 out="$root/target/bench-ring"
 mkdir -p "$out"
-cargo bench -p devices --bench perf_ring --no-run
+cargo bench -p perf-ring --bench perf_ring --no-run
 results="$out/results.txt"
 : >"$results"
 for run in $(seq "$runs"); do
     log="$out/run$run.log"
-    cargo bench -p devices --bench perf_ring -- "$@" 2>&1 | tee "$log" |
+    cargo bench -p perf-ring --bench perf_ring -- "$@" 2>&1 | tee "$log" |
         grep -E '^(ring|aux)/|thrpt:|offered|no consumer|records copied' || true
     python3 - "$crit" "$run" >>"$results" <<'PY'
 import json, sys

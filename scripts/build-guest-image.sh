@@ -421,6 +421,11 @@ pv_publish "$KTREE" "$OUT/kernel-tree"
 pv_publish "$IDIR/initramfs.cpio" "$OUT/initramfs.cpio"
 pv_publish "$IDIR/contents.txt" "$OUT/initramfs-contents.txt"
 pv_publish "$GI_DIR/guest-info.txt" "$OUT/guest-info.txt"
+# The guest tools as the initramfs holds them (its key covers their
+# hashes), for `perfvisor record` to name their functions.
+mkdir -p "$IDIR/guest-tools"
+cp -f "${GUEST_EXES[@]}" "$IDIR/guest-tools/"
+pv_publish "$IDIR/guest-tools" "$OUT/guest-tools"
 size() { stat -L -c %s "$1"; }
 # A kernel tree is ~1.5 GB: keep the current and the 2 most recently used others.
 pv_prune "$CACHE_ROOT/kernel" 3 "$KDIR"
@@ -444,4 +449,4 @@ pv_prune "$CACHE_ROOT/initramfs" 6 "$IDIR"
 } >"$OUT/manifest.txt"
 pv_phase_end
 pv_say "guest image ready: Linux $KERNEL_RELEASE, vmlinux $(($(size "$OUT/vmlinux") / 1024)) KiB, initramfs $(($(size "$OUT/initramfs.cpio") / 1024)) KiB"
-pv_say "  $OUT/{vmlinux,System.map,bzImage,initramfs.cpio,kernel-tree,manifest.txt}"
+pv_say "  $OUT/{vmlinux,System.map,bzImage,initramfs.cpio,guest-tools,kernel-tree,manifest.txt}"

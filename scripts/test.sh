@@ -7,7 +7,8 @@
 # 2. scripts/build-guest-image.sh  guest kernel, initramfs (cached by inputs)
 # 3. scripts/fetch-sandbox.sh   the L1 sandbox kernel and kvm-amd modules
 # 4. lints                     cargo fmt --check, cargo clippy -D warnings
-# 5. guest-input unit tests     vmm, devices and guest-symbols unit tests in a debug build,
+# 5. guest-input unit tests     vmm, devices, perf-ring, pvpmu-abi and guest-symbols
+#                               unit tests in a debug build,
 #                               where integer overflow panics (guest-chosen
 #                               values near 2^64 must not reach unchecked
 #                               arithmetic; release builds would wrap)
@@ -36,7 +37,7 @@ cargo fmt --all -- --check || pv_die "cargo fmt --check failed: run cargo fmt --
 cargo clippy --workspace --all-targets --release --locked -- -D warnings \
     || pv_die "clippy warnings: fix them (CI denies warnings)"
 pv_phase "guest-input unit tests with overflow checks (debug build)"
-cargo test --locked --lib -p vmm -p devices -p guest-symbols \
+cargo test --locked --lib -p vmm -p devices -p perf-ring -p pvpmu-abi -p guest-symbols \
     || pv_die "debug-build unit tests failed (an overflow panic here is a guest-reachable bug)"
 pv_phase "cargo test --workspace"
 # --nocapture: every boot test prints which KVM it used.

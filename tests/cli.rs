@@ -104,3 +104,62 @@ fn probe_gives_a_verdict() {
     );
     println!("probe: {}", r.stdout.trim());
 }
+
+/// Runs a copy of the perfvisor binary (as `cargo install` or
+/// scripts/install.sh leaves it) from `/`, with no PERFVISOR_* variable.
+fn run_copy(exe: &std::path::Path, args: &[&str]) -> harness::Run {
+    let start = std::time::Instant::now();
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(args)
+        .current_dir("/")
+        .stdin(std::process::Stdio::null());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("PERFVISOR_") {
+            cmd.env_remove(k);
+        }
+    }
+    // No /dev/kvm: the run stops right after it found its guest image.
+    cmd.env("PERFVISOR_KVM_DEVICE", "/nonexistent/kvm");
+    let out = cmd.output().expect("the copied perfvisor runs");
+    harness::Run {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: start.elapsed(),
+    }
+}
+
+/// An installed binary finds the guest image in `<prefix>/share/perfvisor`,
+/// not in the source tree it was built in; without one it says where it
+/// looked and how to get one.
+#[test]
+fn an_installed_binary_finds_its_data_directory_not_the_source_tree() {
+    let prefix = std::env::temp_dir().join(format!("perfvisor-install-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&prefix);
+    std::fs::create_dir_all(prefix.join("bin")).unwrap();
+    let exe = prefix.join("bin/perfvisor");
+    std::fs::copy(harness::perfvisor(), &exe).unwrap();
+    let args = ["run", "--kvm", "host", "--", "true"];
+
+    let r = run_copy(&exe, &args);
+    one_line_error(&r, "no guest image found");
+    let data = prefix.join("share/perfvisor/guest-image");
+    r.check(
+        r.stderr.contains(&data.display().to_string()),
+        "names the data directory it looked in",
+    );
+    r.check(
+        r.stderr.contains("scripts/install.sh") && r.stderr.contains("PERFVISOR_GUEST_IMAGE"),
+        "says how to get one",
+    );
+
+    std::fs::create_dir_all(&data).unwrap();
+    for f in ["vmlinux", "initramfs.cpio"] {
+        std::os::unix::fs::symlink(image_dir().join(f), data.join(f)).unwrap();
+    }
+    let r = run_copy(&exe, &args);
+    // Past the image lookup: the next thing it needs is KVM.
+    one_line_error(&r, "no /dev/kvm");
+    println!("installed copy: {}", r.stderr.trim());
+    let _ = std::fs::remove_dir_all(&prefix);
+}

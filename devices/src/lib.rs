@@ -1,4 +1,6 @@
-//! perfvisor's emulated devices and the host-side perf ring producer.
+//! perfvisor's emulated devices: the bus, the legacy devices and pvpmu.
+//! The perf ring it writes is the `perf-ring` crate; pvpmu's guest
+//! interface is `pvpmu-abi`.
 //!
 //! Nothing here depends on KVM: interrupts are `EventFd`s (registered as irqfds
 //! by the VMM), and devices sit on a [`bus::Bus`]. That keeps every device
@@ -6,6 +8,4 @@
 
 pub mod bus;
 pub mod legacy;
-pub mod perf_ring;
 pub mod pvpmu;
-pub mod rate_limited;

@@ -6,14 +6,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use devices::bus::BusDevice;
-use devices::perf_ring::abi::{aux_flag, misc, record, sample};
-use devices::perf_ring::{
-    decode, Body, Checker, CheckerConfig, Consumer, GuestRing, GuestRingLayout, ReadMode,
-    SampleFormat,
-};
 use devices::pvpmu::regs::{bank, cmd, global, status, BANK_BASE, BANK_SIZE, MAGIC_VALUE};
 use devices::pvpmu::state::{flags, guest, host};
 use devices::pvpmu::{HostSample, Pvpmu, PvpmuConfig, PvpmuMmio, SampleResult};
+use perf_ring::abi::{aux_flag, misc, record, sample};
+use perf_ring::{
+    decode, Body, Checker, CheckerConfig, Consumer, GuestRing, GuestRingLayout, ReadMode,
+    SampleFormat,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -813,8 +813,8 @@ fn callchains_have_kernel_then_user_contexts() {
         })
         .unwrap();
     let (k, u) = (
-        devices::perf_ring::abi::context::KERNEL,
-        devices::perf_ring::abi::context::USER,
+        perf_ring::abi::context::KERNEL,
+        perf_ring::abi::context::USER,
     );
     assert_eq!(
         chains,

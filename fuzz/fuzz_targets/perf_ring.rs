@@ -9,8 +9,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use devices::perf_ring::abi::sample as st;
-use devices::perf_ring::*;
+use perf_ring::abi::sample as st;
+use perf_ring::*;
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 

@@ -1,4 +1,4 @@
-//! Fuzzes the pvpmu AUX trace decoder (devices::pvpmu::trace).
+//! Fuzzes the pvpmu AUX trace decoder (pvpmu_abi::trace).
 //!
 //! The input's first byte picks chunk sizes; the rest is the stream. Checks:
 //! no panic; the slice decoder and the stream decoder fed in chunks report
@@ -6,7 +6,7 @@
 //! the bytes it was decoded from (the format has one encoding per record).
 #![no_main]
 
-use devices::pvpmu::trace::*;
+use pvpmu_abi::trace::*;
 use libfuzzer_sys::fuzz_target;
 
 fn reencode(d: &Decoded<'_>, out: &mut [u8]) -> usize {

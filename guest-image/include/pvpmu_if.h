@@ -3,7 +3,9 @@
  * The pvpmu device's guest interface: MMIO registers, command banks and
  * the shared state page, as docs/pvpmu.md describes them. Shared by the
  * driver (guest-image/pvpmu) and the hostile test module
- * (guest-image/pvpmu-evil); the host's side is devices/src/pvpmu.
+ * (guest-image/pvpmu-evil). The host's side is the pvpmu-abi crate;
+ * pvpmu-abi/tests/header.rs compiles this header against every value
+ * there, so change both in one commit.
  */
 #ifndef _PVPMU_IF_H
 #define _PVPMU_IF_H

@@ -117,13 +117,92 @@ mod tests {
     use super::*;
     use std::mem::{offset_of, size_of};
 
+    /// Offsets from include/uapi/linux/perf_event.h (6.1) and the
+    /// PERF_ATTR_SIZE_VER* values, which mark where each version ended.
     #[test]
-    fn attr_layout_matches_6_1() {
+    fn attr_layout() {
         assert_eq!(size_of::<PerfEventAttr>(), PERF_ATTR_SIZE_VER7 as usize);
+        assert_eq!(offset_of!(PerfEventAttr, type_), 0);
+        assert_eq!(offset_of!(PerfEventAttr, size), 4);
+        assert_eq!(offset_of!(PerfEventAttr, config), 8);
         assert_eq!(offset_of!(PerfEventAttr, sample_period_or_freq), 16);
+        assert_eq!(offset_of!(PerfEventAttr, sample_type), 24);
+        assert_eq!(offset_of!(PerfEventAttr, read_format), 32);
         assert_eq!(offset_of!(PerfEventAttr, flags), 40);
+        assert_eq!(offset_of!(PerfEventAttr, wakeup_events), 48);
+        assert_eq!(offset_of!(PerfEventAttr, bp_type), 52);
+        assert_eq!(offset_of!(PerfEventAttr, config1), 56);
+        // PERF_ATTR_SIZE_VER0 = 64: config2 starts where VER0 ended.
+        assert_eq!(offset_of!(PerfEventAttr, config2), 64);
+        // VER1 = 72, VER2 = 80, VER3 = 96, VER4 = 104, VER5 = 112,
+        // VER6 = 120, VER7 = 128.
+        assert_eq!(offset_of!(PerfEventAttr, branch_sample_type), 72);
+        assert_eq!(offset_of!(PerfEventAttr, sample_regs_user), 80);
+        assert_eq!(offset_of!(PerfEventAttr, sample_stack_user), 88);
         assert_eq!(offset_of!(PerfEventAttr, clockid), 92);
+        assert_eq!(offset_of!(PerfEventAttr, sample_regs_intr), 96);
+        assert_eq!(offset_of!(PerfEventAttr, aux_watermark), 104);
+        assert_eq!(offset_of!(PerfEventAttr, sample_max_stack), 108);
+        assert_eq!(offset_of!(PerfEventAttr, reserved_2), 110);
+        assert_eq!(offset_of!(PerfEventAttr, aux_sample_size), 112);
+        assert_eq!(offset_of!(PerfEventAttr, reserved_3), 116);
         assert_eq!(offset_of!(PerfEventAttr, sig_data), 120);
+    }
+
+    #[test]
+    fn flag_bits() {
+        // The 38 named bits are distinct and contiguous from bit 0, with
+        // precise_ip's two bits at 15 and 16.
+        let named = [
+            flag::DISABLED,
+            flag::INHERIT,
+            flag::PINNED,
+            flag::EXCLUSIVE,
+            flag::EXCLUDE_USER,
+            flag::EXCLUDE_KERNEL,
+            flag::EXCLUDE_HV,
+            flag::EXCLUDE_IDLE,
+            flag::MMAP,
+            flag::COMM,
+            flag::FREQ,
+            flag::INHERIT_STAT,
+            flag::ENABLE_ON_EXEC,
+            flag::TASK,
+            flag::WATERMARK,
+            3 << flag::PRECISE_IP_SHIFT,
+            flag::MMAP_DATA,
+            flag::SAMPLE_ID_ALL,
+            flag::EXCLUDE_HOST,
+            flag::EXCLUDE_GUEST,
+            flag::EXCLUDE_CALLCHAIN_KERNEL,
+            flag::EXCLUDE_CALLCHAIN_USER,
+            flag::MMAP2,
+            flag::COMM_EXEC,
+            flag::USE_CLOCKID,
+            flag::CONTEXT_SWITCH,
+            flag::WRITE_BACKWARD,
+            flag::NAMESPACES,
+            flag::KSYMBOL,
+            flag::BPF_EVENT,
+            flag::AUX_OUTPUT,
+            flag::CGROUP,
+            flag::TEXT_POKE,
+            flag::BUILD_ID,
+            flag::INHERIT_THREAD,
+            flag::REMOVE_ON_EXEC,
+            flag::SIGTRAP,
+        ];
+        let all = named.iter().fold(0u64, |acc, b| {
+            assert_eq!(acc & b, 0, "{b:#x} overlaps");
+            acc | b
+        });
+        assert_eq!(all, (1 << 38) - 1);
+        // And in the header's order: each named bit is 1 << its index
+        // (precise_ip's two bits count as two).
+        for (i, b) in named.iter().enumerate() {
+            let want = if i <= 15 { i } else { i + 1 };
+            assert_eq!(b.trailing_zeros() as usize, want, "flag {i}");
+        }
         assert_eq!(flag::EXCLUDE_HOST, 1 << 19);
         assert_eq!(flag::USE_CLOCKID, 1 << 25);
     }

@@ -2,13 +2,15 @@
 //! once for every perfvisor crate: the ring producer, decoder and checker
 //! (`devices`, which re-exports this crate as `perf_ring::abi` and
 //! `perf_ring::attr`), the host-timer backend, the perf.data writer
-//! (`record`) and the static guest tools. A leaf crate: it depends on
-//! nothing.
+//! (`record`) and the static guest tools, and the system calls
+//! (`perf_event_open`, the ioctls, the ring mapping) in [`sys`]. A leaf
+//! crate: it depends only on libc.
 //!
 //! Values are copied from the uapi header, not derived, so a reviewer can
 //! diff them.
 
 pub mod attr;
+pub mod sys;
 
 /// Byte offsets of `struct perf_event_mmap_page` fields.
 pub mod ctrl {

@@ -78,8 +78,8 @@ use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
-use devices::perf_ring::abi::{record, sample as st};
-use devices::perf_ring::*;
+use perf_ring::abi::{record, sample as st};
+use perf_ring::*;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 

@@ -13,7 +13,7 @@ use super::memory::{CtrlField, RingMemory};
 use super::producer::{Output, Producer};
 use super::records::{Event, SampleId};
 use super::Error;
-use crate::warn_rate_limited;
+use rate_limited::warn_rate_limited;
 
 /// An open AUX session (`struct perf_output_handle` between begin and
 /// end). Obtained from [`Producer::aux_begin`], consumed by

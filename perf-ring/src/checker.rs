@@ -521,7 +521,7 @@ impl Checker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::perf_ring::{Event, SampleId};
+    use crate::{Event, SampleId};
 
     fn rec(ev: Event<'_>, fmt: &SampleFormat) -> Vec<u8> {
         let mut v = Vec::new();

@@ -35,8 +35,6 @@ pub use memory::{Area, CtrlField, GuestRing, GuestRingLayout, RingMemory, RingPa
 pub use producer::{Output, Producer, ProducerConfig, ProducerStats, SamplesOutput, Wakeup};
 pub use records::{Event, ReadData, ReadValue, Sample, SampleFormat, SampleId};
 
-pub use crate::rate_limited::RateLimiter;
-
 /// Everything that can go wrong setting up or feeding a ring.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {

@@ -17,8 +17,8 @@ use super::abi::record;
 use super::memory::{CtrlField, RingMemory, RingPages};
 use super::records::{misc_word, Event, FixedLayout, Sample, SampleFormat, SampleId};
 use super::Error;
-use crate::rate_limited::RateLimiter;
-use crate::warn_rate_limited;
+use rate_limited::warn_rate_limited;
+use rate_limited::RateLimiter;
 
 /// When to ask for a reader wakeup (`attr.watermark` and the
 /// `wakeup_events`/`wakeup_watermark` union).

@@ -9,8 +9,8 @@ mod perf_ring_common;
 
 use std::sync::atomic::Ordering;
 
-use devices::perf_ring::abi::{record, sample as st};
-use devices::perf_ring::*;
+use perf_ring::abi::{record, sample as st};
+use perf_ring::*;
 use perf_ring_common::*;
 
 /// The nine fixed-size sample fields, in `perf_output_sample` order.

@@ -8,8 +8,8 @@
 
 mod perf_ring_common;
 
-use devices::perf_ring::abi::{aux_flag, context, misc, read_format as rf, record, sample as st};
-use devices::perf_ring::*;
+use perf_ring::abi::{aux_flag, context, misc, read_format as rf, record, sample as st};
+use perf_ring::*;
 use perf_ring_common::*;
 
 fn ids() -> SampleId {

@@ -8,8 +8,8 @@ mod perf_ring_common;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
-use devices::perf_ring::abi::sample as st;
-use devices::perf_ring::*;
+use perf_ring::abi::sample as st;
+use perf_ring::*;
 use perf_ring_common::*;
 use proptest::prelude::*;
 

@@ -12,8 +12,8 @@ mod perf_ring_common;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use devices::perf_ring::abi::sample as st;
-use devices::perf_ring::*;
+use perf_ring::abi::sample as st;
+use perf_ring::*;
 use perf_ring_common::*;
 use vm_memory::GuestMemoryBackend;
 

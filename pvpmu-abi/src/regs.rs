@@ -1,4 +1,6 @@
-//! Register map, commands and status codes (docs/pvpmu.md, "Registers").
+//! Register map, commands and status codes (docs/pvpmu.md, "Registers";
+//! the `PVPMU_REG_*`, `PVPMU_B_*`, `PVPMU_CMD_*` and `PVPMU_ST_*` names of
+//! pvpmu_if.h).
 
 /// Size of the MMIO region.
 pub const MMIO_SIZE: u64 = 0x1000;

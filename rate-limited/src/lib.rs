@@ -8,6 +8,9 @@
 
 use std::time::{Duration, Instant};
 
+#[doc(hidden)]
+pub use log as __log;
+
 /// Token bucket deciding whether a log line may be emitted now.
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
@@ -73,18 +76,18 @@ impl RateLimiter {
 /// suppressed lines when there were any.
 ///
 /// ```
-/// # use devices::rate_limited::RateLimiter;
+/// # use rate_limited::RateLimiter;
 /// let mut limiter = RateLimiter::default();
-/// devices::warn_rate_limited!(limiter, "guest wrote a bad tail {:#x}", 3);
+/// rate_limited::warn_rate_limited!(limiter, "guest wrote a bad tail {:#x}", 3);
 /// ```
 #[macro_export]
 macro_rules! warn_rate_limited {
     ($limiter:expr, $($arg:tt)+) => {
         if let Some(suppressed) = $limiter.check() {
             if suppressed > 0 {
-                log::warn!("{} ({} similar messages suppressed)", format_args!($($arg)+), suppressed);
+                $crate::__log::warn!("{} ({} similar messages suppressed)", format_args!($($arg)+), suppressed);
             } else {
-                log::warn!($($arg)+);
+                $crate::__log::warn!($($arg)+);
             }
         }
     };

@@ -44,6 +44,8 @@ use console::{clean_line, read_lines, KeptText, Tail};
 pub enum Error {
     #[error("sandbox artefacts missing in {dir}: {what}; run scripts/fetch-sandbox.sh (on a fresh machine first scripts/setup.sh as root), or point PERFVISOR_SANDBOX_DIR at a directory it produced")]
     ArtefactsMissing { dir: PathBuf, what: String },
+    #[error(transparent)]
+    NoArtefacts(#[from] artefacts::Error),
     #[error("{qemu} not found: run scripts/setup.sh as root (or apt-get install --no-install-recommends qemu-system-x86), or set PERFVISOR_QEMU to a qemu-system-x86_64 binary")]
     QemuMissing { qemu: String },
     #[error("invalid sandbox job: {0}")]
@@ -265,11 +267,6 @@ const COLLECT_CHECK: Duration = Duration::from_secs(1);
 /// How long QEMU may take to power off after the job's exit marker before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// The artefacts directory when `PERFVISOR_SANDBOX_DIR` is not set.
-pub fn default_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/sandbox")
-}
-
 fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin"));
     std::env::split_paths(&path)
@@ -278,12 +275,12 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 }
 
 impl Sandbox {
-    /// Finds the artefacts (`$PERFVISOR_SANDBOX_DIR`, else `<workspace>/build/sandbox`)
-    /// and QEMU (`$PERFVISOR_QEMU`, else `qemu-system-x86_64` in PATH).
+    /// Finds the artefacts by the artefact search order (the
+    /// `perfvisor-artefacts` crate: `$PERFVISOR_SANDBOX_DIR`, the installed
+    /// data directory, the build tree) and QEMU (`$PERFVISOR_QEMU`, else
+    /// `qemu-system-x86_64` in PATH).
     pub fn locate() -> Result<Sandbox, Error> {
-        let dir = std::env::var_os("PERFVISOR_SANDBOX_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(default_dir);
+        let dir = artefacts::find(artefacts::Kind::Sandbox)?.dir;
         let dir = dir.canonicalize().unwrap_or(dir);
         let qemu = match std::env::var_os("PERFVISOR_QEMU") {
             Some(q) => Some(PathBuf::from(q)).filter(|p| p.is_file()),

@@ -23,11 +23,12 @@ use vmm::introspect::{GuestTask, KernelInfo};
 use vmm::orc::OrcTable;
 use vmm::recorder::{RecordConfig, RecordStats, RecordedSample};
 use vmm::sampler::Backend;
-use vmm::{Vm, VmConfig};
+use vmm::Vm;
 
+use crate::error::{exit_code, CliError};
 use crate::forward::GivenArgs;
-use crate::{
-    default_image_dir, exit_code, resolve, sandbox_for, sandbox_job, use_sandbox, CliError, RunArgs,
+use crate::launch::{
+    default_image_dir, resolve, sandbox_for, sandbox_job, use_sandbox, vm_config, RunArgs,
 };
 
 /// `perfvisor record` options.
@@ -204,13 +205,15 @@ fn meta(
 ) -> RecordMeta {
     let mut m = RecordMeta::new(nr_cpus, args.freq);
     m.guest_image_kallsyms = image_kallsyms;
-    let image = default_image_dir();
-    let default_image = args.run.kernel.is_none();
+    // The default image, when this run boots it (its kernel, or its
+    // initramfs under another kernel).
+    let image = default_image_dir().ok();
+    let default_kernel = image.as_deref().filter(|_| args.run.kernel.is_none());
     m.guest_system_map = args
         .guest_system_map
         .clone()
-        .or_else(|| default_image.then(|| image.join("System.map")));
-    if default_image {
+        .or_else(|| default_kernel.map(|i| i.join("System.map")));
+    if let Some(image) = default_kernel {
         m.guest_vmlinux = Some(image.join("vmlinux"));
         m.kernel_release = std::fs::read_to_string(image.join("manifest.txt"))
             .ok()
@@ -221,15 +224,18 @@ fn meta(
             .unwrap_or_default();
     }
     let mut bins = args.guest_binaries.clone();
-    if bins.is_empty() && runs_default_userspace(args, &image) {
-        // The guest image's static tools, as built by scripts/build-guest-image.sh.
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target/guest/x86_64-unknown-linux-gnu/release");
-        for name in ["pv-workload", "pvpmu-tool", "pv-exit"] {
-            if dir.join(name).is_file() {
-                bins.push(dir.join(name));
+    match &image {
+        Some(image) if bins.is_empty() && runs_default_userspace(args, image) => {
+            // The guest image's static tools, as scripts/build-guest-image.sh
+            // publishes them next to the initramfs that holds them.
+            let dir = image.join("guest-tools");
+            for name in ["pv-workload", "pvpmu-tool", "pv-exit"] {
+                if dir.join(name).is_file() {
+                    bins.push(dir.join(name));
+                }
             }
         }
+        _ => {}
     }
     m.guest_binaries = bins
         .into_iter()
@@ -272,11 +278,12 @@ fn kernel_facts(args: &RecordArgs) -> KernelFacts {
     };
     let mut facts = KernelFacts::default();
     let Some(kernel) = &args.run.kernel else {
-        facts.layout = from_file(
-            args.guest_info
-                .as_deref()
-                .unwrap_or(&default_image_dir().join("guest-info.txt")),
-        );
+        let default = default_image_dir().ok().map(|d| d.join("guest-info.txt"));
+        facts.layout = args
+            .guest_info
+            .as_deref()
+            .or(default.as_deref())
+            .and_then(from_file);
         return facts;
     };
     if let Some(p) = &args.guest_info {
@@ -575,29 +582,12 @@ pub fn record(args: RecordArgs, given: &GivenArgs) -> Result<ExitCode, CliError>
     if args.raw_out.is_none() && use_sandbox(&args.run)? {
         return record_in_sandbox(&args, given, backend);
     }
-    let (kernel, initrd, cmdline) = resolve(&args.run)?;
-    let cmdline = without_kaslr(cmdline);
-    let initrd_files = crate::guest_command_files(&args.run);
-    let config = VmConfig {
-        kernel,
-        initrd,
-        initrd_files,
-        cmdline,
-        mem_size: args.run.memory,
-        cpus: args.run.cpus,
-        timeout: args.run.timeout.map(Duration::from_secs),
-        // The terminal stays cooked, so Ctrl-C reaches perfvisor.
-        console_input: false,
-        // The device stays (a guest with the pvpmu driver boots as usual);
-        // recording replaces its sampler.
-        pmu: (args.run.pmu_freq > 0).then_some(vmm::vm::PmuOptions {
-            freq: args.run.pmu_freq,
-            backend,
-            // The recorder's hooks replace the device's sampler.
-            callchains: false,
-            budget: args.run.pmu_budget(),
-        }),
-    };
+    let mut boot = resolve(&args.run)?;
+    boot.cmdline = without_kaslr(boot.cmdline);
+    // The terminal stays cooked, so Ctrl-C reaches perfvisor. The pvpmu
+    // device stays (a guest with the driver boots as usual), but the
+    // recorder's hooks replace its sampler, so it walks no callchains.
+    let config = vm_config(&args.run, boot, backend, false, false);
     let facts = kernel_facts(&args);
     // The recovered symbols live here until the outputs are written.
     let private = sandbox::TempDir::new()?;

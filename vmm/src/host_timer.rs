@@ -5,17 +5,16 @@
 //! drains the event's ring when it is kicked.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::ptr::NonNull;
+use std::os::fd::OwnedFd;
 
 use crate::introspect::is_user_address;
-use devices::perf_ring::{decode, Body, Consumer, ReadMode, RingPages, SampleFormat};
 use perf_abi::attr::{
     flag, PerfEventAttr, PERF_ATTR_SIZE_VER7, PERF_COUNT_SW_CPU_CLOCK, PERF_TYPE_SOFTWARE,
 };
+use perf_abi::sys::{perf_event_open, Mapping};
 use perf_abi::{misc, sample};
+use perf_ring::{decode, Body, Consumer, ReadMode, RingPages, SampleFormat};
 
-const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
 /// Data pages of the host ring (32 KiB: 10 ms at 4 kHz is 40 records).
 const DATA_PAGES: usize = 8;
 const PAGE: usize = 4096;
@@ -32,14 +31,14 @@ pub const RING_SAMPLES: u32 = (DATA_PAGES * PAGE / 24) as u32;
 
 /// One vCPU thread's host timer.
 pub struct HostTimer {
+    /// Reads the ring in `_map`; declared first so it drops first.
     consumer: Consumer<RingPages>,
-    map: NonNull<libc::c_void>,
-    map_len: usize,
+    _map: Mapping,
     _fd: OwnedFd,
 }
 
-// SAFETY: the mapping is owned by this value and only touched through it;
-// moving it to another thread moves the whole ownership.
+// SAFETY: the consumer's pages point into `_map`, which this value owns
+// (Mapping is Send); moving the value to another thread moves both.
 unsafe impl Send for HostTimer {}
 
 impl HostTimer {
@@ -56,50 +55,16 @@ impl HostTimer {
             clockid: libc::CLOCK_BOOTTIME,
             ..Default::default()
         };
-        // SAFETY: perf_event_open reads `attr` (a valid, fully initialised
-        // struct of the size it says) and returns a new fd or -1.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_perf_event_open,
-                &attr as *const PerfEventAttr,
-                0,
-                -1,
-                -1,
-                PERF_FLAG_FD_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a new descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let map_len = (1 + DATA_PAGES) * PAGE;
-        // SAFETY: a fresh shared mapping of the perf fd; the kernel checks
-        // the length (1 + 2^n pages) and we check the result.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let map = NonNull::new(p).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        // SAFETY: the mapping is (1 + DATA_PAGES) pages, valid until the
-        // munmap in Drop, which runs after `consumer` (and its RingPages)
-        // is dropped: fields drop in declaration order.
-        let pages =
-            unsafe { RingPages::from_contiguous(map.as_ptr().cast(), PAGE, DATA_PAGES, None) }
-                .map_err(|e| io::Error::other(e.to_string()))?;
+        let fd = perf_event_open(&attr, 0, -1)?;
+        let map = Mapping::new(&fd, (1 + DATA_PAGES) * PAGE, 0)?;
+        // SAFETY: the mapping is (1 + DATA_PAGES) pages and lives as long
+        // as `_map`, which drops after `consumer` (and its RingPages):
+        // fields drop in declaration order.
+        let pages = unsafe { RingPages::from_contiguous(map.ptr(), PAGE, DATA_PAGES, None) }
+            .map_err(|e| io::Error::other(e.to_string()))?;
         Ok(HostTimer {
             consumer: Consumer::new(pages, ReadMode::Forward),
-            map,
-            map_len,
+            _map: map,
             _fd: fd,
         })
     }
@@ -147,13 +112,4 @@ pub enum Tick {
     /// In the host kernel (KVM_RUN's own work, in-kernel exits): the guest
     /// RIP at that moment is not known to the VMM.
     HostKernel { boot_ns: u64 },
-}
-
-impl Drop for HostTimer {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping made in `open_for_current_thread`.
-        // The consumer still holds pointers into it but is never used again:
-        // it is dropped right after this, with no access in its Drop.
-        unsafe { libc::munmap(self.map.as_ptr(), self.map_len) };
-    }
 }

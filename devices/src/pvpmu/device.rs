@@ -33,12 +33,12 @@ use super::regs::{self, bank, cmd, feature, global, status};
 use super::state::{self, flags, host, AuxView, EventView, StatePage};
 use super::trace;
 use crate::bus::BusDevice;
-use crate::perf_ring::abi::{aux_flag, context, misc, sample};
-use crate::perf_ring::{
+use perf_ring::abi::{aux_flag, context, misc, sample};
+use perf_ring::{
     GuestRing, GuestRingLayout, Producer, ProducerConfig, Sample, SampleFormat, SampleId,
 };
-use crate::rate_limited::RateLimiter;
-use crate::warn_rate_limited;
+use rate_limited::warn_rate_limited;
+use rate_limited::RateLimiter;
 
 /// The `PERF_SAMPLE_*` bits the host produces.
 pub const SAMPLE_TYPES: u64 = sample::IP

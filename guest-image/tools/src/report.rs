@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use devices::pvpmu::trace::{DecodeError, Decoded, ExitReason, Record};
 use perf_abi::aux_flag;
+use pvpmu_abi::trace::{DecodeError, Decoded, ExitReason, Record};
 
 /// The prefix of the machine-readable line.
 pub const MACHINE_PREFIX: &str = "pvpmu-tool: ";
@@ -456,7 +456,7 @@ pub fn sanitize(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use devices::pvpmu::trace::{self, Exit, Stat};
+    use pvpmu_abi::trace::{self, Exit, Stat};
 
     fn report() -> Report {
         let mut r = Report {

@@ -1,6 +1,6 @@
 //! One `pvpmu-tool` run: open the events, map the rings, read them with the
-//! standard protocol through `devices::perf_ring`, decode the AUX trace with
-//! `devices::pvpmu::trace`, and fill a [`Report`].
+//! standard protocol through `perf_ring`, decode the AUX trace with
+//! `pvpmu_abi::trace`, and fill a [`Report`].
 
 use std::ffi::CString;
 use std::io;
@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use devices::perf_ring::{
+use perf_abi::{aux_flag, ctrl, sample as st};
+use perf_ring::{
     decode, Body, Checker, CheckerConfig, Consumer, CtrlField, ReadError, ReadMode, RingMemory,
     RingPages, SampleFormat,
 };
-use devices::pvpmu::trace::StreamDecoder;
-use perf_abi::{aux_flag, ctrl, sample as st};
+use pvpmu_abi::trace::StreamDecoder;
 
 use crate::args::Options;
 use crate::perf::{self, flag, Mapping, PerfEventAttr, PERF_ATTR_SIZE_VER7};
@@ -707,9 +707,9 @@ pub fn run(o: &Options) -> Result<Report, SetupError> {
 mod tests {
     use super::*;
 
-    use devices::perf_ring::{Producer, ProducerConfig, Sample, SampleId, Wakeup};
-    use devices::pvpmu::trace::{self, Exit, ExitReason, Stat};
     use perf_abi::misc;
+    use perf_ring::{Producer, ProducerConfig, Sample, SampleId, Wakeup};
+    use pvpmu_abi::trace::{self, Exit, ExitReason, Stat};
 
     const PAGE: usize = 4096;
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use devices::perf_ring::{GuestRing, GuestRingLayout};
+use perf_ring::{GuestRing, GuestRingLayout};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 pub const PAGE: usize = 4096;

@@ -1,0 +1,78 @@
+//! `perfvisor run`: boot a guest, on this host's KVM or in the L1 sandbox,
+//! and end with its exit status.
+
+use std::process::ExitCode;
+
+use vmm::Vm;
+
+use crate::error::{exit_code, CliError};
+use crate::forward::GivenArgs;
+use crate::launch::{
+    resolve, sandbox_for, sandbox_job, use_sandbox, vm_config, PmuBackend, RunArgs,
+};
+
+/// Run the guest `args` describe.
+pub(crate) fn run(args: RunArgs, given: &GivenArgs) -> Result<ExitCode, CliError> {
+    if args.cpus == 0 {
+        return Err(CliError::NoCpus);
+    }
+    if use_sandbox(&args)? {
+        let job = sandbox_job(&args, "run", given, &[], &[])?;
+        let outcome = sandbox_for(&args)?.run(&job, &mut |line: &str| println!("{line}"))?;
+        Ok(exit_code(outcome.status))
+    } else {
+        run_host(&args)
+    }
+}
+
+fn run_host(args: &RunArgs) -> Result<ExitCode, CliError> {
+    let boot = resolve(args)?;
+    let backend = args.pmu_backend.resolve(false);
+    // A forced host timer gives IPs only; auto and kick sample callchain
+    // events with kicks.
+    let callchains = args.pmu_backend != PmuBackend::HostTimer;
+    let config = vm_config(args, boot, backend, true, callchains);
+    let vm = Vm::new(config, Box::new(std::io::stdout()))?;
+    let report = vm.run()?;
+    let outcome = report.outcome;
+    if let Some(c) = report.pvpmu {
+        let errors = c.err_commands + c.err_pages + c.err_tails + c.err_state;
+        if c.samples + c.lost + c.aux_bytes + errors > 0 {
+            eprintln!(
+                "perfvisor: pvpmu: backend={} {} budget={} budget_skipped={}",
+                backend,
+                pvpmu_summary(&c),
+                args.pmu_budget(),
+                report.budget_skipped
+            );
+        }
+    }
+    if let Some(msg) = outcome.describe() {
+        eprintln!("perfvisor: {msg}");
+    }
+    Ok(exit_code(outcome.exit_code()))
+}
+
+/// The device counters as `key=value` pairs (tests parse this line).
+fn pvpmu_summary(c: &devices::pvpmu::CounterSnapshot) -> String {
+    let exits: Vec<String> = devices::pvpmu::trace::ExitReason::ALL
+        .iter()
+        .zip(c.aux_exits)
+        .map(|(r, n)| format!("exits_{}={n}", r.name()))
+        .collect();
+    format!(
+        "samples={} lost={} interrupts={} aux_bytes={} aux_records={} aux_dropped={} exits_total={} {} err_commands={} err_pages={} err_tails={} err_state={}",
+        c.samples,
+        c.lost,
+        c.interrupts,
+        c.aux_bytes,
+        c.aux_records,
+        c.aux_dropped,
+        c.aux_exits.iter().sum::<u64>(),
+        exits.join(" "),
+        c.err_commands,
+        c.err_pages,
+        c.err_tails,
+        c.err_state
+    )
+}

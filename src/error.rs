@@ -1,0 +1,37 @@
+//! The command line's errors: each one line for the user, saying what to
+//! do, and the process exit status.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub(crate) enum CliError {
+    #[error("kernel image {0} not found: pass --kernel PATH, or build the default guest image with scripts/build-guest-image.sh")]
+    KernelMissing(PathBuf),
+    #[error("initrd {0} not found")]
+    InitrdMissing(PathBuf),
+    #[error("cannot read {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--cpus must be at least 1")]
+    NoCpus,
+    #[error("a guest command needs an initramfs whose /init runs it: with --kernel, pass --initrd too{}", .0.as_ref().map(|p| format!(" (the default guest image's is {})", p.display())).unwrap_or_default())]
+    NoInitrd(Option<PathBuf>),
+    #[error(transparent)]
+    Artefacts(#[from] artefacts::Error),
+    #[error(transparent)]
+    Vm(#[from] vmm::VmError),
+    #[error(transparent)]
+    Sandbox(#[from] sandbox::Error),
+    #[error("recording: {0}")]
+    Record(String),
+}
+
+/// perfvisor's exit status for a guest's (or a run's) status `code`.
+pub(crate) fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

@@ -1,0 +1,395 @@
+//! What every subcommand that boots a guest shares: the run options, the
+//! boot spec they resolve to (kernel, initramfs, command line; the
+//! default guest image by the artefact search order), the one `VmConfig`
+//! built from them, and where the guest runs (this host's KVM or the L1
+//! sandbox, with the job that forwards the user's own options).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::ValueEnum;
+
+use vmm::probe::probe;
+use vmm::sampler::Backend;
+use vmm::vm::PmuOptions;
+use vmm::VmConfig;
+
+use crate::error::CliError;
+use crate::forward::GivenArgs;
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+pub(crate) enum KvmChoice {
+    /// Use /dev/kvm when the probe passes, else the L1 sandbox.
+    Auto,
+    /// Always use this host's /dev/kvm.
+    Host,
+    /// Always run inside the L1 sandbox (QEMU TCG with nested kvm-amd).
+    Sandbox,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+pub(crate) enum PmuBackend {
+    /// The host timer when this host allows a cpu-clock event with
+    /// exclude_host (it samples without exits to user space), else kicks.
+    Auto,
+    /// Kick the vCPU out of KVM_RUN at each sample and read its registers.
+    Kick,
+    /// A host cpu-clock event with exclude_host; kicks only to deliver.
+    HostTimer,
+}
+
+impl PmuBackend {
+    /// The backend to use; `need_registers` (callchains) rules the host
+    /// timer out, which only gives an IP.
+    pub(crate) fn resolve(self, need_registers: bool) -> Backend {
+        match self {
+            PmuBackend::Kick => Backend::Kick,
+            PmuBackend::HostTimer => Backend::HostTimer,
+            PmuBackend::Auto if need_registers => Backend::Kick,
+            PmuBackend::Auto => match vmm::host_timer::HostTimer::open_for_current_thread(1000) {
+                Ok(_) => Backend::HostTimer,
+                Err(e) => {
+                    log::info!("host cpu-clock event unavailable ({e}); sampling with kicks");
+                    Backend::Kick
+                }
+            },
+        }
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct RunArgs {
+    /// Kernel image: ELF vmlinux or bzImage [default: the default guest image's vmlinux].
+    #[arg(long)]
+    pub(crate) kernel: Option<PathBuf>,
+    /// Initramfs [default: the default guest image's, when --kernel is not given].
+    #[arg(long)]
+    pub(crate) initrd: Option<PathBuf>,
+    /// Kernel command line, replacing the default one.
+    #[arg(long)]
+    pub(crate) cmdline: Option<String>,
+    /// Extra kernel command-line arguments, appended to the default or --cmdline.
+    #[arg(long)]
+    pub(crate) append: Option<String>,
+    /// Guest RAM, e.g. 256M or 1G (a bare number is MiB).
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    pub(crate) memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) cpus: u8,
+    /// Stop the guest after this many seconds (exit status 124).
+    #[arg(long)]
+    pub(crate) timeout: Option<u64>,
+    /// Which KVM runs the guest.
+    #[arg(long, value_enum, default_value_t = KvmChoice::Auto)]
+    pub(crate) kvm: KvmChoice,
+    /// Highest host sampling rate of the pvpmu device per vCPU, Hz; 0 leaves
+    /// the device out. The guest decides how much of it to use: each sample
+    /// costs host CPU (a vCPU exit with the kick backend, a host perf tick
+    /// with the host timer), up to this rate on every vCPU, within
+    /// --pmu-budget.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub(crate) pmu_freq: u32,
+    /// Most pvpmu samples per second across the whole VM, whatever the guest
+    /// asks; samples over it are skipped and counted (budget_skipped).
+    /// Default: 8000 or --pmu-freq, whichever is higher. The sampler thread
+    /// also keeps itself within half a CPU.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) pmu_budget: Option<u32>,
+    /// How the host takes pvpmu samples: kick the vCPU and read its registers,
+    /// or a host cpu-clock perf event with exclude_host on each vCPU thread.
+    #[arg(long, value_enum, default_value_t = PmuBackend::Auto)]
+    pub(crate) pmu_backend: PmuBackend,
+    /// Command for the guest's /init to run (default image); its exit status becomes perfvisor's.
+    #[arg(last = true)]
+    pub(crate) guest_command: Vec<String>,
+}
+
+impl RunArgs {
+    /// The VM-wide sample budget in force (see `--pmu-budget`).
+    pub(crate) fn pmu_budget(&self) -> u32 {
+        self.pmu_budget
+            .unwrap_or(DEFAULT_PMU_BUDGET.max(self.pmu_freq))
+    }
+}
+
+/// `--pmu-budget` when not given (or `--pmu-freq`, if higher): 1 kHz on
+/// eight busy vCPUs.
+pub(crate) const DEFAULT_PMU_BUDGET: u32 = 8000;
+
+/// Where the guest image's /init finds the command to run.
+pub(crate) const GUEST_COMMAND_PATH: &str = "perfvisor/command";
+
+/// Default kernel command line: serial console, reboot through the i8042,
+/// reboot at once on panic, quiet boot.
+pub(crate) const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
+
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || {
+        format!("invalid size {s:?}: use a number with an optional K, M, G or T suffix, e.g. 256M")
+    };
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (t, 1u64 << 20),
+        Some((i, _)) => {
+            let mult = match t[i..]
+                .to_ascii_uppercase()
+                .trim_end_matches("IB")
+                .trim_end_matches('B')
+            {
+                "K" => 1u64 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1 << 40,
+                _ => return Err(bad()),
+            };
+            (&t[..i], mult)
+        }
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let bytes = n.checked_mul(mult).ok_or_else(bad)?;
+    if bytes == 0 {
+        return Err(bad());
+    }
+    Ok(bytes)
+}
+
+/// The default guest image directory, by the artefact search order
+/// (`$PERFVISOR_GUEST_IMAGE`, the installed data directory, the build
+/// tree; docs/install.md).
+pub(crate) fn default_image_dir() -> Result<PathBuf, artefacts::Error> {
+    artefacts::find(artefacts::Kind::GuestImage).map(|f| f.dir)
+}
+
+pub(crate) fn check_readable(
+    path: &Path,
+    missing: fn(PathBuf) -> CliError,
+) -> Result<(), CliError> {
+    match std::fs::File::open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing(path.to_path_buf())),
+        Err(source) => Err(CliError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// What to boot: kernel, initramfs and command line.
+#[derive(Debug, Clone)]
+pub(crate) struct BootSpec {
+    pub(crate) kernel: PathBuf,
+    pub(crate) initrd: Option<PathBuf>,
+    pub(crate) cmdline: String,
+}
+
+/// Resolve kernel, initrd and command line from the arguments.
+pub(crate) fn resolve(args: &RunArgs) -> Result<BootSpec, CliError> {
+    let (kernel, initrd) = match &args.kernel {
+        Some(k) => (k.clone(), args.initrd.clone()),
+        None => {
+            let dir = default_image_dir()?;
+            (
+                dir.join("vmlinux"),
+                Some(
+                    args.initrd
+                        .clone()
+                        .unwrap_or_else(|| dir.join("initramfs.cpio")),
+                ),
+            )
+        }
+    };
+    check_readable(&kernel, CliError::KernelMissing)?;
+    match &initrd {
+        Some(i) => check_readable(i, CliError::InitrdMissing)?,
+        // Checked here, before any boot (and before the sandbox's).
+        None if !args.guest_command.is_empty() => {
+            return Err(CliError::NoInitrd(
+                default_image_dir().ok().map(|d| d.join("initramfs.cpio")),
+            ))
+        }
+        None => {}
+    }
+    let mut cmdline = args
+        .cmdline
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+    if let Some(extra) = &args.append {
+        cmdline.push(' ');
+        cmdline.push_str(extra);
+    }
+    Ok(BootSpec {
+        kernel,
+        initrd,
+        cmdline,
+    })
+}
+
+/// The guest command as a file appended to the initramfs: any shell text
+/// survives (the kernel command line would split and unquote it).
+pub(crate) fn guest_command_files(args: &RunArgs) -> Vec<vmm::boot::InitrdFile> {
+    if args.guest_command.is_empty() {
+        return Vec::new();
+    }
+    let mut data = args.guest_command.join(" ").into_bytes();
+    data.push(b'\n');
+    vec![vmm::boot::InitrdFile {
+        path: GUEST_COMMAND_PATH.into(),
+        data,
+    }]
+}
+
+/// The one `VmConfig` for `args`: `run` and `record` differ only in the
+/// backend, whether the console reads stdin, and whether the pvpmu
+/// device walks callchains itself.
+pub(crate) fn vm_config(
+    args: &RunArgs,
+    boot: BootSpec,
+    backend: Backend,
+    console_input: bool,
+    callchains: bool,
+) -> VmConfig {
+    VmConfig {
+        kernel: boot.kernel,
+        initrd: boot.initrd,
+        // The command travels as a file appended to the initramfs, so any
+        // shell text survives (the kernel command line would split and
+        // unquote it).
+        initrd_files: guest_command_files(args),
+        cmdline: boot.cmdline,
+        mem_size: args.memory,
+        cpus: args.cpus,
+        timeout: args.timeout.map(Duration::from_secs),
+        console_input,
+        pmu: (args.pmu_freq > 0).then_some(PmuOptions {
+            freq: args.pmu_freq,
+            backend,
+            callchains,
+            budget: args.pmu_budget(),
+        }),
+    }
+}
+
+/// Does this run go to the L1 sandbox (`--kvm`, or the probe says this
+/// host's KVM cannot run guest user space)?
+pub(crate) fn use_sandbox(args: &RunArgs) -> Result<bool, CliError> {
+    Ok(match args.kvm {
+        KvmChoice::Host => false,
+        KvmChoice::Sandbox => true,
+        KvmChoice::Auto => {
+            let p = match probe(Duration::from_secs(5)) {
+                Ok(p) => p,
+                // No KVM this process can use at all (the common CI
+                // container): the sandbox is QEMU TCG and needs none.
+                Err(e) => match no_kvm_reason(&e) {
+                    Some(why) => {
+                        eprintln!(
+                            "perfvisor: {why}; running the guest inside the L1 sandbox (QEMU TCG with nested kvm-amd)"
+                        );
+                        return Ok(true);
+                    }
+                    None => return Err(e.into()),
+                },
+            };
+            if !p.capable {
+                eprintln!(
+                    "perfvisor: this host's /dev/kvm cannot run guest user space ({}); running the guest inside the L1 sandbox (QEMU TCG with nested kvm-amd)",
+                    p.detail
+                );
+            }
+            !p.capable
+        }
+    })
+}
+
+/// When `e` says this process has no usable KVM at all, why, without the
+/// advice of the error itself (which is for `--kvm host`); `None` for
+/// every other error.
+pub(crate) fn no_kvm_reason(e: &vmm::VmError) -> Option<String> {
+    Some(match e {
+        vmm::VmError::NoKvm => "no /dev/kvm on this host".into(),
+        vmm::VmError::KvmPermission => "no permission to open /dev/kvm".into(),
+        vmm::VmError::KvmOpen(err) => format!("cannot open /dev/kvm ({err})"),
+        vmm::VmError::MissingCap(cap) => format!("this host's KVM lacks {cap}"),
+        _ => return None,
+    })
+}
+
+/// The L1 sandbox sized for `args`' guest.
+pub(crate) fn sandbox_for(args: &RunArgs) -> Result<sandbox::Sandbox, CliError> {
+    let l1_mib = u32::try_from(args.memory >> 20)
+        .unwrap_or(u32::MAX)
+        .saturating_add(1024);
+    Ok(sandbox::Sandbox::locate()?
+        .memory_mib(l1_mib)
+        .cpus(u32::from(args.cpus).max(2)))
+}
+
+/// Options of `run` (and so of `record`) that the sandbox job rewrites:
+/// where the guest runs, and the host files it ships.
+pub(crate) const RUN_HOST_ONLY: &[&str] = &["kernel", "initrd", "kvm"];
+
+/// A sandbox job running `perfvisor SUB --kvm host` with `args`' kernel and
+/// initrd shipped in, `extra` options of SUB, and every option the user
+/// gave (`given`) except [`RUN_HOST_ONLY`] and `host_only` (SUB's own
+/// host-side options): a new option reaches the inner perfvisor by itself.
+pub(crate) fn sandbox_job(
+    args: &RunArgs,
+    sub: &str,
+    given: &GivenArgs,
+    host_only: &[&str],
+    extra: &[String],
+) -> Result<sandbox::Job, CliError> {
+    let BootSpec { kernel, initrd, .. } = resolve(args)?;
+    let exe = std::env::current_exe().map_err(|source| CliError::Unreadable {
+        path: "/proc/self/exe".into(),
+        source,
+    })?;
+    let mut argv: Vec<String> = [
+        "/perfvisor/perfvisor",
+        sub,
+        "--kvm",
+        "host",
+        "--kernel",
+        "/perfvisor/kernel",
+    ]
+    .map(String::from)
+    .to_vec();
+    if initrd.is_some() {
+        argv.extend(["--initrd".into(), "/perfvisor/initrd".into()]);
+    }
+    argv.extend(extra.iter().cloned());
+    let skip: Vec<&str> = RUN_HOST_ONLY.iter().chain(host_only).copied().collect();
+    argv.extend(given.argv_without(&skip));
+    // The inner perfvisor logs at the level this one does.
+    let level = log::max_level().to_string().to_lowercase();
+    let mut job = sandbox::Job::new(argv)
+        .env(
+            "PERFVISOR_LOG",
+            &std::env::var("PERFVISOR_LOG").unwrap_or(level),
+        )
+        .binary(&exe, "/perfvisor/perfvisor")
+        .file(&kernel, "/perfvisor/kernel");
+    if let Some(i) = &initrd {
+        job = job.file(i, "/perfvisor/initrd");
+    }
+    Ok(job)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("512"), Ok(512 << 20));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("2048k"), Ok(2 << 20));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}
