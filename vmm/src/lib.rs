@@ -14,6 +14,7 @@ pub mod boot;
 pub mod btf_layout;
 pub mod budget;
 pub mod console;
+pub mod dispatch;
 pub mod exit;
 pub mod exit_counts;
 pub mod host_timer;

@@ -21,15 +21,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{
-    kvm_regs, kvm_run, kvm_sregs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
-    KVM_SYSTEM_EVENT_SHUTDOWN,
-};
-use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
+use kvm_bindings::{kvm_regs, kvm_run, kvm_sregs};
+use kvm_ioctls::{SyncReg, VcpuFd};
 use thiserror::Error;
 
 use devices::bus::Bus;
 
+use crate::dispatch::{dispatch, Dispatch};
 use crate::exit::{ExitState, VmOutcome};
 use crate::exit_counts::ExitCounts;
 
@@ -294,12 +292,6 @@ pub struct Vcpu {
     exit_counts: ExitCounts,
 }
 
-fn exit_name(exit: &VcpuExit<'_>) -> String {
-    // The Debug form names the variant and its fields; keep it short.
-    let s = format!("{exit:?}");
-    s.chars().take(120).collect()
-}
-
 impl Vcpu {
     /// Wrap a configured vCPU fd. `sync_regs` enables kvm_run's register
     /// sync area (KVM_CAP_SYNC_REGS), so hooks read registers without ioctls.
@@ -400,31 +392,21 @@ impl Vcpu {
     fn run_loop(&mut self) -> Result<(), VcpuError> {
         while !self.exit.stopping() {
             let run = self.fd.run();
-            // Handling time counts from here: KVM_RUN has returned.
+            // Handling time counts from here: KVM_RUN has returned (the
+            // bus access in `dispatch` is part of it).
             let returned = Instant::now();
-            let (kind, addr, size) = match run {
-                Ok(VcpuExit::IoIn(port, data)) => {
-                    if !self.pio.read(u64::from(port), data) {
-                        data.fill(0xff);
-                    }
-                    (ExitKind::IoIn, u64::from(port), data.len() as u32)
+            let d = dispatch(run, &self.pio, &self.mmio, self.index);
+            let (kind, addr, size) = match d {
+                Dispatch::Handled { kind, addr, size } => (kind, addr, size),
+                Dispatch::Kick => {
+                    self.serve_kick(returned);
+                    (ExitKind::Kick, 0, 0)
                 }
-                Ok(VcpuExit::IoOut(port, data)) => {
-                    // Unclaimed writes (port 0x80 delays, probes) are dropped.
-                    self.pio.write(u64::from(port), data);
-                    (ExitKind::IoOut, u64::from(port), data.len() as u32)
+                Dispatch::End(outcome) => {
+                    self.exit.request(outcome);
+                    return Ok(());
                 }
-                Ok(VcpuExit::MmioRead(addr, data)) => {
-                    if !self.mmio.read(addr, data) {
-                        data.fill(0xff);
-                    }
-                    (ExitKind::MmioRead, addr, data.len() as u32)
-                }
-                Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    self.mmio.write(addr, data);
-                    (ExitKind::MmioWrite, addr, data.len() as u32)
-                }
-                Ok(VcpuExit::Shutdown) => {
+                Dispatch::TripleFault => {
                     let rip = self.rip();
                     self.exit.request(VmOutcome::TripleFault {
                         vcpu: self.index,
@@ -432,23 +414,8 @@ impl Vcpu {
                     });
                     return Ok(());
                 }
-                Ok(VcpuExit::SystemEvent(kind, _)) => {
-                    let outcome = match kind {
-                        KVM_SYSTEM_EVENT_SHUTDOWN => VmOutcome::PowerOff,
-                        KVM_SYSTEM_EVENT_RESET => VmOutcome::Reboot,
-                        KVM_SYSTEM_EVENT_CRASH => {
-                            VmOutcome::Panic("KVM reported a guest crash".into())
-                        }
-                        other => VmOutcome::Error(format!(
-                            "vCPU {}: unknown KVM system event {other}",
-                            self.index
-                        )),
-                    };
-                    self.exit.request(outcome);
-                    return Ok(());
-                }
-                Ok(VcpuExit::InternalError) => return Err(self.internal_error()),
-                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                Dispatch::InternalError => return Err(self.internal_error()),
+                Dispatch::FailEntry { reason, cpu } => {
                     let rip = self.rip();
                     return Err(VcpuError::FailEntry {
                         vcpu: self.index,
@@ -457,8 +424,7 @@ impl Vcpu {
                         rip,
                     });
                 }
-                Ok(other) => {
-                    let exit = exit_name(&other);
+                Dispatch::Unhandled(exit) => {
                     let rip = self.rip();
                     return Err(VcpuError::UnhandledExit {
                         vcpu: self.index,
@@ -466,11 +432,7 @@ impl Vcpu {
                         rip,
                     });
                 }
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    self.serve_kick(returned);
-                    (ExitKind::Kick, 0, 0)
-                }
-                Err(source) => {
+                Dispatch::RunFailed(source) => {
                     let rip = self.rip();
                     return Err(VcpuError::Run {
                         vcpu: self.index,

@@ -30,7 +30,7 @@ use crate::exit::{ExitState, VmOutcome};
 use crate::memory::GuestRam;
 use crate::recorder::{self, RecordConfig, Recording};
 use crate::sampler::{Backend, GuestClock, SampleHook, Sampler, Schedule};
-use crate::vcpu::{Vcpu, VcpuError, VcpuHandle, VcpuHook};
+use crate::vcpu::{Vcpu, VcpuError, VcpuHandle};
 use devices::pvpmu::{self, Pvpmu, PvpmuConfig};
 
 /// What to boot and how.
@@ -93,6 +93,35 @@ struct PmuState {
     clock: Arc<GuestClock>,
     backend: Backend,
     budget: Arc<crate::budget::SampleBudget>,
+}
+
+/// What takes samples in this VM. One value, so the sampler, the vCPU
+/// hooks and the device on the bus cannot disagree.
+enum Sampling {
+    /// No pvpmu device and no recording.
+    Off,
+    /// The pvpmu device, sampling what the guest's perf asks for.
+    Pvpmu(PmuState),
+    /// `perfvisor record`: the host samples every vCPU at `interval`. A
+    /// pvpmu device configured for the VM stays on the bus and its
+    /// command line (a guest with the driver boots as usual) and keeps
+    /// counting, but its sampler and vCPU hooks are the recorder's.
+    Record {
+        interval: Duration,
+        backend: Backend,
+        device: Option<PmuState>,
+    },
+}
+
+impl Sampling {
+    /// The pvpmu device's state, whoever samples.
+    fn device(&self) -> Option<&PmuState> {
+        match self {
+            Sampling::Off => None,
+            Sampling::Pvpmu(p) => Some(p),
+            Sampling::Record { device, .. } => device.as_ref(),
+        }
+    }
 }
 
 /// How long stopping waits for vCPU threads to leave KVM_RUN.
@@ -252,10 +281,7 @@ pub struct Vm {
     serial_space: EventFd,
     reset_evt: EventFd,
     interrupt: EventFd,
-    mmio: Bus,
-    pmu: Option<PmuState>,
-    /// `perfvisor record`: sample every vCPU at this rate, with this backend.
-    recording: Option<(Duration, Backend)>,
+    sampling: Sampling,
     vm: Arc<VmFd>,
     ram: GuestRam,
 }
@@ -417,17 +443,10 @@ impl Vm {
             serial_space,
             reset_evt,
             interrupt: EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?,
-            mmio,
-            pmu,
-            recording: None,
+            sampling: pmu.map_or(Sampling::Off, Sampling::Pvpmu),
             vm,
             ram: guest_ram,
         })
-    }
-
-    /// Handles to kick each vCPU (valid once [`Vm::run`] started the threads).
-    pub fn vcpu_handles(&self) -> &[Arc<VcpuHandle>] {
-        &self.handles
     }
 
     /// Stop the VM cleanly when the process gets SIGINT or SIGTERM (the
@@ -436,11 +455,6 @@ impl Vm {
     pub fn stop_on_signals(&self) -> Result<()> {
         let fd = self.interrupt.try_clone().map_err(io_err("eventfd"))?;
         crate::exit::install_interrupt_handler(fd).map_err(io_err("installing the SIGINT handler"))
-    }
-
-    /// The pvpmu device, when enabled.
-    pub fn pvpmu(&self) -> Option<&Pvpmu<GuestMemoryMmap>> {
-        self.pmu.as_ref().map(|p| &p.dev)
     }
 
     /// Sample every vCPU from the host for the whole run (`perfvisor
@@ -453,36 +467,22 @@ impl Vm {
             v.set_hook(Box::new(h));
         }
         let interval = Duration::from_nanos(1_000_000_000 / u64::from(freq.max(1)));
-        self.recording = Some((interval, backend));
-        self.pmu = None;
+        let device = match std::mem::replace(&mut self.sampling, Sampling::Off) {
+            Sampling::Off => None,
+            Sampling::Pvpmu(p) => Some(p),
+            Sampling::Record { device, .. } => device,
+        };
+        self.sampling = Sampling::Record {
+            interval,
+            backend,
+            device,
+        };
         recording
-    }
-
-    /// Install the hook for vCPU `index` (replacing the pvpmu sampler's).
-    pub fn set_vcpu_hook(&mut self, index: usize, hook: Box<dyn VcpuHook>) {
-        if let Some(v) = self.vcpus.get_mut(index) {
-            v.set_hook(hook);
-        }
-    }
-
-    /// The shared end-of-VM state (a sampler stops when it says so).
-    pub fn exit_state(&self) -> Arc<ExitState> {
-        self.exit.clone()
     }
 
     /// Guest memory, for devices that share pages with the guest.
     pub fn memory(&self) -> &GuestMemoryMmap {
         self.ram.memory()
-    }
-
-    /// The MMIO bus, where devices such as pvpmu are inserted.
-    pub fn mmio_bus(&self) -> &Bus {
-        &self.mmio
-    }
-
-    /// The VM fd, to register irqfds for new devices.
-    pub fn vm_fd(&self) -> &VmFd {
-        &self.vm
     }
 
     /// Run the guest until it ends; returns how it ended and, with pvpmu,
@@ -530,27 +530,33 @@ impl Vm {
             }
         }
 
-        let schedule = match (&self.pmu, self.recording) {
-            (_, Some((interval, backend))) => Some((
-                Schedule::Fixed(interval),
-                backend,
-                Arc::new(GuestClock::default()),
+        // The schedule, backend, guest clock and (pvpmu only) VM budget.
+        let schedule = match &self.sampling {
+            Sampling::Off => None,
+            Sampling::Pvpmu(p) => Some((
+                Schedule::Device(p.dev.clone()),
+                p.backend,
+                p.clock.clone(),
+                Some(p.budget.clone()),
             )),
-            (Some(p), None) => Some((Schedule::Device(p.dev.clone()), p.backend, p.clock.clone())),
-            (None, None) => None,
+            Sampling::Record {
+                interval, backend, ..
+            } => Some((
+                Schedule::Fixed(*interval),
+                *backend,
+                Arc::new(GuestClock::default()),
+                None,
+            )),
         };
         let sampler = match schedule {
-            Some((schedule, backend, clock)) => match Sampler::start(
+            Some((schedule, backend, clock, budget)) => match Sampler::start(
                 schedule,
                 self.handles.clone(),
                 backend,
                 clock,
                 self.vm.clone(),
                 self.exit.clone(),
-                self.pmu
-                    .as_ref()
-                    .filter(|_| self.recording.is_none())
-                    .map(|p| p.budget.clone()),
+                budget,
             ) {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -603,8 +609,8 @@ impl Vm {
             .exit
             .outcome()
             .unwrap_or(VmOutcome::Error("VM stopped without a reason".into()));
-        let pvpmu = self.pmu.as_ref().map(|p| p.dev.counters());
-        let budget_skipped = self.pmu.as_ref().map_or(0, |p| p.budget.skipped());
+        let pvpmu = self.sampling.device().map(|p| p.dev.counters());
+        let budget_skipped = self.sampling.device().map_or(0, |p| p.budget.skipped());
         Ok(RunReport {
             outcome,
             pvpmu,
