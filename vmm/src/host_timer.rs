@@ -113,3 +113,63 @@ pub enum Tick {
     /// RIP at that moment is not known to the VMM.
     HostKernel { boot_ns: u64 },
 }
+
+/// A vCPU thread's host timer, opened at its first use: the event must be
+/// opened on the vCPU thread itself, which does not exist yet when hooks
+/// are built. A failure to open is logged once and remembered, and the
+/// caller samples with kicks instead.
+pub struct LazyHostTimer {
+    owner: &'static str,
+    vcpu: usize,
+    freq: u32,
+    state: Lazy,
+}
+
+enum Lazy {
+    Unopened,
+    Open(HostTimer),
+    Failed,
+}
+
+impl LazyHostTimer {
+    /// For vCPU `vcpu` at `freq` Hz; `owner` prefixes the log line.
+    pub fn new(owner: &'static str, vcpu: usize, freq: u32) -> Self {
+        LazyHostTimer {
+            owner,
+            vcpu,
+            freq,
+            state: Lazy::Unopened,
+        }
+    }
+
+    /// The timer, opening it for the calling thread the first time.
+    pub fn get_or_open(&mut self) -> Option<&mut HostTimer> {
+        if matches!(self.state, Lazy::Unopened) {
+            self.state = match HostTimer::open_for_current_thread(self.freq) {
+                Ok(t) => Lazy::Open(t),
+                Err(e) => {
+                    log::warn!(
+                        "{}: vCPU {}: cannot open the host cpu-clock event ({e}); sampling with kicks",
+                        self.owner,
+                        self.vcpu
+                    );
+                    Lazy::Failed
+                }
+            };
+        }
+        self.get()
+    }
+
+    /// The timer if it is open (never opens it).
+    pub fn get(&mut self) -> Option<&mut HostTimer> {
+        match &mut self.state {
+            Lazy::Open(t) => Some(t),
+            Lazy::Unopened | Lazy::Failed => None,
+        }
+    }
+
+    /// Whether the timer is open.
+    pub fn is_open(&self) -> bool {
+        matches!(self.state, Lazy::Open(_))
+    }
+}

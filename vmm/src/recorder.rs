@@ -16,7 +16,7 @@ use std::time::Instant;
 use kvm_bindings::{kvm_msr_entry, Msrs};
 use vm_memory::GuestMemoryMmap;
 
-use crate::host_timer::{HostTimer, Tick};
+use crate::host_timer::{LazyHostTimer, Tick};
 use crate::introspect::{current_task, walk_guest_stack, GuestAddressSpace, GuestTask, KernelInfo};
 use crate::orc::{OrcTable, StartRegs};
 use crate::sampler::{boottime_ns, Backend};
@@ -93,8 +93,7 @@ pub struct RecordHook {
     tx: SyncSender<RecordedSample>,
     stats: Arc<RecordStats>,
     last_ns: u64,
-    timer: Option<HostTimer>,
-    timer_failed: bool,
+    timer: LazyHostTimer,
 }
 
 impl RecordHook {
@@ -139,17 +138,8 @@ impl VcpuHook for RecordHook {
         if self.tid == 0 {
             self.tid = gettid();
         }
-        if self.cfg.backend == Backend::HostTimer && !self.timer_failed {
-            if self.timer.is_none() {
-                match HostTimer::open_for_current_thread(self.cfg.freq) {
-                    Ok(t) => self.timer = Some(t),
-                    Err(e) => {
-                        self.timer_failed = true;
-                        log::warn!("record: vCPU {}: cannot open the host cpu-clock event ({e}); sampling with kicks", self.index);
-                    }
-                }
-            }
-            if let Some(mut timer) = self.timer.take() {
+        if self.cfg.backend == Backend::HostTimer {
+            if let Some(timer) = self.timer.get_or_open() {
                 let mut got = Vec::new();
                 // Guest-mode ticks only, like the host's `perf record -e
                 // cpu-clock:G` (the anchor this command is checked against).
@@ -158,7 +148,6 @@ impl VcpuHook for RecordHook {
                         got.push((ip, user, boot_ns));
                     }
                 });
-                self.timer = Some(timer);
                 for (ip, user, t) in got {
                     let period = self.period(t);
                     let s = RecordedSample {
@@ -252,8 +241,7 @@ pub fn hooks(
             tx: tx.clone(),
             stats: stats.clone(),
             last_ns: 0,
-            timer: None,
-            timer_failed: false,
+            timer: LazyHostTimer::new("record", i, cfg.freq),
         })
         .collect();
     (hooks, Recording { samples: rx, stats })

@@ -27,7 +27,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::budget::{CpuCap, SampleBudget};
 use crate::exit::ExitState;
-use crate::host_timer::{HostTimer, Tick};
+use crate::host_timer::{HostTimer, LazyHostTimer, Tick};
 use crate::introspect::{is_user_address, walk_guest_stack, Callchain, GuestAddressSpace};
 use crate::kvm_stats::VcpuStats;
 use crate::vcpu::{ExitInfo, ExitKind, VcpuContext, VcpuHandle, VcpuHook};
@@ -130,8 +130,7 @@ pub struct SampleHook {
     clock: Arc<GuestClock>,
     backend: Backend,
     freq: u32,
-    timer: Option<HostTimer>,
-    timer_failed: bool,
+    timer: LazyHostTimer,
     exits: Option<ExitTrace>,
     stats: Option<VcpuStats>,
     stats_failed: bool,
@@ -317,9 +316,8 @@ impl SampleHook {
             clock,
             backend,
             freq,
-            timer: None,
+            timer: LazyHostTimer::new("pvpmu", index, freq),
             budget: None,
-            timer_failed: false,
             exits: None,
             stats: None,
             stats_failed: false,
@@ -346,16 +344,10 @@ impl SampleHook {
     }
 
     fn host_timer(&mut self) -> Option<&mut HostTimer> {
-        if self.backend == Backend::HostTimer && self.timer.is_none() && !self.timer_failed {
-            match HostTimer::open_for_current_thread(self.freq) {
-                Ok(t) => self.timer = Some(t),
-                Err(e) => {
-                    self.timer_failed = true;
-                    log::warn!("pvpmu: vCPU {}: cannot open the host cpu-clock event ({e}); sampling with kicks", self.index);
-                }
-            }
+        if self.backend != Backend::HostTimer {
+            return None;
         }
-        self.timer.as_mut()
+        self.timer.get_or_open()
     }
 }
 
@@ -395,7 +387,7 @@ impl SampleHook {
         let from = self.idle.last.map_or(now, |l| l.0);
         let halted = self.idle.halted_since_last(now);
         let (windows, counts) = (&self.windows, &mut self.tick_counts);
-        let Some(timer) = self.timer.as_mut() else {
+        let Some(timer) = self.timer.get() else {
             return;
         };
         // (host time, ip, user, idle), oldest first.
@@ -485,7 +477,7 @@ impl VcpuHook for SampleHook {
             // The event wants callchains, so the sampler kicks at its rate
             // and each kick is a sample with registers; ticks taken
             // meanwhile would be second samples of the same time.
-            if let Some(t) = self.timer.as_mut() {
+            if let Some(t) = self.timer.get() {
                 t.drain(|_| {});
             }
             self.register_sample(vcpu);
@@ -519,12 +511,12 @@ impl VcpuHook for SampleHook {
         if let Some(f) = self.exits.as_mut() {
             f(&self.dev, self.index, exit);
         }
-        let window = self.timer.is_some() && exit.rip != 0;
+        let window = self.timer.is_open() && exit.rip != 0;
         let aux = self.dev.aux_wanted(self.index);
         // The driver's FLUSH (host timer, at the event's del): the ticks
         // in the host ring are this event's, so they move now, while the
         // state page still describes it.
-        let flush = self.timer.is_some() && self.dev.take_flush(self.index);
+        let flush = self.timer.is_open() && self.dev.take_flush(self.index);
         if !window && !aux && !flush {
             return;
         }
@@ -575,7 +567,7 @@ impl VcpuHook for SampleHook {
 
 impl Drop for SampleHook {
     fn drop(&mut self) {
-        if self.timer.is_some() {
+        if self.timer.is_open() {
             let c = &self.tick_counts;
             log::info!(
                 "pvpmu: vCPU {}: host timer ticks: {} in guest mode, {} in exits to the VMM \
