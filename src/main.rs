@@ -8,6 +8,7 @@ mod cli;
 mod error;
 mod forward;
 mod launch;
+mod raw_stream;
 
 use forward::GivenArgs;
 use launch::RunArgs;

@@ -8,7 +8,7 @@
 //! so they name this host's copies of the guest's binaries.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, IsTerminal, Read, Write};
+use std::io::{BufReader, BufWriter, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -19,7 +19,7 @@ use record::{
     flamegraph, FlameInput, Folded, GuestBinary, GuestSample, PerfDataWriter, RecordMeta,
     Symbolizer,
 };
-use vmm::introspect::{GuestTask, KernelInfo};
+use vmm::introspect::KernelInfo;
 use vmm::orc::OrcTable;
 use vmm::recorder::{RecordConfig, RecordStats, RecordedSample};
 use vmm::sampler::Backend;
@@ -30,6 +30,7 @@ use crate::forward::GivenArgs;
 use crate::launch::{
     default_image_dir, resolve, sandbox_for, sandbox_job, use_sandbox, vm_config, RunArgs,
 };
+use crate::raw_stream::{RawError, RawItem, RawReader, RawStats, RawWriter};
 
 /// `perfvisor record` options.
 #[derive(clap::Args, Debug, Clone)]
@@ -82,118 +83,11 @@ pub const RECORD_HOST_ONLY: &[&str] = &[
     "guest_orc",
 ];
 
-/// Raw sample file: magic, then tagged records.
-const RAW_MAGIC: &[u8; 8] = b"PVRAW002";
-const RAW_SAMPLE: u8 = 1;
-/// The recorder's final counters: lost, walks, walk ns (3 x u64).
-const RAW_STATS: u8 = 2;
-
-/// What a raw file ends with.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct RawStats {
-    lost: u64,
-    walks: u64,
-    walk_ns: u64,
-}
-
-fn write_raw_stats(w: &mut impl Write, st: RawStats) -> std::io::Result<()> {
-    w.write_all(&[RAW_STATS])?;
-    for v in [st.lost, st.walks, st.walk_ns] {
-        w.write_all(&v.to_le_bytes())?;
-    }
-    Ok(())
-}
-
-enum RawItem {
-    Sample(RecordedSample),
-    Stats(RawStats),
-}
-
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
     move |source| CliError::Unreadable {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// One raw sample: fixed fields, comm, frames.
-fn write_raw(w: &mut impl Write, s: &RecordedSample) -> std::io::Result<()> {
-    w.write_all(&[RAW_SAMPLE])?;
-    let comm = s.task.as_ref().map(|t| t.comm.as_bytes()).unwrap_or(&[]);
-    let comm = &comm[..comm.len().min(255)];
-    let frames = &s.callchain[..s.callchain.len().min(u16::MAX as usize)];
-    w.write_all(&[
-        s.vcpu,
-        u8::from(s.user),
-        comm.len() as u8,
-        u8::from(s.task.is_some()),
-    ])?;
-    w.write_all(&(frames.len() as u16).to_le_bytes())?;
-    w.write_all(&[0, 0])?;
-    w.write_all(&s.vcpu_tid.to_le_bytes())?;
-    let (pid, tid) = s.task.as_ref().map(|t| (t.pid, t.tid)).unwrap_or((0, 0));
-    w.write_all(&pid.to_le_bytes())?;
-    w.write_all(&tid.to_le_bytes())?;
-    for v in [s.time_ns, s.ip, s.period] {
-        w.write_all(&v.to_le_bytes())?;
-    }
-    w.write_all(comm)?;
-    for f in frames {
-        w.write_all(&f.to_le_bytes())?;
-    }
-    Ok(())
-}
-
-fn read_raw(r: &mut impl Read) -> std::io::Result<Option<RawItem>> {
-    let mut tag = [0u8; 1];
-    match r.read_exact(&mut tag) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    if tag[0] == RAW_STATS {
-        let mut b = [0u8; 24];
-        r.read_exact(&mut b)?;
-        let v = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-        return Ok(Some(RawItem::Stats(RawStats {
-            lost: v(0),
-            walks: v(1),
-            walk_ns: v(2),
-        })));
-    }
-    if tag[0] != RAW_SAMPLE {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "unknown raw record tag",
-        ));
-    }
-    let mut head = [0u8; 44];
-    r.read_exact(&mut head)?;
-    let u32_at = |o: usize| u32::from_le_bytes([head[o], head[o + 1], head[o + 2], head[o + 3]]);
-    let u64_at = |o: usize| u64::from_le_bytes(head[o..o + 8].try_into().unwrap_or([0; 8]));
-    let (vcpu, user, comm_len, has_task) = (head[0], head[1] != 0, head[2] as usize, head[3] != 0);
-    let nframes = u16::from_le_bytes([head[4], head[5]]) as usize;
-    let mut comm = vec![0u8; comm_len];
-    r.read_exact(&mut comm)?;
-    let mut frames = vec![0u8; nframes * 8];
-    r.read_exact(&mut frames)?;
-    Ok(Some(RawItem::Sample(RecordedSample {
-        vcpu,
-        vcpu_tid: u32_at(8),
-        time_ns: u64_at(20),
-        ip: u64_at(28),
-        user,
-        task: has_task.then(|| GuestTask {
-            pid: u32_at(12),
-            tid: u32_at(16),
-            comm: String::from_utf8_lossy(&comm).into_owned(),
-        }),
-        callchain: frames
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-            .collect(),
-        period: u64_at(36),
-    })))
 }
 
 /// Everything the outputs need to know besides the samples.
@@ -607,9 +501,7 @@ pub fn record(args: RecordArgs, given: &GivenArgs) -> Result<ExitCode, CliError>
     // The writer: raw samples (sandboxed half) or the outputs.
     let mut raw = match &args.raw_out {
         Some(p) => {
-            let mut w = BufWriter::new(File::create(p).map_err(io(p))?);
-            w.write_all(RAW_MAGIC).map_err(io(p))?;
-            Some(w)
+            Some(RawWriter::new(BufWriter::new(File::create(p).map_err(io(p))?)).map_err(io(p))?)
         }
         None => None,
     };
@@ -630,7 +522,7 @@ pub fn record(args: RecordArgs, given: &GivenArgs) -> Result<ExitCode, CliError>
             match recording.samples.recv_timeout(Duration::from_millis(100)) {
                 Ok(s) => {
                     if let Some(w) = raw.as_mut() {
-                        write_raw(w, &s).map_err(|e| CliError::Record(e.to_string()))?;
+                        w.sample(&s).map_err(|e| CliError::Record(e.to_string()))?;
                     } else if let Some(o) = outputs.as_mut() {
                         o.add(&s)?;
                     }
@@ -646,15 +538,13 @@ pub fn record(args: RecordArgs, given: &GivenArgs) -> Result<ExitCode, CliError>
         if in_place {
             eprintln!();
         }
-        if let Some(mut w) = raw {
+        if let Some(w) = raw {
             let st = RawStats {
                 lost: stats.dropped.load(Ordering::Relaxed),
                 walks: stats.walks.load(Ordering::Relaxed),
                 walk_ns: stats.walk_ns.load(Ordering::Relaxed),
             };
-            write_raw_stats(&mut w, st)
-                .and_then(|_| w.flush())
-                .map_err(|e| CliError::Record(e.to_string()))?;
+            w.finish(st).map_err(|e| CliError::Record(e.to_string()))?;
         }
         Ok(outputs)
     });
@@ -749,17 +639,11 @@ fn record_in_sandbox(
         return Ok(exit_code(outcome.status));
     }
     let result = (|| -> Result<(), CliError> {
-        let mut r = BufReader::new(File::open(&raw_path).map_err(io(&raw_path))?);
-        let mut magic = [0u8; 8];
-        r.read_exact(&mut magic).map_err(io(&raw_path))?;
-        if &magic != RAW_MAGIC {
-            return Err(CliError::Record(format!(
-                "{} is not a perfvisor raw sample file",
-                raw_path.display()
-            )));
-        }
+        let raw_err = |e: RawError| CliError::Record(format!("{}: {e}", raw_path.display()));
+        let file = File::open(&raw_path).map_err(io(&raw_path))?;
+        let mut r = RawReader::open(BufReader::new(file)).map_err(raw_err)?;
         let mut st = RawStats::default();
-        while let Some(item) = read_raw(&mut r).map_err(io(&raw_path))? {
+        while let Some(item) = r.next_item().map_err(raw_err)? {
             match item {
                 RawItem::Sample(s) => outputs.add(&s)?,
                 RawItem::Stats(s) => st = s,
@@ -783,72 +667,5 @@ mod tests {
         assert_eq!(without_kaslr("nokaslr quiet".into()), "nokaslr quiet");
         // A longer word is not the option.
         assert_eq!(without_kaslr("x.nokaslrx".into()), "x.nokaslrx nokaslr");
-    }
-
-    #[test]
-    fn raw_samples_round_trip() {
-        let samples = vec![
-            RecordedSample {
-                vcpu: 1,
-                vcpu_tid: 4242,
-                time_ns: 123,
-                ip: 0xffff_ffff_8100_0000,
-                user: false,
-                task: Some(GuestTask {
-                    pid: 7,
-                    tid: 8,
-                    comm: "pv-workload".into(),
-                }),
-                callchain: vec![1, 2, 3],
-                period: 1_000_000,
-            },
-            RecordedSample {
-                vcpu: 0,
-                vcpu_tid: 1,
-                time_ns: 5,
-                ip: 0x40_1000,
-                user: true,
-                task: None,
-                callchain: vec![],
-                period: 9,
-            },
-        ];
-        let mut buf = Vec::new();
-        for s in &samples {
-            write_raw(&mut buf, s).unwrap();
-        }
-        write_raw_stats(
-            &mut buf,
-            RawStats {
-                lost: 1,
-                walks: 2,
-                walk_ns: 3,
-            },
-        )
-        .unwrap();
-        let mut r = &buf[..];
-        let mut back = Vec::new();
-        let mut stats = None;
-        while let Some(item) = read_raw(&mut r).unwrap() {
-            match item {
-                RawItem::Sample(s) => back.push(s),
-                RawItem::Stats(s) => stats = Some(s),
-            }
-        }
-        assert_eq!(
-            stats,
-            Some(RawStats {
-                lost: 1,
-                walks: 2,
-                walk_ns: 3
-            })
-        );
-        assert_eq!(back.len(), 2);
-        assert_eq!(back[0].task, samples[0].task);
-        assert_eq!(back[0].callchain, samples[0].callchain);
-        assert_eq!(
-            (back[1].ip, back[1].user, back[1].period),
-            (0x40_1000, true, 9)
-        );
     }
 }
