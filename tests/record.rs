@@ -428,10 +428,14 @@ fn record_on_a_stock_kernel_names_symbols_and_tasks_from_the_image() {
         }
         let kernel_frames = frames.iter().take_while(|(ip, _)| is_kernel(ip)).count();
         let user_after = &frames[kernel_frames..];
+        // A complete kernel chain ends at the entry from user space: the
+        // system call entry, or an interrupt or exception entry when the
+        // sample is in a handler that interrupted user code (kicks land
+        // there too, e.g. on the timer's wrmsr in lapic_next_deadline).
         if kernel_frames >= 2
             && frames[..kernel_frames]
                 .last()
-                .is_some_and(|(_, s)| s.starts_with("entry_SYSCALL_64"))
+                .is_some_and(|(_, s)| KERNEL_ENTRIES.iter().any(|e| s.starts_with(e)))
             && user_after.iter().any(|(_, s)| s.starts_with("workload_"))
         {
             full_chains += 1;
@@ -493,7 +497,7 @@ fn record_on_a_stock_kernel_names_symbols_and_tasks_from_the_image() {
     // cpu-clock (an hrtimer) cannot sample and perfvisor can.
     let comparable = kernel_leaves - entry_leaves;
     println!(
-        "kernel samples with a chain through entry_SYSCALL_64 into the workload, outside the entry code: perfvisor record {full_chains}/{comparable} ({:.1}%; {entry_leaves} more samples in the entry code), the guest's own perf -g {g_full}/{g_kernel} ({:.1}%)",
+        "kernel samples with a chain through the kernel entry (system call or interrupt) into the workload, outside the entry code: perfvisor record {full_chains}/{comparable} ({:.1}%; {entry_leaves} more samples in the entry code), the guest's own perf -g {g_full}/{g_kernel} ({:.1}%)",
         pct(full_chains, comparable),
         pct(g_full, g_kernel)
     );
@@ -512,6 +516,16 @@ fn record_on_a_stock_kernel_names_symbols_and_tasks_from_the_image() {
 /// like the host side: of the workload's samples with a kernel leaf, how
 /// many have two or more kernel frames ending in entry_SYSCALL_64 and then
 /// one of the workload's functions.
+/// Where a kernel callchain leaves for user space: the SYSCALL entry and
+/// the interrupt and exception entries (arch/x86/entry/entry_64.S,
+/// idtentry.h).
+const KERNEL_ENTRIES: [&str; 4] = [
+    "entry_SYSCALL_64",
+    "asm_sysvec_",
+    "asm_common_interrupt",
+    "asm_exc_",
+];
+
 const GUEST_PERF_CHAINS: &str = r#"perf record -q -g -e cpu-clock -F 1000 -o /tmp/g.data -- pv-workload --mode syscall --seconds 2 >/dev/null 2>&1
 perf script -i /tmp/g.data -F comm,ip,sym 2>/dev/null | awk -F'\t' '
 function flush() { if (w && firstk) { k++; if (nk >= 2 && ent && usr) f++ } w = 0; first = 1; firstk = 0; nk = 0; ent = 0; usr = 0; inker = 1; last = "" }
