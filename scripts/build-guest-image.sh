@@ -447,6 +447,7 @@ pv_prune "$CACHE_ROOT/initramfs" 6 "$IDIR"
     echo "bzImage_bytes=$(size "$OUT/bzImage")"
     echo "initramfs_bytes=$(size "$OUT/initramfs.cpio")"
 } >"$OUT/manifest.txt"
+pv_publish_current guest-image "$OUT"
 pv_phase_end
 pv_say "guest image ready: Linux $KERNEL_RELEASE, vmlinux $(($(size "$OUT/vmlinux") / 1024)) KiB, initramfs $(($(size "$OUT/initramfs.cpio") / 1024)) KiB"
 pv_say "  $OUT/{vmlinux,System.map,bzImage,initramfs.cpio,guest-tools,kernel-tree,manifest.txt}"

@@ -172,6 +172,10 @@ cp -a "$DIR" "$OUT.tmp"
 rm -f "$OUT.tmp/.complete" "$OUT.tmp/.used"
 rm -rf "$OUT"
 mv "$OUT.tmp" "$OUT"
+# The user cache's copy for binaries outside a checkout (artefacts/src/lib.rs): a
+# link to the cached directory, which pruning keeps while it is the newest.
+mkdir -p "$CACHE_ROOT/current"
+pv_publish "$DIR" "$CACHE_ROOT/current/sandbox"
 pv_phase_end
 pv_say "sandbox ready: $KVER, modules: $(tr '\n' ' ' <"$OUT/modules/order")"
 pv_say "  $OUT/{vmlinuz,vmlinux,System.map,modules/,busybox,manifest.txt}"

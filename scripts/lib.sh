@@ -110,6 +110,20 @@ pv_publish() {
     mv -Tf "$2.tmp.$$" "$2"
 }
 
+# pv_publish_current NAME DIR: make $CACHE_ROOT/current/NAME the last artefacts any
+# checkout built, for a binary that has no data directory or build tree of its own
+# (`cargo install --path .`; artefacts/src/lib.rs, docs/install.md). DIR's entries are
+# copied as they are (symlinks stay symlinks into the cache), then swapped in whole.
+pv_publish_current() {
+    local dst="$CACHE_ROOT/current/$1"
+    mkdir -p "$CACHE_ROOT/current"
+    rm -rf "$dst.tmp.$$"
+    cp -a "$2" "$dst.tmp.$$"
+    rm -f "$dst.tmp.$$/.complete" "$dst.tmp.$$/.used"
+    rm -rf "$dst"
+    mv -T "$dst.tmp.$$" "$dst"
+}
+
 # pv_lock FILE: hold an exclusive lock on FILE for the rest of the script (fd 9).
 pv_lock() {
     mkdir -p "$(dirname "$1")"

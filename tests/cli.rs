@@ -107,7 +107,7 @@ fn probe_gives_a_verdict() {
 
 /// Runs a copy of the perfvisor binary (as `cargo install` or
 /// scripts/install.sh leaves it) from `/`, with no PERFVISOR_* variable.
-fn run_copy(exe: &std::path::Path, args: &[&str]) -> harness::Run {
+fn run_copy(exe: &std::path::Path, cache: &std::path::Path, args: &[&str]) -> harness::Run {
     let start = std::time::Instant::now();
     let mut cmd = std::process::Command::new(exe);
     cmd.args(args)
@@ -120,6 +120,8 @@ fn run_copy(exe: &std::path::Path, args: &[&str]) -> harness::Run {
     }
     // No /dev/kvm: the run stops right after it found its guest image.
     cmd.env("PERFVISOR_KVM_DEVICE", "/nonexistent/kvm");
+    // Not the machine's real cache, which the build scripts publish to.
+    cmd.env("PERFVISOR_CACHE", cache);
     let out = cmd.output().expect("the copied perfvisor runs");
     harness::Run {
         status: out.status.code().unwrap_or(-1),
@@ -130,8 +132,10 @@ fn run_copy(exe: &std::path::Path, args: &[&str]) -> harness::Run {
 }
 
 /// An installed binary finds the guest image in `<prefix>/share/perfvisor`,
-/// not in the source tree it was built in; without one it says where it
-/// looked and how to get one.
+/// not in the source tree it was built in; a binary with no data directory
+/// (a plain `cargo install --path .`) finds the one the build scripts
+/// published to the user cache; without either it says where it looked and
+/// how to get one.
 #[test]
 fn an_installed_binary_finds_its_data_directory_not_the_source_tree() {
     let prefix = std::env::temp_dir().join(format!("perfvisor-install-{}", std::process::id()));
@@ -139,26 +143,40 @@ fn an_installed_binary_finds_its_data_directory_not_the_source_tree() {
     std::fs::create_dir_all(prefix.join("bin")).unwrap();
     let exe = prefix.join("bin/perfvisor");
     std::fs::copy(harness::perfvisor(), &exe).unwrap();
+    let cache = prefix.join("cache");
     let args = ["run", "--kvm", "host", "--", "true"];
+    let link_image = |dir: &std::path::Path| {
+        std::fs::create_dir_all(dir).unwrap();
+        for f in ["vmlinux", "initramfs.cpio"] {
+            std::os::unix::fs::symlink(image_dir().join(f), dir.join(f)).unwrap();
+        }
+    };
 
-    let r = run_copy(&exe, &args);
+    let r = run_copy(&exe, &cache, &args);
     one_line_error(&r, "no guest image found");
     let data = prefix.join("share/perfvisor/guest-image");
+    let published = cache.join("current/guest-image");
     r.check(
-        r.stderr.contains(&data.display().to_string()),
-        "names the data directory it looked in",
+        r.stderr.contains(&data.display().to_string())
+            && r.stderr.contains(&published.display().to_string()),
+        "names the data directory and the user cache it looked in",
     );
     r.check(
         r.stderr.contains("scripts/install.sh") && r.stderr.contains("PERFVISOR_GUEST_IMAGE"),
         "says how to get one",
     );
 
-    std::fs::create_dir_all(&data).unwrap();
-    for f in ["vmlinux", "initramfs.cpio"] {
-        std::os::unix::fs::symlink(image_dir().join(f), data.join(f)).unwrap();
-    }
-    let r = run_copy(&exe, &args);
+    // `cargo install --path .`: only the binary, the scripts' cache copy.
+    link_image(&published);
+    let r = run_copy(&exe, &cache, &args);
     // Past the image lookup: the next thing it needs is KVM.
+    one_line_error(&r, "no /dev/kvm");
+    println!("binary only, user cache: {}", r.stderr.trim());
+
+    // scripts/install.sh: the data directory comes first.
+    std::fs::remove_dir_all(&published).unwrap();
+    link_image(&data);
+    let r = run_copy(&exe, &cache, &args);
     one_line_error(&r, "no /dev/kvm");
     println!("installed copy: {}", r.stderr.trim());
     let _ = std::fs::remove_dir_all(&prefix);

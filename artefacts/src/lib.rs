@@ -9,7 +9,10 @@
 //!    `<bin>/../share/perfvisor/<name>` (what scripts/install.sh fills);
 //! 3. the build tree: `build/<name>` in the nearest directory above the
 //!    binary that has one (`target/release/perfvisor` in a checkout finds
-//!    `<checkout>/build/<name>`).
+//!    `<checkout>/build/<name>`);
+//! 4. the user's cache, `${PERFVISOR_CACHE:-$HOME/.cache/perfvisor}/current/<name>`,
+//!    where the build scripts of any checkout publish the last image they
+//!    built (so `cargo install --path .` works once they have run).
 //!
 //! The command-line flags (`--kernel`, `--initrd`) come before all of
 //! these and are the caller's business. Nothing is compiled in: a copied
@@ -76,6 +79,8 @@ pub enum Source {
     DataDir,
     /// `build/<name>` above the binary.
     BuildTree,
+    /// `<cache root>/current/<name>`, published by the build scripts.
+    UserCache,
 }
 
 impl fmt::Display for Source {
@@ -84,6 +89,7 @@ impl fmt::Display for Source {
             Source::Env => "from the environment",
             Source::DataDir => "installed data directory",
             Source::BuildTree => "build tree",
+            Source::UserCache => "user cache",
         })
     }
 }
@@ -117,24 +123,49 @@ fn searched_list(p: &[PathBuf]) -> String {
         .join(", ")
 }
 
+/// The environment variable that moves the cache root (the same one the
+/// build scripts read, scripts/lib.sh).
+pub const CACHE_ENV: &str = "PERFVISOR_CACHE";
+
+/// The cache root the build scripts use: `$PERFVISOR_CACHE`, else
+/// `$HOME/.cache/perfvisor`; `None` when neither is set.
+pub fn cache_root() -> Option<PathBuf> {
+    match std::env::var_os(CACHE_ENV) {
+        Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
+        _ => std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(|h| PathBuf::from(h).join(".cache/perfvisor")),
+    }
+}
+
 /// Find `kind` for the running binary and environment.
 pub fn find(kind: Kind) -> Result<Found, Error> {
     let env = std::env::var_os(kind.env_var());
     if env.is_none() {
         let exe = std::env::current_exe().map_err(|e| Error::NoExe(e, kind.env_var()))?;
-        return find_from(kind, None, &exe, Path::is_dir);
+        return find_from(kind, None, &exe, cache_root().as_deref(), Path::is_dir);
     }
-    find_from(kind, env, Path::new("/"), Path::is_dir)
+    find_from(kind, env, Path::new("/"), None, Path::is_dir)
 }
 
 /// The places [`find`] looks, in order, for a binary at `exe` (the data
-/// directory, then each `build/<name>` up the tree). Without `exe`'s
-/// parent there are none.
-pub fn candidates(kind: Kind, exe: &Path) -> Vec<(PathBuf, Source)> {
-    let Some(bin_dir) = exe.parent() else {
-        return Vec::new();
-    };
+/// directory, then each `build/<name>` up the tree, then the user cache
+/// under `cache_root`).
+pub fn candidates(kind: Kind, exe: &Path, cache_root: Option<&Path>) -> Vec<(PathBuf, Source)> {
     let mut out = Vec::new();
+    if let Some(bin_dir) = exe.parent() {
+        binary_relative(kind, bin_dir, &mut out);
+    }
+    if let Some(root) = cache_root {
+        out.push((
+            root.join("current").join(kind.dir_name()),
+            Source::UserCache,
+        ));
+    }
+    out
+}
+
+fn binary_relative(kind: Kind, bin_dir: &Path, out: &mut Vec<(PathBuf, Source)>) {
     if let Some(prefix) = bin_dir.parent() {
         out.push((
             prefix.join("share/perfvisor").join(kind.dir_name()),
@@ -147,15 +178,15 @@ pub fn candidates(kind: Kind, exe: &Path) -> Vec<(PathBuf, Source)> {
             .take(MAX_CLIMB)
             .map(|d| (d.join("build").join(kind.dir_name()), Source::BuildTree)),
     );
-    out
 }
 
 /// [`find`] with its inputs given: the environment variable's value,
-/// the binary's path and the test for a directory.
+/// the binary's path, the cache root and the test for a directory.
 pub fn find_from(
     kind: Kind,
     env: Option<OsString>,
     exe: &Path,
+    cache_root: Option<&Path>,
     is_dir: impl Fn(&Path) -> bool,
 ) -> Result<Found, Error> {
     if let Some(v) = env {
@@ -173,7 +204,7 @@ pub fn find_from(
             })
         };
     }
-    let places = candidates(kind, exe);
+    let places = candidates(kind, exe, cache_root);
     match places.iter().find(|(p, _)| is_dir(p)) {
         Some((dir, source)) => Ok(Found {
             dir: dir.clone(),
@@ -202,6 +233,7 @@ mod tests {
             Kind::GuestImage,
             Some("/img".into()),
             Path::new("/src/target/release/perfvisor"),
+            None,
             dirs(&["/img", "/src/build/guest-image"]),
         )
         .unwrap();
@@ -211,6 +243,7 @@ mod tests {
             Kind::GuestImage,
             Some("/nope".into()),
             Path::new("/src/target/release/perfvisor"),
+            None,
             dirs(&["/src/build/guest-image"]),
         )
         .unwrap_err();
@@ -224,6 +257,7 @@ mod tests {
             Kind::Sandbox,
             None,
             Path::new("/opt/pv/bin/perfvisor"),
+            None,
             dirs(&[
                 "/opt/pv/share/perfvisor/sandbox",
                 "/opt/pv/bin/build/sandbox",
@@ -245,6 +279,7 @@ mod tests {
                 Kind::GuestImage,
                 None,
                 Path::new(exe),
+                None,
                 dirs(&["/src/build/guest-image"]),
             )
             .unwrap();
@@ -259,6 +294,7 @@ mod tests {
             Kind::GuestImage,
             None,
             Path::new("/usr/local/bin/perfvisor"),
+            None,
             dirs(&[]),
         )
         .unwrap_err();
@@ -275,5 +311,49 @@ mod tests {
         assert!(msg.contains("scripts/install.sh"));
         assert!(msg.contains("PERFVISOR_GUEST_IMAGE"));
         assert!(!msg.contains('\n'));
+    }
+
+    #[test]
+    fn the_user_cache_comes_after_the_binary_relative_places() {
+        let cache = Some(Path::new("/home/u/.cache/perfvisor"));
+        // A plain `cargo install` binary: nothing next to it, the cache has one.
+        let f = find_from(
+            Kind::GuestImage,
+            None,
+            Path::new("/home/u/.cargo/bin/perfvisor"),
+            cache,
+            dirs(&["/home/u/.cache/perfvisor/current/guest-image"]),
+        )
+        .unwrap();
+        assert_eq!(
+            f.dir,
+            PathBuf::from("/home/u/.cache/perfvisor/current/guest-image")
+        );
+        assert_eq!(f.source, Source::UserCache);
+        // A checkout's own build tree wins over what another checkout published.
+        let f = find_from(
+            Kind::GuestImage,
+            None,
+            Path::new("/src/target/release/perfvisor"),
+            cache,
+            dirs(&[
+                "/home/u/.cache/perfvisor/current/guest-image",
+                "/src/build/guest-image",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(f.source, Source::BuildTree);
+        // And the cache is listed when nothing is found.
+        let e = find_from(
+            Kind::Sandbox,
+            None,
+            Path::new("/usr/bin/perfvisor"),
+            cache,
+            dirs(&[]),
+        )
+        .unwrap_err();
+        assert!(e
+            .to_string()
+            .contains("/home/u/.cache/perfvisor/current/sandbox"));
     }
 }
