@@ -31,8 +31,8 @@ const MIN_DELIVERY: f64 = 0.9;
 /// the nested guest is emulated by TCG and takes hundreds of microseconds;
 /// host ticks that land in the VMM during an exit are placed at the exit's
 /// RIP, but those in the L1 kernel's part of it (about 6% of the vCPU
-/// thread's time) have no known guest RIP and are dropped. Measured 92-96%
-/// (docs/platform.md); the bar leaves room for a loaded CI machine.
+/// thread's time) have no known guest RIP and are dropped. docs/platform.md
+/// has the measured delivery; the bar leaves room for a loaded CI machine.
 const MIN_DELIVERY_NESTED_HOST_TIMER: f64 = 0.85;
 /// No more than this share: the host keeps the guest event's rate.
 const MAX_DELIVERY: f64 = 1.1;
@@ -329,8 +329,8 @@ fn split_truth(backend: &str, cpus: &str) {
         // perf_event_exec), a moment before the kernel renames the task:
         // samples there are the workload's own exec, still named
         // perf-exec. Under nested TCG that moment (IPIs, pvpmu add/start
-        // exits) has measured up to 6 ms on 2 vCPUs, so the check is on
-        // time, not count: every perf-exec sample lies within 30 ms before
+        // exits) lasts milliseconds on 2 vCPUs (docs/pvpmu.md), so the check
+        // is on time, not count: every perf-exec sample lies within 30 ms before
         // the first pv-workload sample. Samples from before the enable
         // (the bug this guards against gave hundreds) span the whole
         // earlier run instead.
@@ -757,8 +757,7 @@ fn perf_top_and_many_events_on_4_vcpus() {
             num(&cpus, "cc_samples") > 0,
             "the guest's cpu-clock sampled too",
         );
-        // Measured 2026-12-06: 49.4% against 85.4% (host timer, 4 busy
-        // vCPUs on 2 L1 CPUs). Open (docs/pvpmu.md "4 vCPUs on 2 CPUs"):
+        // Open (docs/pvpmu.md "4 vCPUs on 2 CPUs", with the numbers):
         // printed loudly, not asserted, until it is understood.
         if (pv - cc).abs() > 0.1 {
             println!(
@@ -815,10 +814,10 @@ fn system_wide_samples_name_the_task_that_ran() {
             );
             // Both backends tick on the host's clock; the workload's own
             // clock also runs while the L1 preempts the vCPU thread, and
-            // ticks due during that steal coalesce into one sample (CI runs
-            // measured 0.72 per ms with the host timer and 0.80 with kick,
-            // the L1's 2 CPUs shared by QEMU's vCPU threads, perf and the
-            // sampler). The share check below is the ground truth; this one
+            // ticks due during that steal coalesce into one sample (the L1's
+            // 2 CPUs are shared by QEMU's vCPU threads, perf and the sampler;
+            // docs/pvpmu.md has the measured rates). The share check below is
+            // the ground truth; this one
             // catches samples lost or given to the wrong task.
             r.check(
                 (0.6..=1.15).contains(&per_ms),

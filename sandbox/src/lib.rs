@@ -302,7 +302,7 @@ impl Sandbox {
             return Err(missing("no such directory"));
         }
         // The ELF vmlinux boots through its PVH note with no in-guest decompression
-        // (~3 s faster under TCG); the bzImage is the fallback.
+        // (slow under TCG; docs/sandbox.md); the bzImage is the fallback.
         let kernel = ["vmlinux", "vmlinuz"]
             .iter()
             .map(|k| dir.join(k))

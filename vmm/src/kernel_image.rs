@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use object::{Object, ObjectSection};
 
-/// The largest `vmlinux` a payload may decompress to (Debian's 6.1 is 66 MB;
-/// an allyesconfig kernel stays well under this).
+/// The largest `vmlinux` a payload may decompress to: far above any
+/// distribution or allyesconfig kernel, low enough to bound host memory.
 pub const MAX_VMLINUX: u64 = 1 << 30;
 
 #[derive(Debug, thiserror::Error)]

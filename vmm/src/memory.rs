@@ -5,9 +5,9 @@
 //! backs the range with a transparent huge page. Guest RAM starts at GPA 0,
 //! so its host mapping must start on a 2 MiB boundary. Hosts before Linux
 //! 6.7 do not align large anonymous mappings by themselves (QEMU aligns its
-//! RAM for the same reason). Measured in the L1 sandbox: with 4 KiB
-//! second-level pages, unpacking the guest image's initramfs took 1.9 s
-//! instead of 0.2 s (see docs/platform.md).
+//! RAM for the same reason). Under nested KVM every 4 KiB second-level
+//! fault is emulated, so the difference is large (docs/platform.md, "Boot
+//! speed under nested KVM").
 
 use std::sync::Arc;
 

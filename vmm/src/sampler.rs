@@ -34,9 +34,9 @@ use crate::vcpu::{ExitInfo, ExitKind, VcpuContext, VcpuHandle, VcpuHook};
 
 /// How often the host-timer backend moves samples into the guest, at most.
 /// Each move is a kick, and a host tick that lands while the vCPU thread is
-/// out of guest mode has no guest IP and is dropped: in the L1 sandbox
-/// 20 ms gave 91.0-94.3% of the expected samples at 1 kHz where 10 ms gave
-/// 90.2-92.2% (4 runs each).
+/// out of guest mode has no guest IP and is dropped, so fewer flushes
+/// deliver more samples (docs/platform.md, "Host timer: where the ticks
+/// land", has the numbers).
 const HOST_TIMER_FLUSH_MAX: Duration = Duration::from_millis(20);
 
 /// The host-timer backend's flush interval at `freq` Hz: at most
