@@ -618,7 +618,7 @@ fn record_in_sandbox(
     // Ctrl-C (or SIGTERM) stops the recording inside the L1 the way it
     // stops a direct one; the outputs are still written. A second one kills
     // the L1.
-    let stops = vmm::exit::interrupt_counter()
+    let stops = vmm::end::interrupt_counter()
         .map_err(|e| CliError::Record(format!("installing the SIGINT handler: {e}")))?;
     job = job.stoppable(stops);
     // The outputs and their symbol sources are checked before the guest

@@ -13,7 +13,7 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::exit::{ExitState, VmOutcome};
+use crate::end::{VmEnd, VmOutcome};
 
 /// The serial output sink: the user's writer behind a line tap.
 pub type ConsoleSink = LineTap<Box<dyn Write + Send>, Box<dyn FnMut(&str) + Send>>;
@@ -25,10 +25,10 @@ pub type Serial = SerialDevice<ConsoleSink>;
 pub const PANIC_GRACE: Duration = Duration::from_secs(3);
 
 /// Wrap `out` so every console line is checked by `exit`.
-pub fn sink(out: Box<dyn Write + Send>, exit: Arc<ExitState>) -> ConsoleSink {
+pub fn sink(out: Box<dyn Write + Send>, end: Arc<VmEnd>) -> ConsoleSink {
     let on_line: Box<dyn FnMut(&str) + Send> = Box::new(move |line: &str| {
-        if exit.observe_console_line(line) {
-            let exit = exit.clone();
+        if end.observe_console_line(line) {
+            let end = end.clone();
             // A detached timer thread: it only sets the outcome, which is a
             // no-op if the VM already ended.
             let _ = std::thread::Builder::new()
@@ -36,7 +36,7 @@ pub fn sink(out: Box<dyn Write + Send>, exit: Arc<ExitState>) -> ConsoleSink {
                 .stack_size(crate::THREAD_STACK)
                 .spawn(move || {
                     std::thread::sleep(PANIC_GRACE);
-                    exit.request(VmOutcome::Halt);
+                    end.request(VmOutcome::Halt);
                 });
         }
     });
@@ -50,7 +50,7 @@ const CTRL_A: u8 = 0x01;
 pub struct ConsoleInput {
     serial: Arc<Mutex<Serial>>,
     space: EventFd,
-    exit: Arc<ExitState>,
+    end: Arc<VmEnd>,
     pending: Vec<u8>,
     escape: bool,
     reading: bool,
@@ -59,11 +59,11 @@ pub struct ConsoleInput {
 impl ConsoleInput {
     /// `space` is the eventfd the serial device signals when its input FIFO
     /// drains.
-    pub fn new(serial: Arc<Mutex<Serial>>, space: EventFd, exit: Arc<ExitState>) -> Self {
+    pub fn new(serial: Arc<Mutex<Serial>>, space: EventFd, end: Arc<VmEnd>) -> Self {
         Self {
             serial,
             space,
-            exit,
+            end,
             pending: Vec::new(),
             escape: false,
             reading: true,
@@ -78,7 +78,7 @@ impl ConsoleInput {
                 self.escape = false;
                 match b {
                     b'x' | b'X' => {
-                        self.exit.request(VmOutcome::UserQuit);
+                        self.end.request(VmOutcome::UserQuit);
                         return;
                     }
                     CTRL_A => self.pending.push(CTRL_A),
@@ -155,30 +155,30 @@ impl MutEventSubscriber for ConsoleInput {
 mod tests {
     use super::*;
 
-    fn input() -> (ConsoleInput, Arc<ExitState>, Arc<Mutex<Serial>>) {
-        let exit = Arc::new(ExitState::new().unwrap());
+    fn input() -> (ConsoleInput, Arc<VmEnd>, Arc<Mutex<Serial>>) {
+        let end = Arc::new(VmEnd::new().unwrap());
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let space = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let serial = Arc::new(Mutex::new(SerialDevice::new(
             irq,
             space.try_clone().unwrap(),
-            sink(Box::new(io::sink()), exit.clone()),
+            sink(Box::new(io::sink()), end.clone()),
         )));
         (
-            ConsoleInput::new(serial.clone(), space, exit.clone()),
-            exit,
+            ConsoleInput::new(serial.clone(), space, end.clone()),
+            end,
             serial,
         )
     }
 
     #[test]
     fn escape_quits_and_passes_ctrl_a() {
-        let (mut c, exit, _) = input();
+        let (mut c, end, _) = input();
         c.filter(b"ab\x01\x01c\x01z");
         assert_eq!(c.pending, b"ab\x01c\x01z");
-        assert!(!exit.stopping());
+        assert!(!end.stopping());
         c.filter(b"\x01x");
-        assert_eq!(exit.outcome(), Some(VmOutcome::UserQuit));
+        assert_eq!(end.outcome(), Some(VmOutcome::UserQuit));
     }
 
     #[test]

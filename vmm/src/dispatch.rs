@@ -5,17 +5,16 @@
 //! vCPU fd (the RIP for a report, the internal-error data) stays there, so
 //! this part is tested without /dev/kvm.
 //!
-//! Three things are called "exit" in perfvisor; this module is about the
-//! second: the VM's end ([`VmOutcome`]), a KVM exit (a return from
-//! `KVM_RUN`, [`ExitKind`]), and a pvpmu trace EXIT record (which reports
-//! KVM exits to the guest).
+//! This module is about KVM exits (a return from `KVM_RUN`, [`ExitKind`]);
+//! the VM's end is `crate::end` ([`VmOutcome`]), and a pvpmu trace EXIT
+//! record (which reports KVM exits to the guest) is `pvpmu_abi::trace`.
 
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::VcpuExit;
 
 use devices::bus::Bus;
 
-use crate::exit::VmOutcome;
+use crate::end::VmOutcome;
 use crate::vcpu::ExitKind;
 
 /// What the vCPU loop does next.

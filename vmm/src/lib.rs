@@ -15,7 +15,7 @@ pub mod btf_layout;
 pub mod budget;
 pub mod console;
 pub mod dispatch;
-pub mod exit;
+pub mod end;
 pub mod exit_counts;
 pub mod host_timer;
 pub mod introspect;
@@ -31,7 +31,7 @@ pub mod sampler;
 pub mod vcpu;
 pub mod vm;
 
-pub use exit::VmOutcome;
+pub use end::VmOutcome;
 
 /// Stack size of perfvisor's own threads. Small on purpose: below 2 MiB a
 /// stack can never be backed by a transparent huge page, which on hosts with

@@ -22,7 +22,7 @@ use devices::bus::Bus;
 use devices::legacy::{DebugExit, DEBUG_EXIT_PORT};
 
 use crate::arch::regs::{gdt_entry, segment_from_gdt};
-use crate::exit::{ExitState, VmOutcome};
+use crate::end::{VmEnd, VmOutcome};
 use crate::memory::GuestRam;
 use crate::vcpu::{Vcpu, VcpuHandle, VcpuHook};
 use crate::vm::{create_vm, open_kvm, VmError};
@@ -46,7 +46,7 @@ const MAX_CODE: usize = (KERNEL_CODE - USER_CODE) as usize;
 pub struct PayloadVm {
     vcpu: Option<Vcpu>,
     handle: Arc<VcpuHandle>,
-    exit: Arc<ExitState>,
+    end: Arc<VmEnd>,
     thread: Option<JoinHandle<()>>,
     // Dropped after the vCPU thread is joined.
     _vm: VmFd,
@@ -147,12 +147,12 @@ impl PayloadVm {
         let vm = create_vm(&kvm, &mem)?;
         write_guest(&mem, user, kernel)
             .map_err(|e| VmError::EventLoop(format!("writing the payload: {e}")))?;
-        let exit = Arc::new(ExitState::new().map_err(|source| VmError::Io {
+        let end = Arc::new(VmEnd::new().map_err(|source| VmError::Io {
             what: "eventfd",
             source,
         })?);
         let pio = Bus::new();
-        let e = exit.clone();
+        let e = end.clone();
         pio.insert(
             Arc::new(Mutex::new(DebugExit::new(Box::new(move |s| {
                 e.request(VmOutcome::Status(s))
@@ -171,12 +171,12 @@ impl PayloadVm {
             source,
         })?;
         let sync = kvm.check_extension(Cap::SyncRegs);
-        let vcpu = Vcpu::new(0, fd, pio, Bus::new(), exit.clone(), sync);
+        let vcpu = Vcpu::new(0, fd, pio, Bus::new(), end.clone(), sync);
         let handle = vcpu.handle();
         Ok(Self {
             vcpu: Some(vcpu),
             handle,
-            exit,
+            end,
             thread: None,
             _vm: vm,
             ram,
@@ -216,7 +216,7 @@ impl PayloadVm {
     /// Wait for the payload to end, at most `timeout`; stops it on timeout.
     pub fn wait(&mut self, timeout: Duration) -> VmOutcome {
         let start = Instant::now();
-        while !self.exit.stopping() && start.elapsed() < timeout {
+        while !self.end.stopping() && start.elapsed() < timeout {
             std::thread::sleep(Duration::from_micros(500));
         }
         self.stop(VmOutcome::Timeout(timeout))
@@ -224,7 +224,7 @@ impl PayloadVm {
 
     /// Stop the payload (if still running) and return how it ended.
     pub fn stop(&mut self, reason: VmOutcome) -> VmOutcome {
-        self.exit.request(reason);
+        self.end.request(reason);
         if let Some(t) = self.thread.take() {
             while !t.is_finished() {
                 let _ = self.handle.kick();
@@ -232,7 +232,7 @@ impl PayloadVm {
             }
             let _ = t.join();
         }
-        self.exit
+        self.end
             .outcome()
             .unwrap_or(VmOutcome::Error("payload stopped without a reason".into()))
     }

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::exit::VmOutcome;
+use crate::end::VmOutcome;
 use crate::payload::PayloadVm;
 use crate::vm::VmError;
 

@@ -26,7 +26,7 @@ use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
 use crate::budget::{CpuCap, SampleBudget};
-use crate::exit::ExitState;
+use crate::end::VmEnd;
 use crate::host_timer::{HostTimer, LazyHostTimer, Tick};
 use crate::introspect::{is_user_address, walk_guest_stack, Callchain, GuestAddressSpace};
 use crate::kvm_stats::VcpuStats;
@@ -605,7 +605,7 @@ impl Sampler {
         backend: Backend,
         clock: Arc<GuestClock>,
         vm: Arc<VmFd>,
-        exit: Arc<ExitState>,
+        end: Arc<VmEnd>,
         budget: Option<Arc<SampleBudget>>,
     ) -> std::io::Result<Sampler> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -614,7 +614,7 @@ impl Sampler {
             .name("sampler".into())
             .stack_size(crate::THREAD_STACK)
             .spawn(move || {
-                let stopping = move || stop2.load(Ordering::Acquire) || exit.stopping();
+                let stopping = move || stop2.load(Ordering::Acquire) || end.stopping();
                 run(schedule, vcpus, backend, clock, vm, stopping, budget);
             })?;
         Ok(Sampler {

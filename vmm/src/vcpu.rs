@@ -28,7 +28,7 @@ use thiserror::Error;
 use devices::bus::Bus;
 
 use crate::dispatch::{dispatch, Dispatch};
-use crate::exit::{ExitState, VmOutcome};
+use crate::end::{VmEnd, VmOutcome};
 use crate::exit_counts::ExitCounts;
 
 /// Errors a vCPU thread reports. Each names the vCPU and the guest RIP.
@@ -283,7 +283,7 @@ pub struct Vcpu {
     fd: VcpuFd,
     pio: Bus,
     mmio: Bus,
-    exit: Arc<ExitState>,
+    end: Arc<VmEnd>,
     handle: Arc<VcpuHandle>,
     hook: Option<Box<dyn VcpuHook>>,
     sync_regs: bool,
@@ -300,7 +300,7 @@ impl Vcpu {
         mut fd: VcpuFd,
         pio: Bus,
         mmio: Bus,
-        exit: Arc<ExitState>,
+        end: Arc<VmEnd>,
         sync_regs: bool,
     ) -> Self {
         if sync_regs {
@@ -312,7 +312,7 @@ impl Vcpu {
             fd,
             pio,
             mmio,
-            exit,
+            end,
             handle: Arc::new(VcpuHandle::new(index)),
             hook: None,
             sync_regs,
@@ -359,7 +359,7 @@ impl Vcpu {
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN.with(|r| r.set(run_ptr));
         if let Err(e) = self.run_loop() {
-            self.exit.request(VmOutcome::Error(e.to_string()));
+            self.end.request(VmOutcome::Error(e.to_string()));
         }
         if log::log_enabled!(log::Level::Info) {
             log::info!(
@@ -390,7 +390,7 @@ impl Vcpu {
     }
 
     fn run_loop(&mut self) -> Result<(), VcpuError> {
-        while !self.exit.stopping() {
+        while !self.end.stopping() {
             let run = self.fd.run();
             // Handling time counts from here: KVM_RUN has returned (the
             // bus access in `dispatch` is part of it).
@@ -403,12 +403,12 @@ impl Vcpu {
                     (ExitKind::Kick, 0, 0)
                 }
                 Dispatch::End(outcome) => {
-                    self.exit.request(outcome);
+                    self.end.request(outcome);
                     return Ok(());
                 }
                 Dispatch::TripleFault => {
                     let rip = self.rip();
-                    self.exit.request(VmOutcome::TripleFault {
+                    self.end.request(VmOutcome::TripleFault {
                         vcpu: self.index,
                         rip,
                     });

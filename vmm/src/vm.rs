@@ -26,7 +26,7 @@ use devices::legacy::{
 use crate::arch::{cpuid, layout, mptable, regs};
 use crate::boot::{self, BootError, InitrdFile};
 use crate::console::{self, ConsoleInput, Serial};
-use crate::exit::{ExitState, VmOutcome};
+use crate::end::{VmEnd, VmOutcome};
 use crate::memory::GuestRam;
 use crate::recorder::{self, RecordConfig, Recording};
 use crate::sampler::{Backend, GuestClock, SampleHook, Sampler, Schedule};
@@ -276,7 +276,7 @@ pub struct Vm {
     // and the memory they map.
     vcpus: Vec<Vcpu>,
     handles: Vec<Arc<VcpuHandle>>,
-    exit: Arc<ExitState>,
+    end: Arc<VmEnd>,
     serial: Arc<Mutex<Serial>>,
     serial_space: EventFd,
     reset_evt: EventFd,
@@ -333,7 +333,7 @@ impl Vm {
         regs::write_boot_tables(&mem)?;
         mptable::setup(&mem, config.cpus)?;
 
-        let exit = Arc::new(ExitState::new().map_err(io_err("eventfd"))?);
+        let end = Arc::new(VmEnd::new().map_err(io_err("eventfd"))?);
         let pio = Bus::new();
         let mmio = Bus::new();
 
@@ -344,7 +344,7 @@ impl Vm {
         let serial = Arc::new(Mutex::new(SerialDevice::new(
             serial_irq,
             serial_space.try_clone().map_err(io_err("eventfd"))?,
-            console::sink(console, exit.clone()),
+            console::sink(console, end.clone()),
         )));
         pio.insert(serial.clone(), COM1_PORT, 8)?;
         let reset_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
@@ -353,9 +353,9 @@ impl Vm {
         )));
         pio.insert(i8042, I8042_PORT, 5)?;
         pio.insert(Arc::new(Mutex::new(Cmos::new())), CMOS_PORT, 2)?;
-        let exit_for_port = exit.clone();
+        let end_for_port = end.clone();
         let debug_exit = DebugExit::new(Box::new(move |status| {
-            exit_for_port.request(VmOutcome::Status(status))
+            end_for_port.request(VmOutcome::Status(status))
         }));
         pio.insert(Arc::new(Mutex::new(debug_exit)), DEBUG_EXIT_PORT, 1)?;
 
@@ -405,14 +405,7 @@ impl Vm {
                 regs::setup_sregs(&fd)?;
                 regs::setup_regs(&fd, boot.entry)?;
             }
-            let mut vcpu = Vcpu::new(
-                index,
-                fd,
-                pio.clone(),
-                mmio.clone(),
-                exit.clone(),
-                sync_regs,
-            );
+            let mut vcpu = Vcpu::new(index, fd, pio.clone(), mmio.clone(), end.clone(), sync_regs);
             if let (Some(p), Some(opts)) = (&pmu, config.pmu) {
                 let hook = SampleHook::new(
                     p.dev.clone(),
@@ -438,7 +431,7 @@ impl Vm {
             config,
             vcpus,
             handles,
-            exit,
+            end,
             serial,
             serial_space,
             reset_evt,
@@ -454,7 +447,7 @@ impl Vm {
     /// outputs must be written when the user presses Ctrl-C.
     pub fn stop_on_signals(&self) -> Result<()> {
         let fd = self.interrupt.try_clone().map_err(io_err("eventfd"))?;
-        crate::exit::install_interrupt_handler(fd).map_err(io_err("installing the SIGINT handler"))
+        crate::end::install_interrupt_handler(fd).map_err(io_err("installing the SIGINT handler"))
     }
 
     /// Sample every vCPU from the host for the whole run (`perfvisor
@@ -497,8 +490,8 @@ impl Vm {
                 .map_err(|e| VmError::EventLoop(format!("timerfd: {e}")))?;
         }
         let watcher = Arc::new(Mutex::new(EndWatcher {
-            exit: self.exit.clone(),
-            exit_evt: self.exit.event().try_clone().map_err(io_err("eventfd"))?,
+            end: self.end.clone(),
+            end_evt: self.end.event().try_clone().map_err(io_err("eventfd"))?,
             reset_evt: self.reset_evt.try_clone().map_err(io_err("eventfd"))?,
             interrupt: self.interrupt.try_clone().map_err(io_err("eventfd"))?,
             timer,
@@ -512,7 +505,7 @@ impl Vm {
             em.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
                 self.serial.clone(),
                 self.serial_space.try_clone().map_err(io_err("eventfd"))?,
-                self.exit.clone(),
+                self.end.clone(),
             ))));
             RawTerminal::enter()
         } else {
@@ -524,7 +517,7 @@ impl Vm {
             match vcpu.spawn() {
                 Ok(t) => threads.push(t),
                 Err(e) => {
-                    self.exit.request(VmOutcome::Error(e.to_string()));
+                    self.end.request(VmOutcome::Error(e.to_string()));
                     break;
                 }
             }
@@ -555,12 +548,12 @@ impl Vm {
                 backend,
                 clock,
                 self.vm.clone(),
-                self.exit.clone(),
+                self.end.clone(),
                 budget,
             ) {
                 Ok(s) => Some(s),
                 Err(e) => {
-                    self.exit.request(VmOutcome::Error(format!(
+                    self.end.request(VmOutcome::Error(format!(
                         "cannot start the pvpmu sampler: {e}"
                     )));
                     None
@@ -569,9 +562,9 @@ impl Vm {
             None => None,
         };
 
-        while !self.exit.stopping() {
+        while !self.end.stopping() {
             if let Err(e) = em.run_with_timeout(250) {
-                self.exit
+                self.end
                     .request(VmOutcome::Error(format!("event loop: {e}")));
             }
         }
@@ -606,7 +599,7 @@ impl Vm {
             .writer_mut()
             .flush();
         let outcome = self
-            .exit
+            .end
             .outcome()
             .unwrap_or(VmOutcome::Error("VM stopped without a reason".into()));
         let pvpmu = self.sampling.device().map(|p| p.dev.counters());
@@ -621,8 +614,8 @@ impl Vm {
 
 /// Watches the exit eventfd, the i8042 reset, the interrupt and the timeout.
 struct EndWatcher {
-    exit: Arc<ExitState>,
-    exit_evt: EventFd,
+    end: Arc<VmEnd>,
+    end_evt: EventFd,
     reset_evt: EventFd,
     interrupt: EventFd,
     timer: TimerFd,
@@ -632,13 +625,13 @@ struct EndWatcher {
 impl MutEventSubscriber for EndWatcher {
     fn init(&mut self, ops: &mut EventOps) {
         for fd in [
-            self.exit_evt.as_raw_fd(),
+            self.end_evt.as_raw_fd(),
             self.reset_evt.as_raw_fd(),
             self.interrupt.as_raw_fd(),
             self.timer.as_raw_fd(),
         ] {
             if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
-                self.exit
+                self.end
                     .request(VmOutcome::Error(format!("event loop: {e}")));
             }
         }
@@ -648,15 +641,15 @@ impl MutEventSubscriber for EndWatcher {
         let fd = events.fd();
         if fd == self.reset_evt.as_raw_fd() {
             let _ = self.reset_evt.read();
-            self.exit.request(VmOutcome::Reboot);
+            self.end.request(VmOutcome::Reboot);
         } else if fd == self.interrupt.as_raw_fd() {
             let _ = self.interrupt.read();
-            self.exit.request(VmOutcome::Interrupted);
+            self.end.request(VmOutcome::Interrupted);
         } else if fd == self.timer.as_raw_fd() {
             let _ = self.timer.wait();
-            self.exit.request(VmOutcome::Timeout(self.timeout));
+            self.end.request(VmOutcome::Timeout(self.timeout));
         } else {
-            let _ = self.exit_evt.read();
+            let _ = self.end_evt.read();
         }
     }
 }

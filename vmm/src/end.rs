@@ -1,5 +1,12 @@
 //! How a VM ends: the first reason reported wins, every vCPU and the event
 //! loop are told to stop.
+//!
+//! Words kept apart in perfvisor: the VM's *end* ([`VmEnd`], its
+//! [`VmOutcome`]) and perfvisor's process *exit status* for it
+//! ([`VmOutcome::exit_code`]) are this module; a *KVM exit* (one return
+//! from `KVM_RUN`) is `crate::vcpu::ExitKind` and `crate::dispatch`; a
+//! trace *EXIT record* (pvpmu's report of a KVM exit to the guest) is
+//! `pvpmu_abi::trace::Exit`.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -77,7 +84,7 @@ pub const GUEST_FAULT_EXIT: i32 = 126;
 pub const TIMEOUT_EXIT: i32 = 124;
 
 /// Shared end-of-VM state.
-pub struct ExitState {
+pub struct VmEnd {
     stopping: AtomicBool,
     outcome: Mutex<Option<VmOutcome>>,
     panic_line: Mutex<Option<String>>,
@@ -85,7 +92,7 @@ pub struct ExitState {
     evt: EventFd,
 }
 
-impl ExitState {
+impl VmEnd {
     /// Fresh state; `evt` becomes readable once an outcome is set.
     pub fn new() -> std::io::Result<Self> {
         Ok(Self {
@@ -246,7 +253,7 @@ mod tests {
 
     #[test]
     fn first_outcome_wins() {
-        let s = ExitState::new().unwrap();
+        let s = VmEnd::new().unwrap();
         assert!(!s.stopping());
         s.request(VmOutcome::Status(3));
         s.request(VmOutcome::Reboot);
@@ -257,7 +264,7 @@ mod tests {
 
     #[test]
     fn panic_then_reboot_is_panic() {
-        let s = ExitState::new().unwrap();
+        let s = VmEnd::new().unwrap();
         assert!(
             s.observe_console_line("[    1.0] Kernel panic - not syncing: Attempted to kill init!")
         );
@@ -274,14 +281,14 @@ mod tests {
 
     #[test]
     fn console_messages() {
-        let s = ExitState::new().unwrap();
+        let s = VmEnd::new().unwrap();
         s.observe_console_line("[    2.0] reboot: Restarting system");
         s.request(VmOutcome::TripleFault { vcpu: 0, rip: 1 });
         assert_eq!(s.outcome(), Some(VmOutcome::Reboot));
-        let s = ExitState::new().unwrap();
+        let s = VmEnd::new().unwrap();
         s.request(VmOutcome::TripleFault { vcpu: 1, rip: 0x10 });
         assert_eq!(s.outcome().unwrap().exit_code(), GUEST_FAULT_EXIT);
-        let s = ExitState::new().unwrap();
+        let s = VmEnd::new().unwrap();
         s.observe_console_line("reboot: Power down");
         assert_eq!(s.outcome(), Some(VmOutcome::PowerOff));
         assert_eq!(s.outcome().unwrap().exit_code(), 0);
