@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use devices::bus::BusDevice;
+use devices::bus::BusDeviceSync;
 use devices::pvpmu::regs::{bank, cmd, BANK_BASE};
 use devices::pvpmu::state::guest;
 use devices::pvpmu::{Pvpmu, PvpmuConfig};
@@ -101,12 +101,12 @@ fn device(vm: &PayloadVm, freq: u32, backend: Backend) -> Pvpmu<vm_memory::Guest
         },
         EventFd::new(libc::EFD_NONBLOCK).unwrap(),
     );
-    let mut mmio = dev.mmio();
+    let mmio = dev.mmio();
     for i in 0..17u64 {
         mem.write_obj(RING + i * 0x1000, GuestAddress(LIST + 8 * i))
             .unwrap();
     }
-    let mut command = |c: u32, args: &[u64]| {
+    let command = |c: u32, args: &[u64]| {
         for (i, a) in args.iter().enumerate() {
             mmio.write(BANK_BASE + bank::ARG0 + 8 * i as u64, &a.to_le_bytes());
         }

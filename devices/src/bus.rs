@@ -1,7 +1,11 @@
 //! A bus that dispatches port I/O or MMIO accesses to devices by address range.
 //!
 //! The vCPU threads call [`Bus::read`]/[`Bus::write`] on every PIO or MMIO exit,
-//! so lookups take a read lock only and each device has its own lock.
+//! so lookups take a read lock only and each device does its own locking.
+//! Most devices are plain state behind one `Mutex` ([`BusDevice`], put on the
+//! bus as `Arc<Mutex<D>>`); a device that locks finer than that (pvpmu: one
+//! lock per vCPU slot) implements [`BusDeviceSync`] itself, so vCPUs that
+//! touch different parts of it do not serialise on an outer lock.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -20,6 +24,31 @@ pub trait BusDevice: Send {
     fn write(&mut self, offset: u64, data: &[u8]);
 }
 
+/// A device that takes accesses through a shared reference and does its own
+/// locking. Every `Mutex<D>` of a [`BusDevice`] is one (the lock is taken
+/// for the access; a poisoned lock is taken over, as a device's state stays
+/// consistent between accesses).
+pub trait BusDeviceSync: Send + Sync {
+    /// The guest reads `data.len()` bytes at `offset`. Fill `data`.
+    fn read(&self, offset: u64, data: &mut [u8]);
+    /// The guest writes `data` at `offset`.
+    fn write(&self, offset: u64, data: &[u8]);
+}
+
+impl<D: BusDevice + ?Sized> BusDeviceSync for Mutex<D> {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        self.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .read(offset, data)
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) {
+        self.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write(offset, data)
+    }
+}
+
 /// Errors from building a bus.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum BusError {
@@ -31,7 +60,7 @@ pub enum BusError {
     BadRange { base: u64, len: u64 },
 }
 
-type SharedDevice = Arc<Mutex<dyn BusDevice>>;
+type SharedDevice = Arc<dyn BusDeviceSync>;
 
 /// Address-range to device map.
 #[derive(Default, Clone)]
@@ -80,9 +109,7 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.resolve(addr, data.len()) {
             Some((dev, offset)) => {
-                dev.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .read(offset, data);
+                dev.read(offset, data);
                 true
             }
             None => false,
@@ -93,9 +120,7 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.resolve(addr, data.len()) {
             Some((dev, offset)) => {
-                dev.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .write(offset, data);
+                dev.write(offset, data);
                 true
             }
             None => false,
@@ -159,5 +184,43 @@ mod tests {
         assert!(!bus.read(0x3fe, &mut w));
         assert!(!bus.read(0x500, &mut b));
         assert!(!bus.write(u64::MAX, &[1]));
+    }
+
+    /// A device with its own locking goes on the bus as it is: two threads
+    /// can be inside it at once, which an outer lock would forbid.
+    #[test]
+    fn a_self_locking_device_is_entered_without_an_outer_lock() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use std::sync::Barrier;
+
+        struct Rendezvous {
+            inside: AtomicU32,
+            both: Barrier,
+        }
+        impl BusDeviceSync for Rendezvous {
+            fn read(&self, _offset: u64, data: &mut [u8]) {
+                self.inside.fetch_add(1, Ordering::SeqCst);
+                // Returns only once both readers are inside read().
+                self.both.wait();
+                data[0] = self.inside.load(Ordering::SeqCst) as u8;
+            }
+            fn write(&self, _offset: u64, _data: &[u8]) {}
+        }
+        let bus = Bus::new();
+        let dev = Arc::new(Rendezvous {
+            inside: AtomicU32::new(0),
+            both: Barrier::new(2),
+        });
+        bus.insert(dev, 0x1000, 0x10).unwrap();
+        let other = bus.clone();
+        let t = std::thread::spawn(move || {
+            let mut b = [0u8; 1];
+            assert!(other.read(0x1000, &mut b));
+            b[0]
+        });
+        let mut b = [0u8; 1];
+        assert!(bus.read(0x1004, &mut b));
+        assert_eq!(b[0], 2);
+        assert_eq!(t.join().unwrap(), 2);
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use devices::bus::BusDevice;
+use devices::bus::BusDeviceSync;
 use devices::pvpmu::regs::{bank, cmd, global, status, BANK_BASE, BANK_SIZE, MAGIC_VALUE};
 use devices::pvpmu::state::{flags, guest, host};
 use devices::pvpmu::{HostSample, Pvpmu, PvpmuConfig, PvpmuMmio, SampleResult};

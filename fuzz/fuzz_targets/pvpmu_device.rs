@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use devices::bus::BusDevice;
+use devices::bus::BusDeviceSync;
 use devices::pvpmu::regs::{bank, cmd, status, BANK_BASE, BANK_SIZE, MMIO_SIZE};
 use devices::pvpmu::{HostSample, Pvpmu, PvpmuConfig};
 use libfuzzer_sys::fuzz_target;
@@ -50,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
     let mem = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).unwrap());
     let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let dev = Pvpmu::new(mem.clone(), PvpmuConfig { nr_vcpus: 2, max_freq: 1000, irq_line: 11, host_timer: false, callchains: true }, irq);
-    let mut mmio = dev.mmio();
+    let mmio = dev.mmio();
     let mut shadow = vec![0u8; MEM];
     let mut declared: BTreeSet<u64> = BTreeSet::new();
     let mut args = [[0u64; 3]; 2];

@@ -17,7 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::terminal::Terminal;
 use vmm_sys_util::timerfd::TimerFd;
 
-use devices::bus::{Bus, BusDevice, BusError};
+use devices::bus::{Bus, BusError};
 use devices::legacy::{
     Cmos, DebugExit, SerialDevice, CMOS_PORT, COM1_IRQ, COM1_PORT, DEBUG_EXIT_PORT, I8042,
     I8042_PORT,
@@ -348,7 +348,7 @@ impl Vm {
         )));
         pio.insert(serial.clone(), COM1_PORT, 8)?;
         let reset_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
-        let i8042: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(I8042::new(
+        let i8042 = Arc::new(Mutex::new(I8042::new(
             reset_evt.try_clone().map_err(io_err("eventfd"))?,
         )));
         pio.insert(i8042, I8042_PORT, 5)?;
@@ -376,7 +376,7 @@ impl Vm {
                     irq,
                 );
                 mmio.insert(
-                    Arc::new(Mutex::new(dev.mmio())),
+                    Arc::new(dev.mmio()),
                     layout::MMIO_DEVICES_START,
                     pvpmu::regs::MMIO_SIZE,
                 )?;

@@ -1,0 +1,57 @@
+//! Ownership of guest pages: every page the guest hands over is checked
+//! (in RAM, aligned, not already another object's) and recorded.
+
+use super::*;
+
+impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
+    pub(super) fn check_page(&self, gpa: u64, what: &str, replacing: Owner) -> Result<(), Reject> {
+        if !gpa.is_multiple_of(regs::PAGE_SIZE) {
+            return Err(efault(format!("{what} 0x{gpa:x} is not 4 KiB aligned")));
+        }
+        if !self
+            .inner
+            .mem
+            .check_range(GuestAddress(gpa), regs::PAGE_SIZE as usize)
+        {
+            return Err(efault(format!("{what} 0x{gpa:x} is not guest RAM")));
+        }
+        match lock(&self.inner.declared).get(&gpa) {
+            Some(o) if *o != replacing => Err(efault(format!(
+                "{what} 0x{gpa:x} is already declared ({o:?})"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Read a page list of `count` u64 GPAs at `list`, checked.
+    pub(super) fn read_list(&self, list: u64, count: u64, what: &str) -> Result<Vec<u64>, Reject> {
+        let len = (count * 8) as usize;
+        let mut raw = vec![0u8; len];
+        self.inner
+            .mem
+            .read_slice(&mut raw, GuestAddress(list))
+            .map_err(|_| {
+                efault(format!(
+                    "{what} page list at 0x{list:x} ({count} entries) is not in guest RAM"
+                ))
+            })?;
+        let pages: Vec<u64> = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect();
+        let mut sorted = pages.clone();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|w| w[0] == w[1]) {
+            return Err(efault(format!("{what} page list names a page twice")));
+        }
+        Ok(pages)
+    }
+
+    pub(super) fn declare(&self, pages: &[u64], owner: Owner) {
+        let mut d = lock(&self.inner.declared);
+        d.retain(|_, o| *o != owner);
+        for p in pages {
+            d.insert(*p, owner);
+        }
+    }
+}
