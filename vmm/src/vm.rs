@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use thiserror::Error;
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::terminal::Terminal;
@@ -24,7 +24,7 @@ use devices::legacy::{
 };
 
 use crate::arch::{cpuid, layout, mptable, regs};
-use crate::boot::{self, BootError, InitrdFile};
+use crate::boot::{self, BootError, BootInfo, InitrdFile};
 use crate::console::{self, ConsoleInput, Serial};
 use crate::end::{VmEnd, VmOutcome};
 use crate::memory::GuestRam;
@@ -291,142 +291,30 @@ impl Vm {
     /// output goes to `console`.
     pub fn new(config: VmConfig, console: Box<dyn Write + Send>) -> Result<Vm> {
         let kvm = open_kvm()?;
-        let max = kvm.get_max_vcpus().min(usize::from(mptable::MAX_CPUS));
-        if config.cpus == 0 || usize::from(config.cpus) > max {
-            return Err(VmError::Cpus {
-                cpus: config.cpus,
-                max,
-            });
-        }
+        check_cpus(&kvm, config.cpus)?;
         let guest_ram = GuestRam::new(config.mem_size)?;
         let mem = guest_ram.memory().clone();
-        let ram = layout::ram_ranges(config.mem_size);
         let vm = Arc::new(create_vm(&kvm, &mem)?);
-        let cmdline = match config.pmu {
-            Some(_) => with_kernel_params(
-                &config.cmdline,
-                &format!(
-                    "pvpmu.base=0x{:x} pvpmu.irq={PVPMU_IRQ}",
-                    layout::MMIO_DEVICES_START
-                ),
-            ),
-            None => config.cmdline.clone(),
-        };
-
-        if !config.initrd_files.is_empty() && config.initrd.is_none() {
-            return Err(BootError::NoInitrd.into());
-        }
-        let extra = if config.initrd_files.is_empty() {
-            Vec::new()
-        } else {
-            boot::initrd_archive(&config.initrd_files)
-                .map_err(io_err("building the initrd archive"))?
-        };
-        let boot = boot::load(
-            &mem,
-            &ram,
-            &config.kernel,
-            config.initrd.as_deref(),
-            &extra,
-            &cmdline,
-        )?;
-        regs::write_boot_tables(&mem)?;
-        mptable::setup(&mem, config.cpus)?;
+        let boot = load_guest(&config, &mem)?;
+        write_cpu_tables(&mem, config.cpus)?;
 
         let end = Arc::new(VmEnd::new().map_err(io_err("eventfd"))?);
-        let pio = Bus::new();
-        let mmio = Bus::new();
-
-        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
-        vm.register_irqfd(&serial_irq, COM1_IRQ)
-            .map_err(kvm_err("register serial irqfd"))?;
-        let serial_space = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
-        let serial = Arc::new(Mutex::new(SerialDevice::new(
-            serial_irq,
-            serial_space.try_clone().map_err(io_err("eventfd"))?,
-            console::sink(console, end.clone()),
-        )));
-        pio.insert(serial.clone(), COM1_PORT, 8)?;
-        let reset_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
-        let i8042 = Arc::new(Mutex::new(I8042::new(
-            reset_evt.try_clone().map_err(io_err("eventfd"))?,
-        )));
-        pio.insert(i8042, I8042_PORT, 5)?;
-        pio.insert(Arc::new(Mutex::new(Cmos::new())), CMOS_PORT, 2)?;
-        let end_for_port = end.clone();
-        let debug_exit = DebugExit::new(Box::new(move |status| {
-            end_for_port.request(VmOutcome::Status(status))
-        }));
-        pio.insert(Arc::new(Mutex::new(debug_exit)), DEBUG_EXIT_PORT, 1)?;
-
-        let pmu = match config.pmu {
-            Some(opts) => {
-                let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
-                vm.register_irqfd(&irq, PVPMU_IRQ)
-                    .map_err(kvm_err("register pvpmu irqfd"))?;
-                let dev = Pvpmu::new(
-                    mem.clone(),
-                    PvpmuConfig {
-                        nr_vcpus: usize::from(config.cpus),
-                        max_freq: opts.freq,
-                        irq_line: PVPMU_IRQ,
-                        host_timer: opts.backend == Backend::HostTimer,
-                        callchains: opts.callchains || opts.backend == Backend::Kick,
-                    },
-                    irq,
-                );
-                mmio.insert(
-                    Arc::new(dev.mmio()),
-                    layout::MMIO_DEVICES_START,
-                    pvpmu::regs::MMIO_SIZE,
-                )?;
-                Some(PmuState {
-                    dev,
-                    clock: Arc::new(GuestClock::default()),
-                    backend: opts.backend,
-                    budget: Arc::new(crate::budget::SampleBudget::new(opts.budget)),
-                })
-            }
-            None => None,
+        let buses = Buses {
+            pio: Bus::new(),
+            mmio: Bus::new(),
         };
+        let (serial, serial_space) = add_serial(&vm, &buses.pio, console, &end)?;
+        let reset_evt = add_i8042(&buses.pio)?;
+        add_cmos(&buses.pio)?;
+        add_debug_exit(&buses.pio, &end)?;
+        let pmu = config
+            .pmu
+            .map(|opts| add_pvpmu(&vm, &mem, &buses.mmio, config.cpus, opts))
+            .transpose()?;
 
-        let base_cpuid = cpuid::supported(&kvm)?;
-        let sync_regs = kvm.check_extension(Cap::SyncRegs);
-        let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
-        for index in 0..config.cpus {
-            let fd = vm
-                .create_vcpu(u64::from(index))
-                .map_err(kvm_err("create vCPU"))?;
-            cpuid::setup(&fd, &base_cpuid, index, config.cpus)?;
-            regs::setup_msrs(&fd)?;
-            regs::setup_fpu(&fd)?;
-            regs::setup_lapic(&fd)?;
-            if index == 0 {
-                regs::setup_sregs(&fd)?;
-                regs::setup_regs(&fd, boot.entry)?;
-            }
-            let mut vcpu = Vcpu::new(index, fd, pio.clone(), mmio.clone(), end.clone(), sync_regs);
-            if let (Some(p), Some(opts)) = (&pmu, config.pmu) {
-                let hook = SampleHook::new(
-                    p.dev.clone(),
-                    usize::from(index),
-                    p.clock.clone(),
-                    p.backend,
-                    opts.freq,
-                )
-                .with_budget(p.budget.clone());
-                vcpu.set_hook(Box::new(hook));
-            }
-            vcpus.push(vcpu);
-        }
+        let vcpus = create_vcpus(&kvm, &vm, &config, boot.entry, &buses, &end, pmu.as_ref())?;
         let handles = vcpus.iter().map(Vcpu::handle).collect();
-        log::info!(
-            "VM ready: {} vCPU(s), {} MiB, kernel {:?} ({:?})",
-            config.cpus,
-            config.mem_size >> 20,
-            config.kernel,
-            boot.format
-        );
+        log_ready(&config, &boot);
         Ok(Vm {
             config,
             vcpus,
@@ -610,6 +498,228 @@ impl Vm {
             budget_skipped,
         })
     }
+}
+
+// The boot steps of `Vm::new`, in the order it runs them.
+
+/// Refuse a vCPU count this host's KVM or the MP table cannot hold, before allocating anything.
+fn check_cpus(kvm: &Kvm, cpus: u8) -> Result<()> {
+    let max = kvm.get_max_vcpus().min(usize::from(mptable::MAX_CPUS));
+    if cpus == 0 || usize::from(cpus) > max {
+        return Err(VmError::Cpus { cpus, max });
+    }
+    Ok(())
+}
+
+/// The kernel command line, plus pvpmu's MMIO base and IRQ (if configured) for the guest driver.
+fn kernel_cmdline(config: &VmConfig) -> String {
+    match config.pmu {
+        Some(_) => with_kernel_params(
+            &config.cmdline,
+            &format!(
+                "pvpmu.base=0x{:x} pvpmu.irq={PVPMU_IRQ}",
+                layout::MMIO_DEVICES_START
+            ),
+        ),
+        None => config.cmdline.clone(),
+    }
+}
+
+/// The archive of `initrd_files` to append to the initrd; an error if there is no initrd.
+fn initrd_extra(config: &VmConfig) -> Result<Vec<u8>> {
+    if !config.initrd_files.is_empty() && config.initrd.is_none() {
+        return Err(BootError::NoInitrd.into());
+    }
+    if config.initrd_files.is_empty() {
+        Ok(Vec::new())
+    } else {
+        boot::initrd_archive(&config.initrd_files).map_err(io_err("building the initrd archive"))
+    }
+}
+
+/// Load kernel, initrd and command line into guest memory and write the zero page (e820 map).
+fn load_guest(config: &VmConfig, mem: &GuestMemoryMmap) -> Result<BootInfo> {
+    let ram = layout::ram_ranges(config.mem_size);
+    let cmdline = kernel_cmdline(config);
+    let extra = initrd_extra(config)?;
+    Ok(boot::load(
+        mem,
+        &ram,
+        &config.kernel,
+        config.initrd.as_deref(),
+        &extra,
+        &cmdline,
+    )?)
+}
+
+/// Write the GDT/IDT/page tables for entering long mode and the MP table listing the vCPUs.
+fn write_cpu_tables(mem: &GuestMemoryMmap, cpus: u8) -> Result<()> {
+    regs::write_boot_tables(mem)?;
+    mptable::setup(mem, cpus)?;
+    Ok(())
+}
+
+/// The buses vCPU exits are dispatched to: port I/O and MMIO.
+struct Buses {
+    pio: Bus,
+    mmio: Bus,
+}
+
+/// Put COM1 (the guest console, out to `console`) on the port-I/O bus, with its room-for-input fd.
+fn add_serial(
+    vm: &VmFd,
+    pio: &Bus,
+    console: Box<dyn Write + Send>,
+    end: &Arc<VmEnd>,
+) -> Result<(Arc<Mutex<Serial>>, EventFd)> {
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ)
+        .map_err(kvm_err("register serial irqfd"))?;
+    let serial_space = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        serial_irq,
+        serial_space.try_clone().map_err(io_err("eventfd"))?,
+        console::sink(console, end.clone()),
+    )));
+    pio.insert(serial.clone(), COM1_PORT, 8)?;
+    Ok((serial, serial_space))
+}
+
+/// Put the i8042 on the port-I/O bus so the guest can reboot; returns its reset eventfd.
+fn add_i8042(pio: &Bus) -> Result<EventFd> {
+    let reset_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(
+        reset_evt.try_clone().map_err(io_err("eventfd"))?,
+    )));
+    pio.insert(i8042, I8042_PORT, 5)?;
+    Ok(reset_evt)
+}
+
+/// Put the CMOS/RTC on the port-I/O bus, for the guest kernel's RTC and CMOS reads.
+fn add_cmos(pio: &Bus) -> Result<()> {
+    pio.insert(Arc::new(Mutex::new(Cmos::new())), CMOS_PORT, 2)?;
+    Ok(())
+}
+
+/// Put the debug-exit port on the port-I/O bus, so a guest write ends the VM with a status.
+fn add_debug_exit(pio: &Bus, end: &Arc<VmEnd>) -> Result<()> {
+    let end_for_port = end.clone();
+    let debug_exit = DebugExit::new(Box::new(move |status| {
+        end_for_port.request(VmOutcome::Status(status))
+    }));
+    pio.insert(Arc::new(Mutex::new(debug_exit)), DEBUG_EXIT_PORT, 1)?;
+    Ok(())
+}
+
+/// Create pvpmu with its irqfd and map it on the MMIO bus at the base the cmdline names.
+fn add_pvpmu(
+    vm: &VmFd,
+    mem: &Arc<GuestMemoryMmap>,
+    mmio: &Bus,
+    cpus: u8,
+    opts: PmuOptions,
+) -> Result<PmuState> {
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+    vm.register_irqfd(&irq, PVPMU_IRQ)
+        .map_err(kvm_err("register pvpmu irqfd"))?;
+    let dev = Pvpmu::new(
+        mem.clone(),
+        PvpmuConfig {
+            nr_vcpus: usize::from(cpus),
+            max_freq: opts.freq,
+            irq_line: PVPMU_IRQ,
+            host_timer: opts.backend == Backend::HostTimer,
+            callchains: opts.callchains || opts.backend == Backend::Kick,
+        },
+        irq,
+    );
+    mmio.insert(
+        Arc::new(dev.mmio()),
+        layout::MMIO_DEVICES_START,
+        pvpmu::regs::MMIO_SIZE,
+    )?;
+    Ok(PmuState {
+        dev,
+        clock: Arc::new(GuestClock::default()),
+        backend: opts.backend,
+        budget: Arc::new(crate::budget::SampleBudget::new(opts.budget)),
+    })
+}
+
+/// Create and configure every vCPU on the buses, with pvpmu's sampling hook when present.
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    config: &VmConfig,
+    entry: GuestAddress,
+    buses: &Buses,
+    end: &Arc<VmEnd>,
+    pmu: Option<&PmuState>,
+) -> Result<Vec<Vcpu>> {
+    let base_cpuid = cpuid::supported(kvm)?;
+    let sync_regs = kvm.check_extension(Cap::SyncRegs);
+    let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
+    for index in 0..config.cpus {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(kvm_err("create vCPU"))?;
+        configure_vcpu(&fd, &base_cpuid, index, config.cpus, entry)?;
+        let mut vcpu = Vcpu::new(
+            index,
+            fd,
+            buses.pio.clone(),
+            buses.mmio.clone(),
+            end.clone(),
+            sync_regs,
+        );
+        if let (Some(p), Some(opts)) = (pmu, config.pmu) {
+            vcpu.set_hook(Box::new(pvpmu_hook(p, index, opts.freq)));
+        }
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}
+
+/// Set a vCPU's CPUID, MSRs, FPU and LAPIC, and on vCPU 0 long-mode registers at `entry`.
+fn configure_vcpu(
+    fd: &VcpuFd,
+    base_cpuid: &CpuId,
+    index: u8,
+    cpus: u8,
+    entry: GuestAddress,
+) -> Result<()> {
+    cpuid::setup(fd, base_cpuid, index, cpus)?;
+    regs::setup_msrs(fd)?;
+    regs::setup_fpu(fd)?;
+    regs::setup_lapic(fd)?;
+    if index == 0 {
+        regs::setup_sregs(fd)?;
+        regs::setup_regs(fd, entry)?;
+    }
+    Ok(())
+}
+
+/// The hook through which vCPU `index` takes the guest's pvpmu samples, within the budget.
+fn pvpmu_hook(p: &PmuState, index: u8, freq: u32) -> SampleHook {
+    SampleHook::new(
+        p.dev.clone(),
+        usize::from(index),
+        p.clock.clone(),
+        p.backend,
+        freq,
+    )
+    .with_budget(p.budget.clone())
+}
+
+/// Log what was built, once the VM is ready to run.
+fn log_ready(config: &VmConfig, boot: &BootInfo) {
+    log::info!(
+        "VM ready: {} vCPU(s), {} MiB, kernel {:?} ({:?})",
+        config.cpus,
+        config.mem_size >> 20,
+        config.kernel,
+        boot.format
+    );
 }
 
 /// Watches the exit eventfd, the i8042 reset, the interrupt and the timeout.
