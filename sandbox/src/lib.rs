@@ -19,6 +19,7 @@
 mod collect;
 mod console;
 mod cpio;
+mod job_console;
 mod ldd;
 
 pub use collect::{TempDir, MAX_COLLECT_BYTES, MAX_COLLECT_ENTRIES};
@@ -37,7 +38,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use collect::{random_hex, unpack_collected};
-use console::{clean_line, read_lines, KeptText, Tail};
+use console::{read_lines, KeptText};
+use job_console::{JobConsole, Markers, Phase};
 
 /// The one error type of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +209,14 @@ impl Job {
             if !g.starts_with('/') || g.split('/').any(|c| c == "..") {
                 return bad(format!("guest path {g:?} must be absolute, without '..'"));
             }
+            let reserved = g.trim_end_matches('/') == "/init"
+                || g.trim_end_matches('/') == JOB_DIR
+                || g.starts_with(&format!("{JOB_DIR}/"));
+            if reserved {
+                return bad(format!(
+                    "guest path {g:?} is the sandbox's own (/init, {JOB_DIR}/); put the file elsewhere"
+                ));
+            }
         }
         if !self.workdir.starts_with('/') {
             return bad(format!("workdir {:?} must be absolute", self.workdir));
@@ -217,6 +227,11 @@ impl Job {
                 && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !ok {
                 return bad(format!("environment variable name {k:?}"));
+            }
+            if k.starts_with("SANDBOX_") {
+                return bad(format!(
+                    "environment variable {k:?}: SANDBOX_* names are the sandbox's own"
+                ));
             }
         }
         Ok(())
@@ -424,40 +439,29 @@ impl Sandbox {
             thread::spawn(move || read_lines(stderr, |l| tx2.send(Event::Err(l)).is_ok()));
 
         let mut deadline = start + self.timeout;
-        let mut all = KeptText::new(MAX_KEPT);
-        let mut output = KeptText::new(MAX_KEPT);
-        let mut tail = Tail::new(40);
+        let stop_line = markers.stop.clone();
+        let mut job_console = JobConsole::new(markers, MAX_KEPT, 40);
         let mut stderr_text = KeptText::new(MAX_KEPT_STDERR);
-        let mut collect_too_large = false;
         let mut next_collect_check = start;
-        let mut l1_boot = None;
-        let mut status = None;
-        let mut no_kvm = false;
-        let mut timed_out = false;
-        let mut silent = false;
-        let mut killed_on_request = false;
         let mut last_line = Instant::now();
-        loop {
+        let cut = loop {
             let now = Instant::now();
             if now >= deadline {
                 // After the exit marker this is only the shutdown grace period.
-                timed_out = status.is_none() && !no_kvm;
-                break;
+                break (!job_console.finished()).then_some(Cut::Timeout);
             }
             // Only once the L1 has booted and while the job runs.
             let silence_deadline = self
                 .silence_limit
-                .filter(|_| l1_boot.is_some() && status.is_none())
+                .filter(|_| job_console.running())
                 .map(|limit| last_line + limit);
             if silence_deadline.is_some_and(|d| now >= d) {
-                silent = true;
-                break;
+                break Some(Cut::Silent);
             }
             let requests = job.stop.as_ref().map_or(0, |s| s.load(Ordering::Acquire));
-            if requests >= 2 && status.is_none() {
+            if requests >= 2 && !job_console.finished() {
                 console("sandbox: stopped again; killing the L1");
-                killed_on_request = true;
-                break;
+                break Some(Cut::Stopped);
             }
             if requests >= 1 && !stop_sent {
                 stop_sent = true;
@@ -467,7 +471,7 @@ impl Sandbox {
                 // The L1's /init reads this line from its console.
                 if let Some(w) = stdin.as_mut() {
                     use std::io::Write;
-                    let _ = writeln!(w, "{}", markers.stop);
+                    let _ = writeln!(w, "{stop_line}");
                     let _ = w.flush();
                 }
                 deadline = deadline.min(Instant::now() + STOP_GRACE);
@@ -477,8 +481,7 @@ impl Sandbox {
             if job.collect.is_some() && now >= next_collect_check {
                 next_collect_check = now + COLLECT_CHECK;
                 if fs::metadata(&collect_file).is_ok_and(|m| m.len() > MAX_COLLECT_BYTES) {
-                    collect_too_large = true;
-                    break;
+                    break Some(Cut::CollectTooLarge);
                 }
             }
             let wait = (deadline.min(silence_deadline.unwrap_or(deadline)) - now)
@@ -495,36 +498,8 @@ impl Sandbox {
             match rx.recv_timeout(wait) {
                 Ok(Event::Out(raw)) => {
                     last_line = Instant::now();
-                    let line = clean_line(&raw);
-                    if line.contains(&markers.stop) {
-                        continue;
-                    }
-                    all.push_line(&line);
-                    tail.push(&line);
-                    if status.is_some() {
-                        log::debug!("L1: {line}");
-                    } else if let Some((before, st)) = markers.exit(&line) {
-                        if !before.is_empty() {
-                            console(before);
-                            output.push_line(before);
-                        }
-                        status = Some(st);
+                    if job_console.line(&raw, start.elapsed(), console) {
                         deadline = deadline.min(Instant::now() + SHUTDOWN_GRACE);
-                    } else if line.contains(&markers.no_kvm) {
-                        no_kvm = true;
-                        deadline = deadline.min(Instant::now() + SHUTDOWN_GRACE);
-                    } else if let Some(before) = markers.start(&line) {
-                        l1_boot = Some(start.elapsed());
-                        if !before.is_empty() {
-                            console(before);
-                        }
-                    } else if l1_boot.is_some() {
-                        console(&line);
-                        output.push_line(&line);
-                    } else if line.starts_with("sandbox:") {
-                        console(&line);
-                    } else {
-                        log::debug!("L1: {line}");
                     }
                 }
                 Ok(Event::Err(line)) => {
@@ -538,10 +513,10 @@ impl Sandbox {
                     stderr_text.push_line(&line);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break None,
             }
-        }
-        let exit = if timed_out || silent || killed_on_request || collect_too_large {
+        };
+        let exit = if cut.is_some() {
             child.kill();
             None
         } else {
@@ -557,40 +532,36 @@ impl Sandbox {
         drop(child);
         let _ = out_thread.join();
         let _ = err_thread.join();
-        let tail_text = || tail.text();
-        if collect_too_large {
-            return Err(Error::CollectTooLarge {
+        let tail_text = || job_console.tail.text();
+        match (cut, job_console.phase(), exit) {
+            (Some(Cut::CollectTooLarge), _, _) => Err(Error::CollectTooLarge {
                 limit: MAX_COLLECT_BYTES,
-            });
-        }
-
-        if no_kvm {
-            return Err(Error::NoKvm { tail: tail_text() });
-        }
-        match (status, exit) {
-            (Some(status), _) => {
+            }),
+            (_, Phase::NoKvm, _) => Err(Error::NoKvm { tail: tail_text() }),
+            (_, Phase::Ended(status), _) => {
                 if let Some((_, host)) = &job.collect {
                     unpack_collected(&collect_file, host)?;
                 }
                 Ok(Outcome {
                     status,
-                    output: output.into_string(),
-                    l1_boot: l1_boot.unwrap_or(total),
+                    l1_boot: job_console.l1_boot().unwrap_or(total),
                     total,
-                    console: all.into_string(),
+                    output: job_console.output.into_string(),
+                    console: job_console.all.into_string(),
                 })
             }
-            (None, None) if killed_on_request => Err(Error::Stopped),
-            (None, None) if silent => Err(Error::Silent {
+            (Some(Cut::Stopped), _, _) => Err(Error::Stopped),
+            (Some(Cut::Silent), _, _) => Err(Error::Silent {
                 silence: self.silence_limit.unwrap_or_default(),
                 tail: tail_text(),
             }),
-            (None, None) => Err(Error::Timeout {
+            (Some(Cut::Timeout), _, _) => Err(Error::Timeout {
                 timeout: self.timeout,
                 tail: tail_text(),
             }),
-            (None, Some(exit)) => Err(Error::NoExitMarker {
+            (None, _, exit) => Err(Error::NoExitMarker {
                 status: exit
+                    .flatten()
                     .map(|s| s.to_string())
                     .unwrap_or_else(|| "did not exit, killed".into()),
                 tail: tail_text(),
@@ -707,8 +678,17 @@ impl Sandbox {
         for (host, guest) in &job.dirs {
             add_tree(&mut w, host, guest)?;
         }
-        let init = init_script(job, &modules, nonce);
-        w.file_bytes("init", 0o755, init.as_bytes())
+        let files = job_files(job, &modules, nonce);
+        w.dir(&JOB_DIR[1..], 0o755).map_err(ctx(JOB_DIR))?;
+        for (name, text) in [
+            ("job.env", &files.env),
+            ("job.sh", &files.sh),
+            ("modules", &files.modules),
+        ] {
+            w.file_bytes(&format!("{}/{name}", &JOB_DIR[1..]), 0o644, text.as_bytes())
+                .map_err(ctx(name))?;
+        }
+        w.file_bytes("init", 0o755, INIT_SH.as_bytes())
             .map_err(ctx("init"))?;
         w.finish().map_err(ctx("finish"))?;
         Ok(())
@@ -763,112 +743,62 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-fn init_script(job: &Job, modules: &[String], nonce: &str) -> String {
+/// The L1's /init: a fixed script, the job's parameters beside it.
+const INIT_SH: &str = include_str!("init.sh");
+
+/// Where /init finds what [`JobFiles`] holds; job files may not go there.
+const JOB_DIR: &str = "/sandbox";
+
+/// The per-job files [`INIT_SH`] reads (all values sh-quoted).
+struct JobFiles {
+    /// `/sandbox/job.env`: the SANDBOX_* settings.
+    env: String,
+    /// `/sandbox/job.sh`: the job's exports and `set --` argv.
+    sh: String,
+    /// `/sandbox/modules`: module file names, one a line.
+    modules: String,
+}
+
+fn job_files(job: &Job, modules: &[String], nonce: &str) -> JobFiles {
     let m = Markers::new(nonce);
+    let var = |k: &str, v: &str| format!("SANDBOX_{k}={}\n", shell_quote(v));
+    let env = [
+        var("START", &m.start),
+        var("EXIT", &m.exit_prefix),
+        var("NO_KVM", &m.no_kvm),
+        var("STOP", &m.stop),
+        var("STOPPABLE", if job.stop.is_some() { "1" } else { "" }),
+        var("WORKDIR", &job.workdir),
+        var(
+            "COLLECT",
+            job.collect.as_ref().map_or("", |(dir, _)| dir.as_str()),
+        ),
+    ]
+    .concat();
     let exports: String = job
         .env
         .iter()
         .map(|(k, v)| format!("export {k}={}\n", shell_quote(v)))
         .collect();
     let argv: Vec<String> = job.argv.iter().map(|a| shell_quote(a)).collect();
-    let modules: Vec<String> = modules.iter().map(|a| shell_quote(a)).collect();
-    format!(
-        r#"#!/bin/busybox sh
-# L1 sandbox /init, generated by the sandbox crate.
-/bin/busybox --install -s
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs -o mode=1777 tmpfs /tmp
-ln -s /proc/self/fd /dev/fd 2>/dev/null
-for m in {modules}; do
-    out=$(insmod /lib/modules/sandbox/"$m" 2>&1) || echo "sandbox: insmod $m failed: $out"
-done
-if [ ! -c /dev/kvm ]; then
-    echo "sandbox: /dev/kvm is missing after loading the kvm modules; kernel log:"
-    dmesg | grep -i -E 'kvm|svm|ccp' | sed 's/^/sandbox:   /'
-    grep -q -w svm /proc/cpuinfo || echo "sandbox: the L1 CPU has no svm flag"
-    echo "{no_kvm}"
-    poweroff -f
-fi
-mkdir -p {workdir} && cd {workdir} || {{ echo "{exit_prefix}126@@"; poweroff -f; }}
-{exports}echo "{start}"
-{collect_pre}{run}
-{collect_post}echo "{exit_prefix}$status@@"
-poweroff -f
-"#,
-        modules = modules.join(" "),
-        collect_pre = match &job.collect {
-            Some((dir, _)) => format!("mkdir -p {}\n", shell_quote(dir)),
-            None => String::new(),
-        },
-        // ttyS1 is QEMU's second serial port, backed by a host file; raw, so
-        // the tar stream arrives byte for byte.
-        collect_post = match &job.collect {
-            Some((dir, _)) => format!(
-                "stty -F /dev/ttyS1 raw -echo 2>/dev/null\ntar -C {} -cf - . > /dev/ttyS1 || echo \"sandbox: collecting {} failed\"\n",
-                shell_quote(dir),
-                dir
-            ),
-            None => String::new(),
-        },
-        run = if job.stop.is_some() {
-            // Stoppable: the job in the background, and a reader of the
-            // console's input that sends it SIGTERM on the stop line.
-            format!(
-                "stty -echo </dev/console 2>/dev/null\n{argv} </dev/null &\njob=$!\n\
-                 ( while read -r l; do [ \"$l\" = \"{stop}\" ] && kill -TERM $job; done ) </dev/console &\n\
-                 watch=$!\nwait $job\nstatus=$?\nkill $watch 2>/dev/null",
-                argv = argv.join(" "),
-                stop = m.stop,
-            )
-        } else {
-            format!("{} </dev/null\nstatus=$?", argv.join(" "))
-        },
-        no_kvm = m.no_kvm,
-        workdir = shell_quote(&job.workdir),
-        exit_prefix = m.exit_prefix,
-        start = m.start,
-    )
+    JobFiles {
+        env,
+        sh: format!("{exports}set -- {}\n", argv.join(" ")),
+        modules: modules.iter().map(|m| format!("{m}\n")).collect(),
+    }
 }
 
-/// Marker lines printed by the L1 /init; the nonce keeps job output from forging them.
-struct Markers {
-    start: String,
-    exit_prefix: String,
-    no_kvm: String,
-    /// Written to the L1's console input to stop a stoppable job.
-    stop: String,
-}
-
-impl Markers {
-    fn new(nonce: &str) -> Markers {
-        Markers {
-            start: format!("@@sandbox-{nonce}-start@@"),
-            exit_prefix: format!("@@sandbox-{nonce}-exit="),
-            no_kvm: format!("@@sandbox-{nonce}-no-kvm@@"),
-            stop: format!("@@sandbox-{nonce}-stop@@"),
-        }
-    }
-
-    /// Text before the start marker, if `line` has it.
-    fn start<'a>(&self, line: &'a str) -> Option<&'a str> {
-        line.find(&self.start).map(|i| &line[..i])
-    }
-
-    /// (text before the marker, status) if `line` has the exit marker.
-    fn exit<'a>(&self, line: &'a str) -> Option<(&'a str, i32)> {
-        let i = line.find(&self.exit_prefix)?;
-        let rest = &line[i + self.exit_prefix.len()..];
-        let status = rest
-            .strip_suffix("@@")
-            .or_else(|| rest.split("@@").next())?
-            .trim()
-            .parse()
-            .ok()?;
-        Some((&line[..i], status))
-    }
+/// Why the loop cut the L1 short (QEMU is killed), rather than wait for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// `timeout` passed before the job ended.
+    Timeout,
+    /// No console line for the silence limit while the job ran.
+    Silent,
+    /// Stopped a second time.
+    Stopped,
+    /// The collect file outgrew its limit.
+    CollectTooLarge,
 }
 
 enum Event {
@@ -914,34 +844,56 @@ mod tests {
     use super::*;
 
     #[test]
-    fn markers_parse_and_survive_missing_newlines() {
-        let m = Markers::new("abc");
-        assert_eq!(m.exit("@@sandbox-abc-exit=3@@"), Some(("", 3)));
-        assert_eq!(
-            m.exit("partial line@@sandbox-abc-exit=0@@"),
-            Some(("partial line", 0))
-        );
-        assert_eq!(m.exit("@@sandbox-xyz-exit=3@@"), None);
-        assert_eq!(m.start("x@@sandbox-abc-start@@"), Some("x"));
-    }
-
-    #[test]
     fn shell_quoting() {
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote("$HOME; rm"), "'$HOME; rm'");
     }
 
     #[test]
-    fn init_script_runs_the_job_quoted() {
+    fn the_job_reaches_init_quoted() {
         let job = Job::new(["/bin/t", "a b", "c'd"])
             .env("RUST_LOG", "debug x")
             .workdir("/work dir");
-        let s = init_script(&job, &["kvm.ko".into()], "n");
-        assert!(s.contains("'/bin/t' 'a b' 'c'\\''d' </dev/null\n"), "{s}");
-        assert!(s.contains("export RUST_LOG='debug x'\n"), "{s}");
-        assert!(s.contains("mkdir -p '/work dir' && cd '/work dir'"), "{s}");
-        assert!(s.contains("for m in 'kvm.ko'; do"), "{s}");
-        assert!(s.contains("@@sandbox-n-exit=$status@@"), "{s}");
+        let f = job_files(&job, &["kvm.ko".into(), "kvm-amd.ko".into()], "n");
+        assert_eq!(
+            f.sh,
+            "export RUST_LOG='debug x'\nset -- '/bin/t' 'a b' 'c'\\''d'\n"
+        );
+        assert!(f.env.contains("SANDBOX_WORKDIR='/work dir'\n"), "{}", f.env);
+        assert!(f.env.contains("SANDBOX_EXIT='@@sandbox-n-exit='\n"));
+        assert!(f.env.contains("SANDBOX_STOPPABLE=''\n"));
+        assert!(f.env.contains("SANDBOX_COLLECT=''\n"));
+        assert_eq!(f.modules, "kvm.ko\nkvm-amd.ko\n");
+        // The fixed script uses every setting it is given, and nothing else.
+        for line in f.env.lines() {
+            let name = line.split('=').next().unwrap();
+            assert!(
+                INIT_SH.contains(&format!("${name}")) || INIT_SH.contains(&format!("${{{name}}}")),
+                "{name} unused"
+            );
+        }
+        let stoppable = job
+            .stoppable(Arc::new(AtomicU32::new(0)))
+            .collect("/out", "/h");
+        let f = job_files(&stoppable, &[], "n");
+        assert!(f.env.contains("SANDBOX_STOPPABLE='1'\n"));
+        assert!(f.env.contains("SANDBOX_COLLECT='/out'\n"));
+    }
+
+    /// The script itself is valid sh (busybox's is the one that runs it;
+    /// the host's `sh -n` catches a syntax error before any L1 boots).
+    #[test]
+    fn init_script_parses() {
+        let out = std::process::Command::new("sh")
+            .arg("-n")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/src/init.sh"))
+            .output()
+            .expect("sh runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]
@@ -969,6 +921,18 @@ mod tests {
             .is_err());
         assert!(Job::shell("true").env("1X", "v").validate().is_err());
         assert!(Job::shell("true").env("A-B", "v").validate().is_err());
+        for reserved in ["/init", "/sandbox", "/sandbox/job.sh", "/sandbox/x/"] {
+            let e = Job::shell("true").file("/x", reserved).validate();
+            assert!(e.is_err(), "{reserved}");
+        }
+        assert!(Job::shell("true")
+            .dir("/tmp", "/sandboxes/a")
+            .validate()
+            .is_ok());
+        assert!(Job::shell("true")
+            .env("SANDBOX_EXIT", "x")
+            .validate()
+            .is_err());
         assert!(Job::shell("true")
             .env("RUST_BACKTRACE", "1")
             .file("/x", "/y")
