@@ -879,3 +879,49 @@ fn delayed_ticks_take_their_task_from_the_guests_switch_log() {
     }
     assert!(r.dev.tick_tasks(5, &[1]).iter().all(Option::is_none));
 }
+
+/// The device has no outer lock (vCPUs enter it at once), so two vCPUs
+/// that hand over the same pages at the same moment must not both get
+/// them: the check that a page is free and its claim are one step.
+#[test]
+fn two_vcpus_racing_for_the_same_pages_do_not_both_get_them() {
+    use std::sync::Barrier;
+
+    const ROUNDS: u64 = 1500;
+    const LISTS: u64 = 0x80000;
+    const FIRST: u64 = 0x10_0000;
+    let r = rig(2);
+    // Round i's ring: a control page and one data page, fresh each round.
+    for i in 0..ROUNDS {
+        r.w64(LISTS + 16 * i, FIRST + 2 * i * 0x1000);
+        r.w64(LISTS + 16 * i + 8, FIRST + (2 * i + 1) * 0x1000);
+    }
+    let barrier = Arc::new(Barrier::new(2));
+    let run = |n: u64| {
+        let mmio = r.dev.mmio();
+        let barrier = barrier.clone();
+        move || {
+            let b = BANK_BASE + n * BANK_SIZE;
+            let mut won = Vec::new();
+            for i in 0..ROUNDS {
+                mmio.write(b + bank::ARG0, &(LISTS + 16 * i).to_le_bytes());
+                mmio.write(b + bank::ARG1, &1u64.to_le_bytes());
+                barrier.wait();
+                mmio.write(b + bank::CMD, &cmd::SET_RING.to_le_bytes());
+                let mut s = [0u8; 4];
+                mmio.read(b + bank::STATUS, &mut s);
+                won.push(u32::from_le_bytes(s) == status::OK);
+            }
+            won
+        }
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(run(0));
+        let b = s.spawn(run(1));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let both = a.iter().zip(&b).filter(|(x, y)| **x && **y).count();
+    let neither = a.iter().zip(&b).filter(|(x, y)| !**x && !**y).count();
+    assert_eq!(both, 0, "{both} of {ROUNDS} rings went to both vCPUs");
+    assert_eq!(neither, 0, "{neither} of {ROUNDS} rings went to no vCPU");
+}

@@ -71,8 +71,6 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
         lock(&self.inner.declared).retain(|_, o| *o != Owner::State(n) && *o != Owner::Ring(n));
     }
 
-    /// A page the guest hands over: aligned, in RAM, not already declared
-    /// by anything except `replacing`.
     pub(super) fn cmd_set_state(&self, n: usize, slot: &mut Slot<M>, gpa: u64) -> CmdResult {
         if slot.running {
             return Err(Reject(
@@ -81,8 +79,9 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
                 "SET_STATE while running; STOP first".into(),
             ));
         }
-        self.check_page(gpa, "state page", Owner::State(n))?;
-        self.declare(&[gpa], Owner::State(n));
+        let claim = self.claim();
+        self.check_page(&claim, gpa, "state page", Owner::State(n))?;
+        claim.declare(&[gpa], Owner::State(n));
         slot.state = Some(StatePage(GuestAddress(gpa)));
         slot.aux = AuxSession::default();
         Ok(0)
@@ -109,8 +108,11 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
             )));
         }
         let pages = self.read_list(list, nr_data + 1, "ring")?;
+        // Held until the pages are the ring's (the producer set-up in
+        // between writes the control page).
+        let claim = self.claim();
         for (i, p) in pages.iter().enumerate() {
-            self.check_page(*p, &format!("ring page {i}"), Owner::Ring(n))?;
+            self.check_page(&claim, *p, &format!("ring page {i}"), Owner::Ring(n))?;
         }
         let layout = GuestRingLayout {
             page_size: regs::PAGE_SIZE as usize,
@@ -125,7 +127,7 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
             ..Default::default()
         };
         let producer = Producer::new(ring, cfg).map_err(|e| einval(e.to_string()))?;
-        self.declare(&pages, Owner::Ring(n));
+        claim.declare(&pages, Owner::Ring(n));
         slot.ring = Some(producer);
         slot.ring_pages = pages;
         slot.gen = None;
@@ -142,11 +144,12 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
         let pages = self.read_list(list, nr, "AUX")?;
         let mut table = lock(&self.inner.aux);
         let id = table.next_id;
+        let claim = self.claim();
         for (i, p) in pages.iter().enumerate() {
-            self.check_page(*p, &format!("AUX page {i}"), Owner::Aux(id))?;
+            self.check_page(&claim, *p, &format!("AUX page {i}"), Owner::Aux(id))?;
         }
         table.next_id += 1;
-        self.declare(&pages, Owner::Aux(id));
+        claim.declare(&pages, Owner::Aux(id));
         table.bufs.insert(id, AuxBuffer { pages });
         Ok(id)
     }

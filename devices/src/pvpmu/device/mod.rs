@@ -22,7 +22,12 @@
 //! - `slots[n]` (one mutex per vCPU) serialises a command targeting vCPU `n`
 //!   with vCPU `n`'s own writer. `aux` (the AUX buffer table) and `declared`
 //!   (every page the guest handed to the device) are short global locks,
-//!   always taken after a slot lock, never the other way round.
+//!   always taken after a slot lock, never the other way round (`aux`
+//!   before `declared` when both are held).
+//! - The device is on the MMIO bus with no lock around it (it implements
+//!   `BusDeviceSync`), so vCPUs are inside it at once: anything that must
+//!   be one step (checking that pages are free and claiming them) holds
+//!   the one lock that covers it for the whole step (`pages::Claim`).
 //!
 //! # Untrusted guest
 //!

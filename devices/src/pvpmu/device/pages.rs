@@ -1,10 +1,41 @@
 //! Ownership of guest pages: every page the guest hands over is checked
 //! (in RAM, aligned, not already another object's) and recorded.
+//!
+//! The check and the claim happen under one hold of the `declared` lock
+//! ([`Claim`]): vCPUs enter the device concurrently (it has no outer bus
+//! lock), so a check released before the claim would let two vCPUs take
+//! the same page.
+
+/// The page-owner table, locked from the first check to the claim.
+pub(super) struct Claim<'a>(MutexGuard<'a, BTreeMap<u64, Owner>>);
+
+impl Claim<'_> {
+    /// Give `owner` exactly `pages` (its earlier pages are released).
+    pub(super) fn declare(mut self, pages: &[u64], owner: Owner) {
+        self.0.retain(|_, o| *o != owner);
+        for p in pages {
+            self.0.insert(*p, owner);
+        }
+    }
+}
 
 use super::*;
 
 impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
-    pub(super) fn check_page(&self, gpa: u64, what: &str, replacing: Owner) -> Result<(), Reject> {
+    /// Lock the page-owner table for a check-then-claim.
+    pub(super) fn claim(&self) -> Claim<'_> {
+        Claim(lock(&self.inner.declared))
+    }
+
+    /// A page the guest hands over: aligned, in RAM, not owned by anything
+    /// except `replacing`.
+    pub(super) fn check_page(
+        &self,
+        claim: &Claim<'_>,
+        gpa: u64,
+        what: &str,
+        replacing: Owner,
+    ) -> Result<(), Reject> {
         if !gpa.is_multiple_of(regs::PAGE_SIZE) {
             return Err(efault(format!("{what} 0x{gpa:x} is not 4 KiB aligned")));
         }
@@ -15,7 +46,7 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
         {
             return Err(efault(format!("{what} 0x{gpa:x} is not guest RAM")));
         }
-        match lock(&self.inner.declared).get(&gpa) {
+        match claim.0.get(&gpa) {
             Some(o) if *o != replacing => Err(efault(format!(
                 "{what} 0x{gpa:x} is already declared ({o:?})"
             ))),
@@ -45,13 +76,5 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
             return Err(efault(format!("{what} page list names a page twice")));
         }
         Ok(pages)
-    }
-
-    pub(super) fn declare(&self, pages: &[u64], owner: Owner) {
-        let mut d = lock(&self.inner.declared);
-        d.retain(|_, o| *o != owner);
-        for p in pages {
-            d.insert(*p, owner);
-        }
     }
 }
