@@ -127,12 +127,16 @@ impl KeptText {
             return;
         }
         let keep = self.cap / 4 * 3;
-        let from = self.text.len() - keep;
+        // A byte count can fall inside a character (the guest chooses the
+        // text): start the search for a line end at the next boundary.
+        let mut from = self.text.len() - keep;
+        while !self.text.is_char_boundary(from) {
+            from += 1;
+        }
         let cut = match self.text[from..].find('\n') {
             Some(i) => from + i + 1,
             None => self.text.len(),
         };
-        // `from` may sit inside a character; the cut is after a '\n'.
         self.text.drain(..cut);
         self.dropped += cut as u64;
     }
@@ -222,6 +226,21 @@ mod tests {
             true
         });
         v
+    }
+
+    /// The cut point is a byte count: in text of multibyte characters it
+    /// can fall inside one, which must not panic (the guest chooses the text).
+    #[test]
+    fn kept_text_cuts_multibyte_text_on_a_character() {
+        for cap in [7, 8, 9, 10, 11, 64] {
+            let mut k = KeptText::new(cap);
+            for _ in 0..20 {
+                k.push_line("ééé€€");
+                k.push_line("\u{1F600}x");
+            }
+            let s = k.into_string();
+            assert!(s.ends_with("\u{1F600}x\n"), "{s}");
+        }
     }
 
     #[test]

@@ -946,3 +946,35 @@ mod tests {
         assert!(e.to_string().contains("scripts/fetch-sandbox.sh"), "{e}");
     }
 }
+
+/// Entry points for the fuzz targets under `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::time::Duration;
+
+    use crate::console::read_lines;
+    use crate::job_console::{JobConsole, Markers, Phase};
+
+    /// Reads `stream` as the L1's console arrives (bounded lines) through
+    /// the job console for `nonce`, keeping `cap` bytes of text. Returns
+    /// the job's status if its exit marker came, and the lengths of the
+    /// whole kept console and of the kept job output.
+    pub fn console_stream(stream: &[u8], nonce: &str, cap: usize) -> (Option<i32>, usize, usize) {
+        let mut c = JobConsole::new(Markers::new(nonce), cap, 40);
+        read_lines(stream, |l| {
+            c.line(&l, Duration::ZERO, &mut |_| {});
+            true
+        });
+        let status = match c.phase() {
+            Phase::Ended(s) => Some(s),
+            _ => None,
+        };
+        let tail = c.tail.text().len();
+        assert!(tail <= 40 * (crate::console::MAX_LINE + 64) + 40);
+        (
+            status,
+            c.all.into_string().len(),
+            c.output.into_string().len(),
+        )
+    }
+}
