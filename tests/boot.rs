@@ -153,6 +153,31 @@ fn console_output_arrives_in_full() {
     });
 }
 
+/// The guest's console bytes pass the terminal filter (vmm/src/term_filter.rs)
+/// before they reach perfvisor's stdout: here a pipe, so no escape sequence
+/// at all may arrive, while the text around them does.
+#[test]
+fn guest_escape_sequences_do_not_reach_the_host_terminal() {
+    boot_test(
+        "guest_escape_sequences_do_not_reach_the_host_terminal",
+        || {
+            let r = boot(&[
+                "--",
+                r"printf 'A\033]0;title\007B\033]52;c;eA==\033\\C\033[31mD\033[0m\302\2335mE\n'",
+            ]);
+            r.check(r.status == 0, "printf runs");
+            r.check(
+                r.stdout.contains("ABCDE"),
+                "the text around the sequences arrives",
+            );
+            r.check(
+                !r.stdout.contains('\u{1b}') && !r.stdout.contains('\u{9b}'),
+                "no ESC or C1 byte reaches stdout",
+            );
+        },
+    );
+}
+
 #[test]
 fn timeout_stops_a_stuck_guest() {
     boot_test("timeout_stops_a_stuck_guest", || {

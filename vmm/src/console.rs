@@ -14,6 +14,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::end::{VmEnd, VmOutcome};
+use crate::term_filter::{Mode, TermFilter};
 
 /// The serial output sink: the user's writer behind a line tap.
 pub type ConsoleSink = LineTap<Box<dyn Write + Send>, Box<dyn FnMut(&str) + Send>>;
@@ -24,8 +25,12 @@ pub type Serial = SerialDevice<ConsoleSink>;
 /// perfvisor stops it (a kernel booted without `panic=` never reboots).
 pub const PANIC_GRACE: Duration = Duration::from_secs(3);
 
-/// Wrap `out` so every console line is checked by `exit`.
+/// Wrap `out` so every console line is checked by `end` (the raw text),
+/// and what reaches `out` has passed the terminal filter
+/// (`crate::term_filter`: no string sequences or C1 controls ever, and no
+/// escape sequences at all unless stdout is a terminal).
 pub fn sink(out: Box<dyn Write + Send>, end: Arc<VmEnd>) -> ConsoleSink {
+    let out: Box<dyn Write + Send> = Box::new(TermFilter::new(out, Mode::for_stdout()));
     let on_line: Box<dyn FnMut(&str) + Send> = Box::new(move |line: &str| {
         if end.observe_console_line(line) {
             let end = end.clone();

@@ -28,6 +28,7 @@ pub mod payload;
 pub mod probe;
 pub mod recorder;
 pub mod sampler;
+pub mod term_filter;
 pub mod vcpu;
 pub mod vm;
 
