@@ -7,8 +7,10 @@
 //! a terminal report its title back as input. On a terminal the remaining
 //! CSI and two-byte escapes (colours, cursor movement: what a guest shell's
 //! line editing needs) pass; anywhere else (a pipe, a CI log) every escape
-//! sequence is removed, as the sandbox path does. Plain text and C0
-//! controls other than ESC pass unchanged.
+//! sequence is removed, as the sandbox path does. Text passes as valid
+//! UTF-8 only (bytes that are not, including raw 0x80..=0x9f, which an
+//! 8-bit terminal takes as C1, are dropped); C0 controls other than ESC
+//! pass unchanged.
 //!
 //! The filter is a byte state machine that holds at most one CSI sequence
 //! ([`MAX_CSI`] bytes; a longer one is dropped whole), so its memory is
@@ -46,8 +48,8 @@ impl Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Ground,
-    /// After 0xc2 in ground: the next byte may make it a C1 control.
-    C2,
+    /// Inside a multibyte UTF-8 character (held in `ch` until complete).
+    Utf8,
     Esc,
     /// ESC followed by intermediates (0x20..=0x2f), until the final byte.
     EscIntermediate,
@@ -69,6 +71,9 @@ pub struct TermFilter<W: Write> {
     state: State,
     /// The escape or CSI sequence being collected (at most MAX_CSI bytes).
     seq: Vec<u8>,
+    /// The UTF-8 character being collected, and its full length.
+    ch: Vec<u8>,
+    ch_len: usize,
     /// Bytes removed so far.
     dropped: u64,
 }
@@ -80,6 +85,8 @@ impl<W: Write> TermFilter<W> {
             mode,
             state: State::Ground,
             seq: Vec::with_capacity(MAX_CSI),
+            ch: Vec::with_capacity(4),
+            ch_len: 0,
             dropped: 0,
         }
     }
@@ -89,11 +96,31 @@ impl<W: Write> TermFilter<W> {
         self.dropped
     }
 
+    fn begin_char(&mut self, lead: u8, len: usize) {
+        self.ch.clear();
+        self.ch.push(lead);
+        self.ch_len = len;
+        self.state = State::Utf8;
+    }
+
+    /// Whether `b` is a valid next byte of the character in `ch` (no
+    /// overlong forms, which a lenient terminal could decode as C1).
+    fn continues(&self, b: u8) -> bool {
+        let range = match (self.ch.len(), self.ch[0]) {
+            (1, 0xe0) => 0xa0..=0xbf,
+            (1, 0xed) => 0x80..=0x9f,
+            (1, 0xf0) => 0x90..=0xbf,
+            (1, 0xf4) => 0x80..=0x8f,
+            _ => 0x80..=0xbf,
+        };
+        range.contains(&b)
+    }
+
     fn string_start(b: u8) -> bool {
         matches!(b, b']' | b'P' | b'X' | b'^' | b'_')
     }
 
-    /// The C1 control 0x80..=0x9f (as the second byte of U+0080..U+009F).
+    /// The C1 control U+0080..U+009F (`b` is its second UTF-8 byte).
     fn c1(&mut self, b: u8) {
         self.dropped += 2;
         self.state = match b {
@@ -116,14 +143,32 @@ impl<W: Write> TermFilter<W> {
                     self.seq.push(b);
                     self.state = State::Esc;
                 }
-                0xc2 => self.state = State::C2,
-                _ => out.push(b),
+                0x00..=0x7f => out.push(b),
+                0xc2..=0xdf => self.begin_char(b, 2),
+                0xe0..=0xef => self.begin_char(b, 3),
+                0xf0..=0xf4 => self.begin_char(b, 4),
+                // A stray continuation byte or a byte that never starts a
+                // character: not UTF-8, and on an 8-bit terminal 0x80..=0x9f
+                // would be a C1 control.
+                _ => self.dropped += 1,
             },
-            State::C2 => {
-                if (0x80..=0x9f).contains(&b) {
-                    self.c1(b);
+            State::Utf8 => {
+                if self.continues(b) {
+                    self.ch.push(b);
+                    if self.ch.len() == self.ch_len {
+                        if self.ch[0] == 0xc2 && self.ch[1] <= 0x9f {
+                            let c1 = self.ch[1];
+                            self.ch.clear();
+                            self.c1(c1);
+                        } else {
+                            out.extend_from_slice(&self.ch);
+                            self.ch.clear();
+                            self.state = State::Ground;
+                        }
+                    }
                 } else {
-                    out.push(0xc2);
+                    self.dropped += self.ch.len() as u64;
+                    self.ch.clear();
                     self.state = State::Ground;
                     self.step(b, out);
                 }
@@ -137,16 +182,24 @@ impl<W: Write> TermFilter<W> {
                     self.state = State::Str;
                 } else if (0x20..=0x2f).contains(&b) {
                     self.state = State::EscIntermediate;
-                } else {
+                } else if (0x30..=0x7e).contains(&b) {
                     self.finish(out, true);
+                } else {
+                    self.abort(b, out);
                 }
             }
             State::EscIntermediate => {
-                if self.seq.len() < MAX_CSI {
+                if (0x20..=0x2f).contains(&b) {
+                    if self.seq.len() < MAX_CSI {
+                        self.seq.push(b);
+                    } else {
+                        self.dropped += 1;
+                    }
+                } else if (0x30..=0x7e).contains(&b) {
                     self.seq.push(b);
-                }
-                if !(0x20..=0x2f).contains(&b) {
                     self.finish(out, true);
+                } else {
+                    self.abort(b, out);
                 }
             }
             State::Csi => {
@@ -155,12 +208,7 @@ impl<W: Write> TermFilter<W> {
                     // Window operations can report the title as input.
                     self.finish(out, b != b't');
                 } else if !(0x20..=0x3f).contains(&b) {
-                    // Not a CSI byte: the sequence is broken; drop it and
-                    // treat this byte afresh.
-                    self.dropped += self.seq.len() as u64;
-                    self.seq.clear();
-                    self.state = State::Ground;
-                    self.step(b, out);
+                    self.abort(b, out);
                 } else if self.seq.len() >= MAX_CSI {
                     self.dropped += self.seq.len() as u64 + 1;
                     self.seq.clear();
@@ -197,6 +245,15 @@ impl<W: Write> TermFilter<W> {
                 self.state = if b == 0x9c { State::Ground } else { State::Str };
             }
         }
+    }
+
+    /// A byte that cannot continue the sequence being collected: the
+    /// sequence is dropped and the byte is taken afresh.
+    fn abort(&mut self, b: u8, out: &mut Vec<u8>) {
+        self.dropped += self.seq.len() as u64;
+        self.seq.clear();
+        self.state = State::Ground;
+        self.step(b, out);
     }
 
     /// A complete escape or CSI sequence: passed on a terminal when `ok`.
@@ -292,9 +349,28 @@ mod tests {
         assert!(f.dropped() > 2 << 20);
     }
 
+    /// Found by the legacy_bus fuzz target: ESC then a UTF-8 lead byte
+    /// used to take the lead byte as the escape's final, and the C1 byte
+    /// after it then passed.
+    #[test]
+    fn an_escape_cut_by_a_non_ascii_byte_lets_no_c1_through() {
+        for mode in [Mode::Terminal, Mode::Plain] {
+            assert_eq!(
+                run(mode, b"\x00\x1b\x00\x1b\xc2\x8c\x00\x05$"),
+                b"\x00\x00\x00\x05$"
+            );
+            assert_eq!(run(mode, b"\x1b(\xc2\x9b1mx"), b"x");
+            assert_eq!(run(mode, b"\x1b\xc3\xa9"), "é".as_bytes());
+            // A lone lead byte, then an aborted escape, then a C1 byte.
+            assert_eq!(run(mode, b"\xc2\x1b\x05\xc2\x1b\x88"), b"\x05");
+            // Raw C1 bytes and an overlong encoding of U+009B.
+            assert_eq!(run(mode, b"a\x9b1mb\xe0\x82\x9bc\xff"), b"a1mbc");
+        }
+    }
+
     #[test]
     fn a_broken_csi_keeps_the_byte_that_broke_it() {
         assert_eq!(run(Mode::Terminal, b"\x1b[12\nnext"), b"\nnext");
-        assert_eq!(run(Mode::Plain, b"\xc2x\xc2"), b"\xc2x");
+        assert_eq!(run(Mode::Plain, b"\xc2x\xc2"), b"x");
     }
 }
