@@ -71,6 +71,9 @@ pub struct TermFilter<W: Write> {
     state: State,
     /// The escape or CSI sequence being collected (at most MAX_CSI bytes).
     seq: Vec<u8>,
+    /// What one write passes on, reused: the serial device writes a byte
+    /// at a time.
+    out: Vec<u8>,
     /// The UTF-8 character being collected, and its full length.
     ch: Vec<u8>,
     ch_len: usize,
@@ -85,6 +88,7 @@ impl<W: Write> TermFilter<W> {
             mode,
             state: State::Ground,
             seq: Vec::with_capacity(MAX_CSI),
+            out: Vec::new(),
             ch: Vec::with_capacity(4),
             ch_len: 0,
             dropped: 0,
@@ -270,12 +274,20 @@ impl<W: Write> TermFilter<W> {
 
 impl<W: Write> Write for TermFilter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut out = Vec::with_capacity(buf.len());
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
         for &b in buf {
             self.step(b, &mut out);
         }
-        self.inner.write_all(&out)?;
-        Ok(buf.len())
+        // Bytes held in a sequence or character reach `inner` with the
+        // write that completes them.
+        let done = if out.is_empty() {
+            Ok(())
+        } else {
+            self.inner.write_all(&out)
+        };
+        self.out = out;
+        done.map(|()| buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
