@@ -249,28 +249,20 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
         let size = match lock(&self.inner.aux).bufs.get(&view.buf) {
             Some(b) => b.size(),
             None => {
-                self.inner
-                    .counters
-                    .err_state
-                    .fetch_add(1, Ordering::Relaxed);
-                warn_rate_limited!(
-                    slot.log,
-                    "pvpmu: AUX session names unknown buffer {}",
-                    view.buf
+                self.reject_state(
+                    slot,
+                    format_args!("AUX session names unknown buffer {}", view.buf),
                 );
                 return;
             }
         };
         if view.room > size || view.wakeup > size {
-            self.inner
-                .counters
-                .err_state
-                .fetch_add(1, Ordering::Relaxed);
-            warn_rate_limited!(
-                slot.log,
-                "pvpmu: AUX session room {} or wakeup {} exceeds the buffer ({size})",
-                view.room,
-                view.wakeup
+            self.reject_state(
+                slot,
+                format_args!(
+                    "AUX session room {} or wakeup {} exceeds the buffer ({size})",
+                    view.room, view.wakeup
+                ),
             );
             return;
         }

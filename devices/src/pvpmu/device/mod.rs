@@ -406,6 +406,16 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
         };
         ctr.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// A state-page value vCPU `slot`'s writer cannot use: counted in
+    /// ERR_STATE and logged through the slot's rate limiter.
+    fn reject_state(&self, slot: &mut Slot<M>, msg: std::fmt::Arguments<'_>) {
+        self.inner
+            .counters
+            .err_state
+            .fetch_add(1, Ordering::Relaxed);
+        warn_rate_limited!(slot.log, "pvpmu: {msg}");
+    }
 }
 
 #[allow(dead_code)]

@@ -265,11 +265,7 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
     }
 
     pub(super) fn bad_state(&self, slot: &mut Slot<M>, msg: &str) -> SampleResult {
-        self.inner
-            .counters
-            .err_state
-            .fetch_add(1, Ordering::Relaxed);
-        warn_rate_limited!(slot.log, "pvpmu: state page: {msg}; sample skipped");
+        self.reject_state(slot, format_args!("state page: {msg}; sample skipped"));
         SampleResult::BadState
     }
 
