@@ -56,6 +56,18 @@
 
 #include "pvpmu_if.h"
 
+/*
+ * How records reach perf buffers: copied whole with perf_output_begin/copy/
+ * end, which only a kernel with guest-image/patches/0001-* exports (Kbuild
+ * defines PVPMU_PERF_OUTPUT when Module.symvers has them), or handed to the
+ * event's overflow handler on any other kernel.
+ */
+#ifdef PVPMU_PERF_OUTPUT
+#define PVPMU_OUTPUT_PATH	"perf_output"
+#else
+#define PVPMU_OUTPUT_PATH	"overflow-handler"
+#endif
+
 /* Not a device status: this CPU has no command bank. */
 #define PVPMU_ST_NO_BANK	0xffffffffu
 
@@ -85,6 +97,8 @@ struct pvpmu_stats {
 	u64 bad_records;	/* wrong type or size for the event */
 	u64 broken_ring;	/* ring resyncs (bad head or record size) */
 	u64 output_full;	/* perf_output_begin failed (perf counts it) */
+	u64 lost_unrecorded;	/* host-lost samples no LOST record could carry */
+	u64 throttle_unrecorded; /* THROTTLE/UNTHROTTLE records not written */
 	u64 throttles;
 	u64 drains;
 	u64 aux_sessions;
@@ -120,6 +134,9 @@ struct pvpmu_cpu {
 	bool ready;				/* ring set up and started */
 	bool timer_ok;				/* csd and hrtimer initialized */
 	struct pvpmu_stats stats;
+#ifndef PVPMU_PERF_OUTPUT
+	u64 *record;				/* one record, for parsing */
+#endif
 };
 
 static struct {
@@ -261,6 +278,7 @@ static u64 pvpmu_primary_id(struct perf_event *event)
 	return pvpmu_top(event)->id;
 }
 
+#ifdef PVPMU_PERF_OUTPUT
 /*
  * The sample_id trailer of a non-sample record, as
  * perf_event__output_id_sample() writes it: TID, TIME, ID, STREAM_ID,
@@ -289,7 +307,9 @@ static unsigned int pvpmu_id_sample(struct perf_event *event, u64 *w)
 		w[n++] = pvpmu_primary_id(event);
 	return n;
 }
+#endif
 
+#ifdef PVPMU_PERF_OUTPUT
 /* perf_log_throttle(): the kernel's record, with our own trailer. */
 static void pvpmu_log_throttle(struct pvpmu_cpu *pc, struct perf_event *event,
 			       bool unthrottle)
@@ -319,6 +339,18 @@ static void pvpmu_log_throttle(struct pvpmu_cpu *pc, struct perf_event *event,
 	perf_output_copy(&handle, trailer, n * sizeof(u64));
 	perf_output_end(&handle);
 }
+#else
+/*
+ * A stock kernel exports nothing that writes a non-sample record into a
+ * perf buffer: the throttle still happens (the host stops sampling), it is
+ * only not logged in the perf stream. stats/throttle_unrecorded counts it.
+ */
+static void pvpmu_log_throttle(struct pvpmu_cpu *pc, struct perf_event *event,
+			       bool unthrottle)
+{
+	pc->stats.throttle_unrecorded++;
+}
+#endif
 
 /* ------------------------------------------------------------------------
  * Throttling: like __perf_event_account_interrupt(), per CPU slot
@@ -394,6 +426,7 @@ static bool pvpmu_record_ok(struct pvpmu_cpu *pc,
 	return false;
 }
 
+#ifdef PVPMU_PERF_OUTPUT
 /*
  * Copy one record into @event's perf buffer. @hdr is our checked copy of
  * the header; the body is copied from the ring in at most two pieces (a
@@ -421,6 +454,138 @@ static void pvpmu_output(struct pvpmu_cpu *pc, struct perf_event *event,
 		perf_output_copy(&handle, pc->data, len - first);
 	perf_output_end(&handle);
 }
+#else
+/*
+ * A stock kernel (no guest-image/patches/0001-*) exports neither
+ * perf_output_begin() nor perf_event_output(). What it does give every PMU
+ * is the event's overflow handler, the pointer the perf core itself calls
+ * from perf_event_overflow(): perf_event_output_forward() (or _backward(),
+ * or a BPF program's wrapper). Since 6.1 that path keeps the fields a
+ * driver has already filled (data->sample_flags): TID, TIME, CPU, ADDR,
+ * PERIOD and CALLCHAIN are the host's, IP and the user/kernel bit come
+ * from the regs we build, ID, STREAM_ID and IDENTIFIER are the core's own
+ * (the same values: st->id and st->stream_id are those of this event).
+ * So the record written is the host's record, byte for byte, with the perf
+ * core's reservation, redirection of inherited events to the parent's
+ * buffer, LOST record when the buffer is full, and wakeups.
+ *
+ * One difference from the patched path (docs/pvpmu-driver.md): when the
+ * perf buffer had dropped records, the core writes its LOST record first
+ * and re-stamps TID, TIME and CPU of the sample that follows from the
+ * drain's context ("XXX mostly redundant" in __perf_output_begin).
+ */
+#define PVPMU_STOCK_SAMPLE_TYPES					\
+	(PERF_SAMPLE_IDENTIFIER | PERF_SAMPLE_IP | PERF_SAMPLE_TID |	\
+	 PERF_SAMPLE_TIME | PERF_SAMPLE_ADDR | PERF_SAMPLE_ID |		\
+	 PERF_SAMPLE_STREAM_ID | PERF_SAMPLE_CPU | PERF_SAMPLE_PERIOD |	\
+	 PERF_SAMPLE_CALLCHAIN)
+#define PVPMU_RECORD_MAX	(U16_MAX + 1)
+
+/* Take word *@i of a record of @n words. */
+static bool pvpmu_word(const u64 *rec, u32 n, u32 *i, u64 *v)
+{
+	if (*i >= n)
+		return false;
+	*v = rec[(*i)++];
+	return true;
+}
+
+/* Fill @data and @regs from the host's sample @rec; false if it is torn. */
+static bool pvpmu_parse_sample(struct perf_event *event, const u64 *rec,
+			       u32 size, struct perf_sample_data *data,
+			       struct pt_regs *regs)
+{
+	u64 type = event->attr.sample_type;
+	const struct perf_event_header *hdr = (const void *)rec;
+	u32 n = size / sizeof(u64), i = 1;
+	u64 ip = 0, addr = 0, period = 0, tid = 0, cpu = 0, skip, nr;
+
+	if ((type & PERF_SAMPLE_IDENTIFIER) && !pvpmu_word(rec, n, &i, &skip))
+		return false;
+	if ((type & PERF_SAMPLE_IP) && !pvpmu_word(rec, n, &i, &ip))
+		return false;
+	if ((type & PERF_SAMPLE_TID) && !pvpmu_word(rec, n, &i, &tid))
+		return false;
+	if ((type & PERF_SAMPLE_TIME) && !pvpmu_word(rec, n, &i, &data->time))
+		return false;
+	if ((type & PERF_SAMPLE_ADDR) && !pvpmu_word(rec, n, &i, &addr))
+		return false;
+	if ((type & PERF_SAMPLE_ID) && !pvpmu_word(rec, n, &i, &skip))
+		return false;
+	if ((type & PERF_SAMPLE_STREAM_ID) && !pvpmu_word(rec, n, &i, &skip))
+		return false;
+	if ((type & PERF_SAMPLE_CPU) && !pvpmu_word(rec, n, &i, &cpu))
+		return false;
+	if ((type & PERF_SAMPLE_PERIOD) && !pvpmu_word(rec, n, &i, &period))
+		return false;
+	if (type & PERF_SAMPLE_CALLCHAIN) {
+		if (!pvpmu_word(rec, n, &i, &nr) || nr > n - i)
+			return false;
+		/* struct perf_callchain_entry is { nr, ip[nr] }: as recorded. */
+		data->callchain = (struct perf_callchain_entry *)&rec[i - 1];
+		i += nr;
+	}
+	if (i != n)
+		return false;
+
+	/* After the reads: perf_sample_data_init() sets sample_flags. */
+	perf_sample_data_init(data, 0, period);
+	data->addr = addr;
+	data->tid_entry.pid = lower_32_bits(tid);
+	data->tid_entry.tid = upper_32_bits(tid);
+	data->cpu_entry.cpu = lower_32_bits(cpu);
+	data->cpu_entry.reserved = upper_32_bits(cpu);
+	data->sample_flags |= type & (PERF_SAMPLE_TID | PERF_SAMPLE_TIME |
+				      PERF_SAMPLE_ADDR | PERF_SAMPLE_CPU |
+				      PERF_SAMPLE_CALLCHAIN);
+	/* perf_misc_flags() and perf_instruction_pointer() read these. */
+	memset(regs, 0, sizeof(*regs));
+	regs->ip = ip;
+	regs->cs = (hdr->misc & PERF_RECORD_MISC_CPUMODE_MASK) ==
+		   PERF_RECORD_MISC_USER ? __USER_CS : __KERNEL_CS;
+	return true;
+}
+
+static void pvpmu_output(struct pvpmu_cpu *pc, struct perf_event *event,
+			 const struct perf_event_header *hdr, u64 tail)
+{
+	u64 mask = pc->data_size - 1;
+	u64 start = tail & mask;
+	u32 first = min_t(u64, hdr->size, pc->data_size - start);
+	struct perf_sample_data data;
+	struct pt_regs regs;
+
+	if (hdr->type == PERF_RECORD_LOST) {
+		u64 lost;
+
+		/* { header, id, lost, sample_id }: the count is word 2. */
+		memcpy(&lost, pc->data + ((tail + 2 * sizeof(u64)) & mask),
+		       sizeof(lost));
+		pc->stats.lost_unrecorded += lost;
+		pr_warn_ratelimited("CPU%d: the host lost %llu sample(s); this kernel exports no way to write PERF_RECORD_LOST from a module, see pvpmu/stats/lost_unrecorded\n",
+				    smp_processor_id(), lost);
+		return;
+	}
+
+	/* One copy: the checks and the record use the same bytes. */
+	memcpy(pc->record, pc->data + start, first);
+	if (hdr->size > first)
+		memcpy((u8 *)pc->record + first, pc->data, hdr->size - first);
+	memcpy(pc->record, hdr, sizeof(*hdr));
+	if (!pvpmu_parse_sample(event, pc->record, hdr->size, &data, &regs)) {
+		pc->stats.bad_records++;
+		pr_warn_ratelimited("CPU%d: dropped a sample of size %u: its fields do not add up to its size\n",
+				    smp_processor_id(), hdr->size);
+		return;
+	}
+	/*
+	 * perf_event_overflow() would also run the core's throttle, which
+	 * the driver does itself (pvpmu_account_sample), and signals, which
+	 * event_init refuses.
+	 */
+	READ_ONCE(event->overflow_handler)(event, &data, &regs);
+}
+#endif
 
 /*
  * Consume this CPU's device ring (tools/lib/perf's reader, in the kernel):
@@ -960,6 +1125,11 @@ static int pvpmu_event_init(struct perf_event *event)
 			return -EOPNOTSUPP;
 		if (attr->sample_type & ~pvpmu.sample_types)
 			return -EOPNOTSUPP;
+#ifndef PVPMU_PERF_OUTPUT
+		/* What pvpmu_parse_sample() can hand to the perf core. */
+		if (attr->sample_type & ~PVPMU_STOCK_SAMPLE_TYPES)
+			return -EOPNOTSUPP;
+#endif
 		if ((attr->sample_type & PERF_SAMPLE_READ) &&
 		    (attr->read_format & PERF_FORMAT_GROUP))
 			return -EOPNOTSUPP;
@@ -1104,6 +1274,8 @@ PVPMU_STAT(dropped_throttled);
 PVPMU_STAT(bad_records);
 PVPMU_STAT(broken_ring);
 PVPMU_STAT(output_full);
+PVPMU_STAT(lost_unrecorded);
+PVPMU_STAT(throttle_unrecorded);
 PVPMU_STAT(throttles);
 PVPMU_STAT(drains);
 PVPMU_STAT(aux_sessions);
@@ -1126,6 +1298,8 @@ static struct attribute *pvpmu_stats_attrs[] = {
 	&pvpmu_stat_bad_records.attr.attr,
 	&pvpmu_stat_broken_ring.attr.attr,
 	&pvpmu_stat_output_full.attr.attr,
+	&pvpmu_stat_lost_unrecorded.attr.attr,
+	&pvpmu_stat_throttle_unrecorded.attr.attr,
 	&pvpmu_stat_throttles.attr.attr,
 	&pvpmu_stat_drains.attr.attr,
 	&pvpmu_stat_aux_sessions.attr.attr,
@@ -1195,6 +1369,10 @@ static void pvpmu_cpu_free(struct pvpmu_cpu *pc)
 	}
 	if (pc->state)
 		free_page((unsigned long)pc->state);
+#ifndef PVPMU_PERF_OUTPUT
+	kvfree(pc->record);
+	pc->record = NULL;
+#endif
 	pc->data = NULL;
 	pc->pages = NULL;
 	pc->state = NULL;
@@ -1224,6 +1402,11 @@ static int pvpmu_cpu_alloc(struct pvpmu_cpu *pc, int cpu)
 		if (!pc->pages[i])
 			return -ENOMEM;
 	}
+#ifndef PVPMU_PERF_OUTPUT
+	pc->record = kvmalloc_node(PVPMU_RECORD_MAX, GFP_KERNEL, node);
+	if (!pc->record)
+		return -ENOMEM;
+#endif
 	pc->ctrl = page_address(pc->pages[0]);
 	pc->data = vmap(pc->pages + 1, ring_pages, VM_MAP, PAGE_KERNEL);
 	if (!pc->data)
@@ -1537,14 +1720,15 @@ static int __init pvpmu_init(void)
 	}
 	pvpmu.registered = true;
 
-	pr_info("MMIO %#lx, IRQ %d, features %#x%s%s%s%s, %u vCPUs, max %u Hz, sample types %#llx; %u CPU(s) ready, %u-page rings, pmu type %d\n",
+	pr_info("MMIO %#lx, IRQ %d, features %#x%s%s%s%s, %u vCPUs, max %u Hz, sample types %#llx; %u CPU(s) ready, %u-page rings, pmu type %d, records by %s\n",
 		base, pvpmu.irq, pvpmu.features,
 		pvpmu.features & PVPMU_F_SAMPLING ? " sampling" : "",
 		pvpmu.features & PVPMU_F_AUX ? " aux" : "",
 		pvpmu.features & PVPMU_F_HOST_TIMER ? " host-timer" : " kick",
 		pvpmu.features & PVPMU_F_CALLCHAIN ? " callchains" : " ip-only-callchains",
 		pvpmu.nr_vcpus, pvpmu.max_freq, pvpmu.sample_types,
-		cpumask_weight(&pvpmu.ready), ring_pages, pvpmu_pmu.type);
+		cpumask_weight(&pvpmu.ready), ring_pages, pvpmu_pmu.type,
+		PVPMU_OUTPUT_PATH);
 	return 0;
 
 err_teardown:
