@@ -19,6 +19,13 @@ usage: scripts/build-guest-image.sh [options]
   --without-perf     leave perf out (initramfs ~7 MB instead of ~40 MB)
   --extra DIR        copy DIR's contents into the initramfs root (repeatable); also
                      \$PERFVISOR_GUEST_EXTRA, a colon-separated list of directories
+  --for-kernel K     build the initramfs for another kernel instead of perfvisor's own:
+                     K is a kernel release (6.1.0-57-amd64), a Debian package name
+                     (linux-image-6.1.0-57-amd64) whose linux-headers-* package is
+                     installed, or a kernel build tree / headers directory. Its modules
+                     are built against K (pvpmu.ko needs no kernel patch); published at
+                     build/guest-image/kernels/<release>/initramfs.cpio, which
+                     `perfvisor run --kernel <that kernel>` then boots by default
   --rebuild          ignore cached results and rebuild the kernel and the initramfs
   -h, --help         this text
 environment: PERFVISOR_CACHE (cache root), JOBS (make -j, default 2)
@@ -27,6 +34,7 @@ EOF
 
 WITH_PERF=1
 REBUILD=0
+FOR_KERNEL=""
 EXTRA_DIRS=()
 if [[ -n "${PERFVISOR_GUEST_EXTRA:-}" ]]; then
     IFS=: read -r -a EXTRA_DIRS <<<"$PERFVISOR_GUEST_EXTRA"
@@ -38,6 +46,11 @@ while (($#)); do
     --extra)
         [[ $# -ge 2 ]] || pv_die "--extra needs a directory"
         EXTRA_DIRS+=("$2")
+        shift
+        ;;
+    --for-kernel)
+        [[ $# -ge 2 ]] || pv_die "--for-kernel needs a kernel release, package or directory"
+        FOR_KERNEL="$2"
         shift
         ;;
     --rebuild) REBUILD=1 ;;
@@ -220,6 +233,28 @@ write_cpio() {
     } >>"$out"
 }
 
+# resolve_for_kernel SPEC: set KTREE (a kernel build tree or headers directory) and
+# KERNEL_RELEASE (its `uname -r`) for --for-kernel SPEC.
+resolve_for_kernel() {
+    local spec="$1" rel
+    if [[ -d "$spec" ]]; then
+        KTREE=$(readlink -f "$spec")
+    else
+        rel=${spec#linux-image-}
+        rel=${rel#linux-headers-}
+        for KTREE in "/usr/src/linux-headers-$rel" "/lib/modules/$rel/build" ""; do
+            [[ -z "$KTREE" || -d "$KTREE" ]] && break
+        done
+        [[ -n "$KTREE" ]] ||
+            pv_die "no headers for kernel '$rel': run 'apt-get install linux-headers-$rel' as root, or pass --for-kernel DIR (a kernel build tree)"
+    fi
+    [[ -f "$KTREE/Makefile" && -f "$KTREE/Module.symvers" && -f "$KTREE/include/generated/utsrelease.h" ]] ||
+        pv_die "$KTREE is not a built kernel tree or headers directory (it needs Makefile, Module.symvers and include/generated/utsrelease.h)"
+    KERNEL_RELEASE=$(sed -n 's/^#define UTS_RELEASE "\(.*\)"$/\1/p' "$KTREE/include/generated/utsrelease.h")
+    [[ "$KERNEL_RELEASE" =~ ^[A-Za-z0-9._+-]+$ ]] ||
+        pv_die "cannot read a kernel release from $KTREE/include/generated/utsrelease.h"
+}
+
 # ---------------------------------------------------------------------------
 
 pv_need_cmd make build-essential
@@ -252,52 +287,70 @@ pv_lock "$CACHE_ROOT/guest-image.lock"
 pv_say "cache: $CACHE_ROOT; output: $OUT; make -j$JOBS"
 
 # ----- kernel -----
-KERNEL_KEY=$({
-    echo "recipe-v1"
-    echo "linux-source-6.1 $LINUX_SRC_VERSION"
-    echo "gcc $GCC_VERSION"
-    cat "$FRAGMENT"
-    for p in "${KERNEL_PATCHES[@]}"; do
-        echo "patch $(basename "$p") $(sha256sum <"$p")"
-    done
-    declare -f kernel_extract kernel_patch kernel_make kernel_configure kernel_compile
-} | pv_hash)
-KDIR="$CACHE_ROOT/kernel/$LINUX_SRC_VERSION-$KERNEL_KEY"
-KTREE="$KDIR/linux"
-KLOG="$KDIR/build.log"
-((REBUILD == 0)) || rm -rf "$KDIR"
-
-if [[ -f "$KDIR/.complete" ]]; then
-    pv_say "kernel: cached ($KDIR)"
-else
+if [[ -n "$FOR_KERNEL" ]]; then
+    resolve_for_kernel "$FOR_KERNEL"
+    # Modules built against it are cached by what they were built with.
+    KERNEL_KEY=$({
+        echo "for-kernel-v1 $KERNEL_RELEASE"
+        echo "gcc $GCC_VERSION"
+        sha256sum <"$KTREE/Module.symvers"
+        sha256sum <"$KTREE/.config" 2>/dev/null || true
+    } | pv_hash)
+    KDIR="$CACHE_ROOT/kernel/for-$KERNEL_RELEASE-$KERNEL_KEY"
+    KLOG="$KDIR/build.log"
+    ((REBUILD == 0)) || rm -rf "$KDIR"
     mkdir -p "$KDIR"
-    pv_say "kernel: building in $KDIR (log: $KLOG)"
-    if [[ ! -f "$KTREE/Makefile" || ! -f "$KDIR/.extracted" ]]; then
-        pv_phase "extract linux-source-6.1 $LINUX_SRC_VERSION, apply ${#KERNEL_PATCHES[@]} patch(es)"
-        kernel_extract "$KDIR"
-        kernel_patch "$KTREE"
-        touch "$KDIR/.extracted"
+    pv_say "kernel: $KERNEL_RELEASE, modules against $KTREE (log: $KLOG)"
+else
+    KERNEL_KEY=$({
+        echo "recipe-v1"
+        echo "linux-source-6.1 $LINUX_SRC_VERSION"
+        echo "gcc $GCC_VERSION"
+        cat "$FRAGMENT"
+        for p in "${KERNEL_PATCHES[@]}"; do
+            echo "patch $(basename "$p") $(sha256sum <"$p")"
+        done
+        declare -f kernel_extract kernel_patch kernel_make kernel_configure kernel_compile
+    } | pv_hash)
+    KDIR="$CACHE_ROOT/kernel/$LINUX_SRC_VERSION-$KERNEL_KEY"
+    KTREE="$KDIR/linux"
+    KLOG="$KDIR/build.log"
+    ((REBUILD == 0)) || rm -rf "$KDIR"
+
+    if [[ -f "$KDIR/.complete" ]]; then
+        pv_say "kernel: cached ($KDIR)"
+    else
+        mkdir -p "$KDIR"
+        pv_say "kernel: building in $KDIR (log: $KLOG)"
+        if [[ ! -f "$KTREE/Makefile" || ! -f "$KDIR/.extracted" ]]; then
+            pv_phase "extract linux-source-6.1 $LINUX_SRC_VERSION, apply ${#KERNEL_PATCHES[@]} patch(es)"
+            kernel_extract "$KDIR"
+            kernel_patch "$KTREE"
+            touch "$KDIR/.extracted"
+        fi
+        pv_phase "configure (tinyconfig + guest-image/kernel.config + olddefconfig)"
+        kernel_configure "$KTREE" "$KLOG"
+        verify_kernel_config "$FRAGMENT" "$KTREE/.config"
+        pv_say "    all $(grep -c '^CONFIG_\|^# CONFIG_' "$FRAGMENT") fragment options verified"
+        pv_phase "compile (bzImage, vmlinux, modules_prepare; make -j$JOBS)"
+        kernel_compile "$KTREE" "$KLOG"
+        for f in vmlinux System.map arch/x86/boot/bzImage Module.symvers scripts/module.lds; do
+            [[ -f "$KTREE/$f" ]] || pv_die "kernel build finished but $KTREE/$f is missing; see $KLOG"
+        done
+        make -s -C "$KTREE" kernelrelease >"$KDIR/kernelrelease"
+        pv_phase_end
+        touch "$KDIR/.complete"
     fi
-    pv_phase "configure (tinyconfig + guest-image/kernel.config + olddefconfig)"
-    kernel_configure "$KTREE" "$KLOG"
-    verify_kernel_config "$FRAGMENT" "$KTREE/.config"
-    pv_say "    all $(grep -c '^CONFIG_\|^# CONFIG_' "$FRAGMENT") fragment options verified"
-    pv_phase "compile (bzImage, vmlinux, modules_prepare; make -j$JOBS)"
-    kernel_compile "$KTREE" "$KLOG"
-    for f in vmlinux System.map arch/x86/boot/bzImage Module.symvers scripts/module.lds; do
-        [[ -f "$KTREE/$f" ]] || pv_die "kernel build finished but $KTREE/$f is missing; see $KLOG"
+    KERNEL_RELEASE=$(cat "$KDIR/kernelrelease")
+    # perfvisor's own kernel exports these (guest-image/patches/0001-*), so its
+    # pvpmu.ko copies records whole, LOST and THROTTLE included (on any other
+    # kernel it uses the overflow handler; docs/pvpmu-driver.md): fail here, with
+    # the reason, rather than build the other path by accident.
+    for sym in perf_output_begin perf_output_copy perf_output_end; do
+        grep -qP "^0x[0-9a-f]+\t$sym\tvmlinux\tEXPORT_SYMBOL_GPL" "$KTREE/Module.symvers" ||
+            pv_die "$KTREE/Module.symvers does not export $sym: is guest-image/patches/0001-perf-export-output-helpers-for-pvpmu.patch applied? (rebuild with --rebuild)"
     done
-    make -s -C "$KTREE" kernelrelease >"$KDIR/kernelrelease"
-    pv_phase_end
-    touch "$KDIR/.complete"
 fi
-KERNEL_RELEASE=$(cat "$KDIR/kernelrelease")
-# pvpmu.ko needs these exports (guest-image/patches/0001-*): fail here, with the
-# reason, rather than at modpost.
-for sym in perf_output_begin perf_output_copy perf_output_end; do
-    grep -qP "^0x[0-9a-f]+\t$sym\tvmlinux\tEXPORT_SYMBOL_GPL" "$KTREE/Module.symvers" ||
-        pv_die "$KTREE/Module.symvers does not export $sym: is guest-image/patches/0001-perf-export-output-helpers-for-pvpmu.patch applied? (rebuild with --rebuild)"
-done
 
 # ----- out-of-tree modules, each cached in the kernel's directory by its source -----
 # build_module SRC_DIR NAME: build SRC_DIR against the kernel tree (once per source
@@ -331,9 +384,12 @@ build_module "$REPO_ROOT/guest-image/pv-irqoff-module" pv_irqoff
 PV_IRQOFF_KO="$MODULE_KO"
 
 # ----- guest-info.txt: where the kernel keeps the running task (perfvisor record) -----
+# Another kernel's layout comes from its BTF when `perfvisor record` runs
+# (vmm/src/btf_layout.rs), and its per-CPU current_task address needs a System.map
+# that distribution headers do not carry: nothing to build for it here.
 GI_SRC="$REPO_ROOT/guest-image/guest-info"
 GI_DIR="$KDIR/guest-info-$(pv_hash_tree "$GI_SRC")"
-if [[ ! -f "$GI_DIR/guest-info.txt" ]]; then
+if [[ -z "$FOR_KERNEL" && ! -f "$GI_DIR/guest-info.txt" ]]; then
     pv_phase "guest-info.txt (task_struct offsets, per-CPU current_task)"
     rm -rf "$GI_DIR.tmp"
     cp -r "$GI_SRC" "$GI_DIR.tmp"
@@ -412,6 +468,31 @@ else
 fi
 
 # ----- publish -----
+if [[ -n "$FOR_KERNEL" ]]; then
+    KOUT="$OUT/kernels/$KERNEL_RELEASE"
+    pv_phase "publish $KOUT"
+    mkdir -p "$KOUT"
+    pv_publish "$IDIR/initramfs.cpio" "$KOUT/initramfs.cpio"
+    pv_publish "$IDIR/contents.txt" "$KOUT/initramfs-contents.txt"
+    pv_publish "$KDIR" "$KOUT/modules"
+    pv_prune "$CACHE_ROOT/initramfs" 6 "$IDIR"
+    {
+        echo "# perfvisor guest image for another kernel (scripts/build-guest-image.sh --for-kernel)"
+        echo "kernel_release=$KERNEL_RELEASE"
+        echo "kernel_tree=$KTREE"
+        echo "gcc_version=$GCC_VERSION"
+        echo "pvpmu_records_by=$(grep -qP '\tperf_output_begin\t' "$KTREE/Module.symvers" && echo perf_output || echo overflow-handler)"
+        echo "initramfs_key=$INITRAMFS_KEY"
+        echo "initramfs_dir=$IDIR"
+        echo "perf=$WITH_PERF perf_version=$PERF_VERSION"
+        echo "initramfs_bytes=$(stat -L -c %s "$KOUT/initramfs.cpio")"
+    } >"$KOUT/manifest.txt"
+    pv_publish_current guest-image "$OUT"
+    pv_phase_end
+    pv_say "guest image for Linux $KERNEL_RELEASE ready: $KOUT/initramfs.cpio"
+    pv_say "  boot it: perfvisor run --kernel <that kernel's vmlinuz> -- CMD"
+    exit 0
+fi
 pv_phase "publish $OUT"
 mkdir -p "$OUT"
 pv_publish "$KTREE/vmlinux" "$OUT/vmlinux"

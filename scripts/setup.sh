@@ -21,6 +21,8 @@ PACKAGES=(
     cpio        # initramfs
     busybox-static
     linux-perf  # /usr/bin/perf in the guest initramfs, and on the host
+    linux-headers-amd64 # pvpmu.ko for Debian's stock kernel, the one the sandbox
+                        # fetches (build-guest-image.sh --for-kernel)
     # the L1 sandbox (scripts/fetch-sandbox.sh, crate sandbox)
     qemu-system-x86
     kmod        # depmod/modprobe resolve the kvm-amd module closure

@@ -5,7 +5,8 @@
 #
 # 1. scripts/setup.sh           Debian packages (only what is missing)
 # 2. scripts/build-guest-image.sh  guest kernel, initramfs (cached by inputs)
-# 3. scripts/fetch-sandbox.sh   the L1 sandbox kernel and kvm-amd modules
+# 3. scripts/fetch-sandbox.sh   the L1 sandbox kernel and kvm-amd modules, then
+#    build-guest-image.sh --for-kernel <that kernel>: its pvpmu.ko and initramfs
 # 4. lints                     cargo fmt --check, cargo clippy -D warnings
 # 5. guest-input unit tests     vmm, devices, perf-ring, pvpmu-abi and guest-symbols
 #                               unit tests in a debug build,
@@ -32,6 +33,14 @@ pv_phase "guest image (scripts/build-guest-image.sh)"
 scripts/build-guest-image.sh
 pv_phase "L1 sandbox (scripts/fetch-sandbox.sh)"
 scripts/fetch-sandbox.sh
+# The boot tests also run pvpmu on Debian's stock kernel (the sandbox's).
+STOCK_RELEASE=$(sed -n 's/^kernel_release=//p' "$REPO_ROOT/build/sandbox/manifest.txt")
+pv_phase "guest image for Debian's kernel $STOCK_RELEASE (scripts/build-guest-image.sh --for-kernel)"
+if [[ ! -d /usr/src/linux-headers-$STOCK_RELEASE && $(id -u) -eq 0 ]]; then
+    # setup.sh installed the headers apt had then; the sandbox kernel may be newer.
+    apt-get install -y -q --no-install-recommends "linux-headers-$STOCK_RELEASE" </dev/null
+fi
+scripts/build-guest-image.sh --for-kernel "$STOCK_RELEASE"
 pv_phase "lints (cargo fmt --check, cargo clippy -D warnings)"
 cargo fmt --all -- --check || pv_die "cargo fmt --check failed: run cargo fmt --all"
 cargo clippy --workspace --all-targets --release --locked -- -D warnings \
