@@ -19,8 +19,10 @@ pub(crate) enum CliError {
     },
     #[error("--cpus must be at least 1")]
     NoCpus,
-    #[error("a guest command needs an initramfs whose /init runs it: with --kernel, pass --initrd too{}", .0.as_ref().map(|p| format!(" (the default guest image's is {})", p.display())).unwrap_or_default())]
-    NoInitrd(Option<PathBuf>),
+    #[error("a guest command needs an initramfs whose /init runs it: {0} names no kernel release perfvisor can read, so pass --initrd")]
+    NoInitrd(PathBuf),
+    #[error("a guest command needs an initramfs whose /init runs it, and there is none for Linux {0} yet: build it with scripts/build-guest-image.sh --for-kernel {0}, or pass --initrd")]
+    NoImageForKernel(String),
     #[error(transparent)]
     Artefacts(#[from] artefacts::Error),
     #[error(transparent)]

@@ -200,15 +200,12 @@ pub(crate) fn resolve(args: &RunArgs) -> Result<BootSpec, CliError> {
         }
     };
     check_readable(&kernel, CliError::KernelMissing)?;
-    match &initrd {
-        Some(i) => check_readable(i, CliError::InitrdMissing)?,
-        // Checked here, before any boot (and before the sandbox's).
-        None if !args.guest_command.is_empty() => {
-            return Err(CliError::NoInitrd(
-                default_image_dir().ok().map(|d| d.join("initramfs.cpio")),
-            ))
-        }
-        None => {}
+    let initrd = match initrd {
+        Some(i) => Some(i),
+        None => image_for_kernel(&kernel, !args.guest_command.is_empty())?,
+    };
+    if let Some(i) = &initrd {
+        check_readable(i, CliError::InitrdMissing)?;
     }
     let mut cmdline = args
         .cmdline
@@ -222,6 +219,44 @@ pub(crate) fn resolve(args: &RunArgs) -> Result<BootSpec, CliError> {
         kernel,
         initrd,
         cmdline,
+    })
+}
+
+/// The initramfs built for `kernel`'s release by `scripts/build-guest-image.sh
+/// --for-kernel` (`<guest image>/kernels/<release>/initramfs.cpio`), for a
+/// `--kernel` given without `--initrd`. None when there is none and no guest
+/// command needs one; an error naming the command that builds it when one
+/// does. Checked here, before any boot (and before the sandbox's).
+fn image_for_kernel(kernel: &Path, needed: bool) -> Result<Option<PathBuf>, CliError> {
+    let release = vmm::kernel_image::Vmlinux::open(kernel)
+        .ok()
+        .and_then(|k| k.release());
+    let dir = default_image_dir().ok();
+    if let (Some(release), Some(dir)) = (&release, &dir) {
+        // The default image's own kernel, or one built for another.
+        let own = std::fs::read_to_string(dir.join("manifest.txt")).is_ok_and(|m| {
+            m.lines()
+                .any(|l| l.strip_prefix("kernel_release=") == Some(release.as_str()))
+        });
+        let cpio = if own {
+            dir.join("initramfs.cpio")
+        } else {
+            dir.join("kernels").join(release).join("initramfs.cpio")
+        };
+        if cpio.is_file() {
+            eprintln!(
+                "perfvisor: Linux {release}: using its guest image {}",
+                cpio.display()
+            );
+            return Ok(Some(cpio));
+        }
+    }
+    if !needed {
+        return Ok(None);
+    }
+    Err(match release {
+        Some(release) => CliError::NoImageForKernel(release),
+        None => CliError::NoInitrd(kernel.to_path_buf()),
     })
 }
 

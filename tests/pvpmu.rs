@@ -51,14 +51,25 @@ fn end_to_end(backend: &str) {
     end_to_end_at(backend, 1000);
 }
 
+/// The guest command of the end-to-end checks.
+fn tool_command(freq: u32) -> String {
+    format!("pvpmu-tool --freq {freq} --duration 4 -- pv-workload --seconds 3")
+}
+
 fn end_to_end_at(backend: &str, freq: u32) {
-    let cmd = format!("pvpmu-tool --freq {freq} --duration 4 -- pv-workload --seconds 3");
-    let r = boot(&["--pmu-backend", backend, "--", &cmd]);
+    let r = boot(&["--pmu-backend", backend, "--", &tool_command(freq)]);
+    check_tool_run(&r, backend, freq);
+}
+
+/// pvpmu-tool's run against ground truth: the event's own count of the
+/// workload's CPU time, the checker, the AUX trace, and the host's exit
+/// counters reason by reason.
+fn check_tool_run(r: &Run, backend: &str, freq: u32) {
     r.check(
         r.status == 0,
         "the tool found no checker violation or trace decode error",
     );
-    let (tool, host) = tool_and_host(&r);
+    let (tool, host) = tool_and_host(r);
     // Expected: the workload's CPU time as the event counted it (the
     // pvpmu cpu-clock count), times the frequency.
     let samples = num(&tool, "samples");
@@ -194,74 +205,132 @@ fn slow_consumer_counts_every_loss() {
     });
 }
 
+/// The guest's perf: a pvpmu event beside its own software cpu-clock.
+const PERF_SCRIPT_COMMAND: &str = "perf record -q -F 500 -e pvpmu/cpu-clock/ -e cpu-clock -a -o /tmp/p.data -- pv-workload --seconds 2 >/dev/null 2>&1; \
+     perf script -i /tmp/p.data -F comm,tid,time,event,ip,sym 2>/dev/null > /tmp/s.txt; \
+     echo pvpmu-lines=$(grep -c pvpmu /tmp/s.txt) hot=$(grep pvpmu /tmp/s.txt | grep -c workload_hot); \
+     grep -E 'pvpmu|cpu-clock' /tmp/s.txt | awk '{t=$3; sub(\":\",\"\",t); print \"T\", ($4 ~ /pvpmu/ ? \"p\" : \"s\"), t}' | head -4000";
+
 #[test]
 fn guest_perf_record_and_script_show_pvpmu_samples() {
     boot_test("guest_perf_record_and_script_show_pvpmu_samples", || {
-        let r = boot(&[
-            "--",
-            "perf record -q -F 500 -e pvpmu/cpu-clock/ -e cpu-clock -a -o /tmp/p.data -- pv-workload --seconds 2 >/dev/null 2>&1; \
-             perf script -i /tmp/p.data -F comm,tid,time,event,ip,sym 2>/dev/null > /tmp/s.txt; \
-             echo pvpmu-lines=$(grep -c pvpmu /tmp/s.txt) hot=$(grep pvpmu /tmp/s.txt | grep -c workload_hot); \
-             grep -E 'pvpmu|cpu-clock' /tmp/s.txt | awk '{t=$3; sub(\":\",\"\",t); print \"T\", ($4 ~ /pvpmu/ ? \"p\" : \"s\"), t}' | head -4000",
-        ]);
+        let r = boot(&["--", PERF_SCRIPT_COMMAND]);
         r.check(r.status == 0, "perf record and perf script ran");
-        let m = kv(&r.stdout, "pvpmu-lines=");
-        let lines: u64 = r
-            .stdout
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("pvpmu-lines=")
-                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            })
-            .unwrap_or(0);
-        let hot = num(&m, "hot");
-        println!("perf script: {lines} pvpmu samples, {hot} in workload_hot");
-        r.check(lines > 100, "perf script shows pvpmu samples");
-        r.check(
-            hot * 4 > lines,
-            "a good part of them in the workload's hot function",
-        );
-        // Host-stamped samples interleave in time with the guest's own
-        // software cpu-clock samples: each pvpmu sample has a cpu-clock
-        // sample within 20 ms of it.
-        let mut soft = Vec::new();
-        let mut pv = Vec::new();
-        for l in r.stdout.lines().filter_map(|l| l.strip_prefix("T ")) {
-            let mut it = l.split_whitespace();
-            let (kind, t) = (it.next(), it.next().and_then(|t| t.parse::<f64>().ok()));
-            match (kind, t) {
-                (Some("s"), Some(t)) => soft.push(t),
-                (Some("p"), Some(t)) => pv.push(t),
-                _ => {}
-            }
-        }
-        soft.sort_by(f64::total_cmp);
-        r.check(
-            !soft.is_empty() && !pv.is_empty(),
-            "both events have samples",
-        );
-        let far = pv
-            .iter()
-            .filter(|&&t| {
-                let i = soft.partition_point(|&s| s < t);
-                let near = [i.checked_sub(1), Some(i)]
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|j| soft.get(j))
-                    .map(|s| (s - t).abs())
-                    .fold(f64::MAX, f64::min);
-                near > 0.020
-            })
-            .count();
-        println!(
-            "{far} of {} pvpmu samples have no cpu-clock sample within 20 ms",
-            pv.len()
-        );
-        r.check(
-            far * 20 <= pv.len(),
-            "pvpmu samples interleave in time with the guest's own events",
-        );
+        check_perf_script(&r);
     });
+}
+
+/// Debian's stock kernel, unpatched, with the pvpmu.ko that
+/// `scripts/build-guest-image.sh --for-kernel` built against its
+/// linux-headers package: the module loads and takes the overflow-handler
+/// path, and the same end-to-end checks as on perfvisor's own kernel pass
+/// (pvpmu-tool's checker and AUX decode, the guest's perf record and perf
+/// script against the guest's own cpu-clock). No --initrd: perfvisor finds
+/// the image built for that kernel's release.
+#[test]
+fn stock_kernel_runs_pvpmu_without_a_kernel_patch() {
+    boot_test("stock_kernel_runs_pvpmu_without_a_kernel_patch", || {
+        let (kernel, release) = harness::stock_kernel();
+        let cmd = format!(
+            "echo uname=$(uname -r); dmesg | grep 'pvpmu: MMIO'; {}; {PERF_SCRIPT_COMMAND}; \
+             echo stock-stats: $(cd /sys/bus/event_source/devices/pvpmu/stats && for f in lost_unrecorded throttle_unrecorded bad_records; do echo $f=$(cat $f); done)",
+            tool_command(1000)
+        );
+        let r = boot(&[
+            "--cpus",
+            "2",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--",
+            &cmd,
+        ]);
+        r.check(r.status == 0, "the stock kernel ran the checks");
+        r.check(
+            r.stderr
+                .contains(&format!("Linux {release}: using its guest image")),
+            "perfvisor chose the guest image built for that kernel",
+        );
+        r.check(
+            r.stdout.contains(&format!("uname={release}")),
+            "the guest runs Debian's kernel",
+        );
+        r.check(
+            r.stdout.contains("records by overflow-handler"),
+            "pvpmu.ko loaded on the unpatched kernel, through the overflow handler",
+        );
+        println!(
+            "{}",
+            r.stdout
+                .lines()
+                .find(|l| l.contains("stock-stats:"))
+                .unwrap_or("no stock-stats line")
+        );
+        let stats = kv(&r.stdout, "stock-stats: ");
+        r.check(num(&stats, "bad_records") == 0, "every host record parsed");
+        check_tool_run(&r, "auto", 1000);
+        check_perf_script(&r);
+    });
+}
+
+/// The guest's perf script of [`PERF_SCRIPT_COMMAND`] against its own
+/// software cpu-clock.
+fn check_perf_script(r: &Run) {
+    let m = kv(&r.stdout, "pvpmu-lines=");
+    let lines: u64 = r
+        .stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("pvpmu-lines=")
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0);
+    let hot = num(&m, "hot");
+    println!("perf script: {lines} pvpmu samples, {hot} in workload_hot");
+    r.check(lines > 100, "perf script shows pvpmu samples");
+    r.check(
+        hot * 4 > lines,
+        "a good part of them in the workload's hot function",
+    );
+    // Host-stamped samples interleave in time with the guest's own
+    // software cpu-clock samples: each pvpmu sample has a cpu-clock
+    // sample within 20 ms of it.
+    let mut soft = Vec::new();
+    let mut pv = Vec::new();
+    for l in r.stdout.lines().filter_map(|l| l.strip_prefix("T ")) {
+        let mut it = l.split_whitespace();
+        let (kind, t) = (it.next(), it.next().and_then(|t| t.parse::<f64>().ok()));
+        match (kind, t) {
+            (Some("s"), Some(t)) => soft.push(t),
+            (Some("p"), Some(t)) => pv.push(t),
+            _ => {}
+        }
+    }
+    soft.sort_by(f64::total_cmp);
+    r.check(
+        !soft.is_empty() && !pv.is_empty(),
+        "both events have samples",
+    );
+    let far = pv
+        .iter()
+        .filter(|&&t| {
+            let i = soft.partition_point(|&s| s < t);
+            let near = [i.checked_sub(1), Some(i)]
+                .into_iter()
+                .flatten()
+                .filter_map(|j| soft.get(j))
+                .map(|s| (s - t).abs())
+                .fold(f64::MAX, f64::min);
+            near > 0.020
+        })
+        .count();
+    println!(
+        "{far} of {} pvpmu samples have no cpu-clock sample within 20 ms",
+        pv.len()
+    );
+    r.check(
+        far * 20 <= pv.len(),
+        "pvpmu samples interleave in time with the guest's own events",
+    );
 }
 
 /// The guest script of the ground-truth test: a competitor pinned to CPU 0,

@@ -252,19 +252,6 @@ fn ctrl_c_stops_the_recording_and_writes_the_outputs() {
     );
 }
 
-/// Debian's stock kernel, as fetched by scripts/fetch-sandbox.sh: the kernel
-/// a user brings, with a placeholder System.map and a stripped vmlinux.
-fn stock_kernel() -> (PathBuf, PathBuf) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("build/sandbox");
-    let (kernel, map) = (dir.join("vmlinuz"), dir.join("System.map"));
-    assert!(
-        kernel.is_file() && map.is_file(),
-        "no Debian kernel in {}: run scripts/fetch-sandbox.sh",
-        dir.display()
-    );
-    (kernel, map)
-}
-
 /// Debian's stock kernel, no System.map (its /boot one is a placeholder),
 /// no frame pointers: kernel symbols come from the kallsyms tables in its
 /// image and tasks from its BTF. Ground truth: the guest's own
@@ -272,7 +259,9 @@ fn stock_kernel() -> (PathBuf, PathBuf) {
 /// and the pid the guest's shell reports.
 #[test]
 fn record_on_a_stock_kernel_names_symbols_and_tasks_from_the_image() {
-    let (kernel, map) = stock_kernel();
+    // The kernel a user brings: a placeholder System.map, a stripped vmlinux.
+    let (kernel, _) = harness::stock_kernel();
+    let map = kernel.with_file_name("System.map");
     let placeholder = std::fs::read_to_string(&map).unwrap();
     println!("Debian's System.map (not used): {placeholder:?}");
     let dir = out_dir("record-stock");

@@ -41,6 +41,35 @@ pub fn image_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("build/guest-image"))
 }
 
+/// The test binaries whose boot tests boot Debian's kernel in the L1.
+const STOCK_BINARIES: &[&str] = &["pvpmu"];
+/// Where [`stock_kernel`] finds Debian's kernel inside the L1 sandbox.
+const STOCK_IN_L1: &str = "/perfvisor/stock";
+
+/// Debian's stock kernel as scripts/fetch-sandbox.sh fetched it (the
+/// sandbox's own `linux-image-amd64`): its vmlinuz and its release. Its
+/// guest image is `image_dir()/kernels/<release>/initramfs.cpio`, from
+/// `scripts/build-guest-image.sh --for-kernel <release>` (scripts/test.sh).
+pub fn stock_kernel() -> (PathBuf, String) {
+    let dir = if std::env::var_os(INSIDE_ENV).is_some() {
+        PathBuf::from(STOCK_IN_L1)
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("build/sandbox")
+    };
+    let manifest = std::fs::read_to_string(dir.join("manifest.txt")).unwrap_or_default();
+    let release = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("kernel_release="))
+        .unwrap_or_else(|| {
+            panic!(
+                "no Debian kernel in {}: run scripts/fetch-sandbox.sh",
+                dir.display()
+            )
+        })
+        .to_string();
+    (dir.join("vmlinuz"), release)
+}
+
 /// `key=value` pairs of the last line containing `prefix` (the machine
 /// lines of pvpmu-tool, perfvisor's device counters, the hostile module).
 pub fn kv(text: &str, prefix: &str) -> HashMap<String, String> {
@@ -497,10 +526,27 @@ fn sandbox_results() -> &'static SandboxResults {
                     argv.push(name.clone());
                 }
             }
-            let job = sandbox::Job::new(argv)
+            let mut job = sandbox::Job::new(argv)
                 .binary(&test_bin, "/tests/boot-tests")
                 .binary(perfvisor(), "/perfvisor/perfvisor")
-                .files_in(&image, &["vmlinux", "bzImage", "initramfs.cpio"], "/perfvisor/image")
+                .files_in(&image, &["vmlinux", "bzImage", "initramfs.cpio"], "/perfvisor/image");
+            // Debian's kernel and the guest image built for it, for the
+            // test binaries that boot it (about 50 MB more in the L1's
+            // initramfs); the tests that need them fail without them.
+            let stock = Path::new(env!("CARGO_MANIFEST_DIR")).join("build/sandbox");
+            if let Some(release) = STOCK_BINARIES
+                .contains(&env!("CARGO_CRATE_NAME"))
+                .then(|| std::fs::read_to_string(stock.join("manifest.txt")).ok())
+                .flatten()
+                .and_then(|m| m.lines().find_map(|l| l.strip_prefix("kernel_release=")).map(str::to_string))
+            {
+                job = job.files_in(&stock, &["vmlinuz", "manifest.txt"], STOCK_IN_L1);
+                let own = image.join("kernels").join(&release);
+                if own.join("initramfs.cpio").exists() {
+                    job = job.files_in(&own, &["initramfs.cpio"], &format!("/perfvisor/image/kernels/{release}"));
+                }
+            }
+            let job = job
                 .env(INSIDE_ENV, "1")
                 .env("PERFVISOR_BIN", "/perfvisor/perfvisor")
                 .env("PERFVISOR_GUEST_IMAGE", "/perfvisor/image")
