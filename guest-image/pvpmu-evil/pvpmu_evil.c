@@ -76,6 +76,7 @@
 #include <asm/page.h>
 #include <asm/pgtable_types.h>
 
+#include "pvpmu_compat.h"
 #include "pvpmu_if.h"
 
 /* A mask of acceptable statuses, e.g. W(OK) | W(EBUSY). */
@@ -509,7 +510,7 @@ static void state_sane(struct evil *e, struct pvpmu_state *s, unsigned int cpu)
 	s->cpu = cpu;
 	s->pid_filter = 0;
 	s->clock_offset = 0;
-	s->current_task_gpa = slow_virt_to_phys(per_cpu_ptr(&current_task, cpu));
+	s->current_task_gpa = slow_virt_to_phys(per_cpu_ptr(&PVPMU_CURRENT_TASK, cpu));
 	s->page_offset = PAGE_OFFSET;
 	s->task_pid_off = offsetof(struct task_struct, pid);
 	s->task_tgid_off = offsetof(struct task_struct, tgid);
@@ -1183,7 +1184,7 @@ static void phase_state(struct evil *e, struct pvpmu_state *s)
 		s->period = (r >> 16) & 1 ? (r >> 20) & 0xfffff : U64_MAX >> (r & 63);
 		s->current_task_gpa = (r >> 40) & 1 ?
 			bad_task_gpa[(r >> 41) % ARRAY_SIZE(bad_task_gpa)] :
-			slow_virt_to_phys(per_cpu_ptr(&current_task, e->cpu));
+			slow_virt_to_phys(per_cpu_ptr(&PVPMU_CURRENT_TASK, e->cpu));
 		s->task_pid_off = (r >> 50) & 1 ? (u32)r : offsetof(struct task_struct, pid);
 		if ((r >> 52) & 1)
 			WRITE_ONCE(s->gen, ++e->gen);

@@ -54,6 +54,7 @@
 #include <asm/pvclock.h>
 #include <asm/kvmclock.h>
 
+#include "pvpmu_compat.h"
 #include "pvpmu_if.h"
 
 /*
@@ -236,6 +237,29 @@ out:
  * first, so each try overestimates the offset by the time between the two
  * reads (and by any interruption): keep the smallest.
  */
+static u64 pvpmu_kvmclock(void)
+{
+#ifdef PVPMU_KVM_CLOCK
+	return kvm_clock.read(&kvm_clock);
+#else
+	/*
+	 * Kernels that no longer export kvm_clock (6.12 does not): read the
+	 * time info the vDSO reads. It exists only with a stable TSC
+	 * (kvm_setup_vsyscall_timeinfo), when every vCPU's copy agrees.
+	 */
+	const struct pvclock_vcpu_time_info *src =
+		&pvclock_get_pvti_cpu0_va()->pvti;
+	unsigned int version;
+	u64 ns;
+
+	do {
+		version = pvclock_read_begin(src);
+		ns = __pvclock_read_cycles(src, rdtsc_ordered());
+	} while (pvclock_read_retry(src, version));
+	return ns;
+#endif
+}
+
 static u64 pvpmu_clock_offset(void)
 {
 	s64 best = S64_MAX, off;
@@ -245,7 +269,7 @@ static u64 pvpmu_clock_offset(void)
 		return 0;
 	for (i = 0; i < 4; i++) {
 		u64 l = local_clock();
-		u64 k = kvm_clock.read(&kvm_clock);
+		u64 k = pvpmu_kvmclock();
 
 		off = (s64)(k - l);
 		if (off < best)
@@ -530,6 +554,11 @@ static bool pvpmu_parse_sample(struct perf_event *event, const u64 *rec,
 
 	/* After the reads: perf_sample_data_init() sets sample_flags. */
 	perf_sample_data_init(data, 0, period);
+#ifdef PVPMU_DYN_SIZE
+	/* Since 6.3 the record's size counts what a driver filled. */
+	if (type & PERF_SAMPLE_CALLCHAIN)
+		data->dyn_size += (data->callchain->nr + 1) * sizeof(u64);
+#endif
 	data->addr = addr;
 	data->tid_entry.pid = lower_32_bits(tid);
 	data->tid_entry.tid = upper_32_bits(tid);
@@ -1340,7 +1369,9 @@ static const struct attribute_group *pvpmu_attr_groups[] = {
 static struct pmu pvpmu_pmu = {
 	.module		= THIS_MODULE,
 	.task_ctx_nr	= perf_hw_context,
+#ifdef PERF_PMU_CAP_HETEROGENEOUS_CPUS	/* gone with the 6.2 context rework */
 	.capabilities	= PERF_PMU_CAP_HETEROGENEOUS_CPUS,
+#endif
 	.attr_groups	= pvpmu_attr_groups,
 	.event_init	= pvpmu_event_init,
 	.add		= pvpmu_add,
@@ -1417,7 +1448,7 @@ static int pvpmu_cpu_alloc(struct pvpmu_cpu *pc, int cpu)
 	pc->state->version = PVPMU_IF_VERSION;
 	pc->state->cpu = cpu;
 	pc->state->current_task_gpa =
-		slow_virt_to_phys(per_cpu_ptr(&current_task, cpu));
+		slow_virt_to_phys(per_cpu_ptr(&PVPMU_CURRENT_TASK, cpu));
 	pc->state->page_offset = PAGE_OFFSET;
 	pc->state->task_pid_off = offsetof(struct task_struct, pid);
 	pc->state->task_tgid_off = offsetof(struct task_struct, tgid);
