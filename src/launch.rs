@@ -5,10 +5,12 @@
 //! sandbox, with the job that forwards the user's own options).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::ValueEnum;
 
+use vmm::orc::OrcTable;
 use vmm::probe::probe;
 use vmm::sampler::Backend;
 use vmm::vm::PmuOptions;
@@ -100,6 +102,11 @@ pub(crate) struct RunArgs {
     /// or a host cpu-clock perf event with exclude_host on each vCPU thread.
     #[arg(long, value_enum, default_value_t = PmuBackend::Auto)]
     pub(crate) pmu_backend: PmuBackend,
+    /// Internal: the guest kernel's ORC tables (perfvisor's own file), for
+    /// kernel callchains; the outer half of a sandboxed run reads them from
+    /// the kernel image.
+    #[arg(long, hide = true)]
+    pub(crate) guest_orc: Option<PathBuf>,
     /// Command for the guest's /init to run (default image); its exit status becomes perfvisor's.
     #[arg(last = true)]
     pub(crate) guest_command: Vec<String>,
@@ -283,6 +290,7 @@ pub(crate) fn vm_config(
     backend: Backend,
     console_input: bool,
     callchains: bool,
+    orc: Option<Arc<OrcTable>>,
 ) -> VmConfig {
     VmConfig {
         kernel: boot.kernel,
@@ -301,6 +309,7 @@ pub(crate) fn vm_config(
             backend,
             callchains,
             budget: args.pmu_budget(),
+            orc,
         }),
     }
 }
@@ -362,7 +371,83 @@ pub(crate) fn sandbox_for(args: &RunArgs) -> Result<sandbox::Sandbox, CliError> 
 
 /// Options of `run` (and so of `record`) that the sandbox job rewrites:
 /// where the guest runs, and the host files it ships.
-pub(crate) const RUN_HOST_ONLY: &[&str] = &["kernel", "initrd", "kvm"];
+pub(crate) const RUN_HOST_ONLY: &[&str] = &["kernel", "initrd", "kvm", "guest_orc"];
+
+/// The guest kernel's ORC tables, for kernel callchains of a kernel built
+/// without frame pointers (Debian's: `CONFIG_UNWINDER_ORC`): from
+/// `--guest-orc` (the inner half of a sandboxed run), else from a
+/// `--kernel` image that has them, saying so in one line on stderr (`who`
+/// names the subcommand). None for a kernel with none (perfvisor's own,
+/// which has frame pointers): frame pointers are walked.
+pub(crate) fn guest_orc(args: &RunArgs, who: &str) -> Option<Arc<OrcTable>> {
+    if let Some(p) = &args.guest_orc {
+        return match std::fs::read(p).map_err(|e| e.to_string()).and_then(|b| {
+            if b == NO_ORC {
+                return Err(String::new());
+            }
+            OrcTable::from_bytes(&b).map_err(str::to_string)
+        }) {
+            Err(e) if e.is_empty() => None,
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                eprintln!("perfvisor {who}: {}: {e}", p.display());
+                None
+            }
+        };
+    }
+    let kernel = args.kernel.as_ref()?;
+    let start = std::time::Instant::now();
+    let image = vmm::kernel_image::Vmlinux::open(kernel).ok()?;
+    let table = OrcTable::from_image(&image).ok()?;
+    eprintln!(
+        "perfvisor {who}: guest kernel callchains unwound with {}'s ORC tables ({} entries, {:?} format, {:.2} s)",
+        kernel.display(),
+        table.len(),
+        table.format(),
+        start.elapsed().as_secs_f64()
+    );
+    Some(Arc::new(table))
+}
+
+/// A `--guest-orc` file saying that the kernel has no ORC tables (walk
+/// frame pointers), so that the inner half of a sandboxed run does not
+/// read the kernel image again, under TCG.
+const NO_ORC: &[u8] = b"none\n";
+
+/// The guest kernel's ORC tables (or [`NO_ORC`]) as a file in `dir` for
+/// the inner half of a sandboxed run or record: adds the option that names
+/// it to `extra`, and returns the job file to ship.
+pub(crate) fn ship_guest_orc(
+    orc: Option<&OrcTable>,
+    dir: &Path,
+    extra: &mut Vec<String>,
+) -> Result<(PathBuf, &'static str), CliError> {
+    const IN_L1: &str = "/perfvisor/guest-orc.bin";
+    let file = dir.join("guest-orc.bin");
+    let bytes = orc.map_or_else(|| NO_ORC.to_vec(), OrcTable::to_bytes);
+    std::fs::write(&file, bytes).map_err(|source| CliError::Unreadable {
+        path: file.clone(),
+        source,
+    })?;
+    extra.extend(["--guest-orc".into(), IN_L1.into()]);
+    Ok((file, IN_L1))
+}
+
+/// The command line with `nokaslr`, so that symbols and unwind tables read
+/// from the kernel image (link-time addresses) match the samples: a
+/// distribution kernel randomizes its base otherwise
+/// (CONFIG_RANDOMIZE_BASE). A command line that already says `kaslr` or
+/// `nokaslr` is the user's choice and stays.
+pub(crate) fn without_kaslr(cmdline: String) -> String {
+    if cmdline
+        .split_ascii_whitespace()
+        .any(|w| w == "kaslr" || w == "nokaslr")
+    {
+        cmdline
+    } else {
+        format!("{cmdline} nokaslr")
+    }
+}
 
 /// A sandbox job running `perfvisor SUB --kvm host` with `args`' kernel and
 /// initrd shipped in, `extra` options of SUB, and every option the user
@@ -414,6 +499,15 @@ pub(crate) fn sandbox_job(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kaslr_is_turned_off_unless_the_user_chose() {
+        assert_eq!(without_kaslr("quiet".into()), "quiet nokaslr");
+        assert_eq!(without_kaslr("quiet kaslr".into()), "quiet kaslr");
+        assert_eq!(without_kaslr("nokaslr quiet".into()), "nokaslr quiet");
+        // A longer word is not the option.
+        assert_eq!(without_kaslr("x.nokaslrx".into()), "x.nokaslrx nokaslr");
+    }
 
     #[test]
     fn sizes() {

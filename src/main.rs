@@ -244,7 +244,7 @@ mod tests {
         assert_eq!(got.run.pmu_budget, want.run.pmu_budget);
         assert_eq!(got.run.guest_command, want.run.guest_command);
         assert!(
-            got.guest_binaries.is_empty() && got.raw_out.is_none() && got.guest_orc.is_none(),
+            got.guest_binaries.is_empty() && got.raw_out.is_none() && got.run.guest_orc.is_none(),
             "{argv:?}"
         );
         assert_eq!(

@@ -232,7 +232,7 @@ fn stock_kernel_runs_pvpmu_without_a_kernel_patch() {
     boot_test("stock_kernel_runs_pvpmu_without_a_kernel_patch", || {
         let (kernel, release) = harness::stock_kernel();
         let cmd = format!(
-            "echo uname=$(uname -r); dmesg | grep 'pvpmu: MMIO'; {}; {PERF_SCRIPT_COMMAND}; \
+            "echo uname=$(uname -r); dmesg | grep 'pvpmu: MMIO'; {}; {PERF_SCRIPT_COMMAND}; {CHAINS_COMMAND}; \
              echo stock-stats: $(cd /sys/bus/event_source/devices/pvpmu/stats && for f in lost_unrecorded throttle_unrecorded bad_records; do echo $f=$(cat $f); done)",
             tool_command(1000)
         );
@@ -269,8 +269,51 @@ fn stock_kernel_runs_pvpmu_without_a_kernel_patch() {
         r.check(num(&stats, "bad_records") == 0, "every host record parsed");
         check_tool_run(&r, "auto", 1000);
         check_perf_script(&r);
+        // Debian's kernel has no frame pointers: the host unwinds its
+        // kernel frames with the kernel's own ORC tables.
+        r.check(
+            r.stderr.contains("ORC tables"),
+            "pvpmu's callchains use the stock kernel's ORC tables, and perfvisor says so",
+        );
+        let c = kv(&r.stdout, "chains: ");
+        let pct = |a: &str, b: &str| 100.0 * num(&c, a) as f64 / num(&c, b).max(1) as f64;
+        let (pv, guest) = (
+            pct("pvpmu_full", "pvpmu_kernel"),
+            pct("guest_full", "guest_kernel"),
+        );
+        println!(
+            "kernel samples with a chain through a kernel entry into the workload: pvpmu {}/{} ({pv:.1}%), the guest's own cpu-clock -g {}/{} ({guest:.1}%)",
+            num(&c, "pvpmu_full"),
+            num(&c, "pvpmu_kernel"),
+            num(&c, "guest_full"),
+            num(&c, "guest_kernel")
+        );
+        r.check(
+            num(&c, "pvpmu_kernel") > 200 && num(&c, "guest_kernel") > 200,
+            "both events sampled the system-call loop in the kernel",
+        );
+        r.check(
+            pv >= guest - 10.0,
+            "pvpmu's kernel chains are as complete as the guest kernel's own unwinder's (within 10 points)",
+        );
     });
 }
+
+/// Kernel callchains of a system-call loop, pvpmu's (the host's walk)
+/// beside the guest's own cpu-clock (the guest kernel's own unwinder), in
+/// one `perf record -g`. Of the workload's samples with a kernel leaf
+/// outside the entry code (which the guest's hrtimer cannot sample), how
+/// many have two or more kernel frames ending in a kernel entry and then
+/// one of the workload's functions.
+const CHAINS_COMMAND: &str = r#"perf record -q -g -e pvpmu/cpu-clock/ -e cpu-clock -F 1000 -o /tmp/g.data -- pv-workload --mode syscall --seconds 2 >/dev/null 2>&1
+perf script -i /tmp/g.data -F comm,event,ip,sym 2>/dev/null | awk -F'\t' '
+function flush() { if (w && firstk && !leafent) { k[ev]++; if (nk >= 2 && ent && usr) f[ev]++ } w = 0; first = 1; firstk = 0; leafent = 0; nk = 0; ent = 0; usr = 0; inker = 1; last = "" }
+/^\t/ { split($2, a, " "); isk = (length(a[1]) == 16 && substr(a[1], 1, 4) == "ffff"); e = (a[2] ~ /^(entry_SYSCALL_64|asm_sysvec_|asm_common_interrupt|asm_exc_)/)
+  if (first) { firstk = isk; leafent = isk && e; first = 0 }
+  if (isk && inker) { nk++; last = a[2] } else { if (inker) { inker = 0; if (last ~ /^(entry_SYSCALL_64|asm_sysvec_|asm_common_interrupt|asm_exc_)/) ent = 1 } if (a[2] ~ /^workload_/) usr = 1 }
+  next }
+/./ { flush(); w = index($0, "pv-workload") > 0; ev = (index($0, "pvpmu") > 0) ? "pvpmu" : "guest" }
+END { flush(); printf "chains: pvpmu_kernel=%d pvpmu_full=%d guest_kernel=%d guest_full=%d\n", k["pvpmu"], f["pvpmu"], k["guest"], f["guest"] }'"#;
 
 /// The guest's perf script of [`PERF_SCRIPT_COMMAND`] against its own
 /// software cpu-clock.

@@ -28,7 +28,8 @@ use vmm::Vm;
 use crate::error::{exit_code, CliError};
 use crate::forward::GivenArgs;
 use crate::launch::{
-    default_image_dir, resolve, sandbox_for, sandbox_job, use_sandbox, vm_config, RunArgs,
+    default_image_dir, guest_orc, resolve, sandbox_for, sandbox_job, ship_guest_orc, use_sandbox,
+    vm_config, without_kaslr, RunArgs,
 };
 use crate::raw_stream::{RawError, RawItem, RawReader, RawStats, RawWriter};
 
@@ -64,10 +65,6 @@ pub struct RecordArgs {
     /// Internal: the guest kernel layout file for task identification.
     #[arg(long, hide = true)]
     pub guest_info: Option<PathBuf>,
-    /// Internal: the guest kernel's ORC tables (perfvisor's own file), for
-    /// kernel callchains.
-    #[arg(long, hide = true)]
-    pub guest_orc: Option<PathBuf>,
 }
 
 /// Options of `record` the outer perfvisor keeps: it writes the outputs,
@@ -80,7 +77,6 @@ pub const RECORD_HOST_ONLY: &[&str] = &[
     "guest_binaries",
     "raw_out",
     "guest_info",
-    "guest_orc",
 ];
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
@@ -183,19 +179,13 @@ fn kernel_facts(args: &RecordArgs) -> KernelFacts {
     if let Some(p) = &args.guest_info {
         facts.layout = from_file(p);
     }
-    if let Some(p) = &args.guest_orc {
-        match std::fs::read(p)
-            .map_err(|e| e.to_string())
-            .and_then(|b| OrcTable::from_bytes(&b).map_err(str::to_string))
-        {
-            Ok(t) => facts.orc = Some(Arc::new(t)),
-            Err(e) => eprintln!("perfvisor record: {}: {e}", p.display()),
-        }
+    if args.run.guest_orc.is_some() {
+        facts.orc = guest_orc(&args.run, "record");
     }
     // The inner half of a sandboxed recording writes raw samples only: the
     // outer one reads the image, and hands it the layout and the tables.
     let want_symbols = args.raw_out.is_none();
-    let want_orc = args.call_graph.is_some() && args.guest_orc.is_none();
+    let want_orc = args.call_graph.is_some() && args.run.guest_orc.is_none();
     if !want_symbols && !want_orc && facts.layout.is_some() {
         return facts;
     }
@@ -260,22 +250,6 @@ fn write_image_kallsyms(facts: &KernelFacts, dir: &Path) -> Result<Option<PathBu
     let path = dir.join("kallsyms");
     std::fs::write(&path, text).map_err(io(&path))?;
     Ok(Some(path))
-}
-
-/// The recorded guest kernel runs at its link-time addresses, so the
-/// symbols of a System.map or vmlinux (which have link-time addresses)
-/// match the samples: a distribution kernel randomizes its base otherwise
-/// (CONFIG_RANDOMIZE_BASE). A command line that already says `kaslr` or
-/// `nokaslr` is the user's choice and stays.
-fn without_kaslr(cmdline: String) -> String {
-    if cmdline
-        .split_ascii_whitespace()
-        .any(|w| w == "kaslr" || w == "nokaslr")
-    {
-        cmdline
-    } else {
-        format!("{cmdline} nokaslr")
-    }
 }
 
 /// Whether the guest's user space is the default image's (no --initrd, or
@@ -481,7 +455,7 @@ pub fn record(args: RecordArgs, given: &GivenArgs) -> Result<ExitCode, CliError>
     // The terminal stays cooked, so Ctrl-C reaches perfvisor. The pvpmu
     // device stays (a guest with the driver boots as usual), but the
     // recorder's hooks replace its sampler, so it walks no callchains.
-    let config = vm_config(&args.run, boot, backend, false, false);
+    let config = vm_config(&args.run, boot, backend, false, false, None);
     let facts = kernel_facts(&args);
     // The recovered symbols live here until the outputs are written.
     let private = sandbox::TempDir::new()?;
@@ -602,18 +576,18 @@ fn record_in_sandbox(
         std::fs::write(&info, layout.to_text()).map_err(io(&info))?;
         extra.extend(["--guest-info".into(), "/perfvisor/guest-info.txt".into()]);
     }
-    let orc_file = private.path().join("guest-orc.bin");
-    if let Some(orc) = &facts.orc {
-        std::fs::write(&orc_file, orc.to_bytes()).map_err(io(&orc_file))?;
-        extra.extend(["--guest-orc".into(), "/perfvisor/guest-orc.bin".into()]);
-    }
+    let orc_file = args
+        .call_graph
+        .is_some()
+        .then(|| ship_guest_orc(facts.orc.as_deref(), private.path(), &mut extra))
+        .transpose()?;
     let mut job = sandbox_job(&args.run, "record", given, RECORD_HOST_ONLY, &extra)?
         .collect("/out", &host_out);
     if layout.is_some() {
         job = job.file(&info, "/perfvisor/guest-info.txt");
     }
-    if facts.orc.is_some() {
-        job = job.file(&orc_file, "/perfvisor/guest-orc.bin");
+    if let Some((file, in_l1)) = &orc_file {
+        job = job.file(file, in_l1);
     }
     // Ctrl-C (or SIGTERM) stops the recording inside the L1 the way it
     // stops a direct one; the outputs are still written. A second one kills
@@ -654,18 +628,4 @@ fn record_in_sandbox(
     drop(private);
     result?;
     Ok(exit_code(outcome.status))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recording_turns_kaslr_off_unless_the_user_chose() {
-        assert_eq!(without_kaslr("quiet".into()), "quiet nokaslr");
-        assert_eq!(without_kaslr("quiet kaslr".into()), "quiet kaslr");
-        assert_eq!(without_kaslr("nokaslr quiet".into()), "nokaslr quiet");
-        // A longer word is not the option.
-        assert_eq!(without_kaslr("x.nokaslrx".into()), "x.nokaslrx nokaslr");
-    }
 }

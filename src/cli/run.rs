@@ -8,7 +8,8 @@ use vmm::Vm;
 use crate::error::{exit_code, CliError};
 use crate::forward::GivenArgs;
 use crate::launch::{
-    resolve, sandbox_for, sandbox_job, use_sandbox, vm_config, PmuBackend, RunArgs,
+    guest_orc, resolve, sandbox_for, sandbox_job, ship_guest_orc, use_sandbox, vm_config,
+    without_kaslr, PmuBackend, RunArgs,
 };
 
 /// Run the guest `args` describe.
@@ -17,7 +18,17 @@ pub(crate) fn run(args: RunArgs, given: &GivenArgs) -> Result<ExitCode, CliError
         return Err(CliError::NoCpus);
     }
     if use_sandbox(&args)? {
-        let job = sandbox_job(&args, "run", given, &[], &[])?;
+        // The ORC tables are read here, where the kernel file is, and go in
+        // as the inner perfvisor's --guest-orc.
+        let private = sandbox::TempDir::new()?;
+        let mut extra = Vec::new();
+        let orc = pvpmu_callchains(&args)
+            .then(|| ship_guest_orc(pvpmu_orc(&args).as_deref(), private.path(), &mut extra))
+            .transpose()?;
+        let mut job = sandbox_job(&args, "run", given, &[], &extra)?;
+        if let Some((file, in_l1)) = &orc {
+            job = job.file(file, in_l1);
+        }
         let outcome = sandbox_for(&args)?.run(&job, &mut |line: &str| println!("{line}"))?;
         Ok(exit_code(outcome.status))
     } else {
@@ -25,13 +36,29 @@ pub(crate) fn run(args: RunArgs, given: &GivenArgs) -> Result<ExitCode, CliError
     }
 }
 
+/// A forced host timer gives IPs only; auto and kick sample callchain
+/// events with kicks, and walk their frames.
+fn pvpmu_callchains(args: &RunArgs) -> bool {
+    args.pmu_freq > 0 && args.pmu_backend != PmuBackend::HostTimer
+}
+
+/// The guest kernel's ORC tables for pvpmu's callchains, when it walks
+/// any and the kernel has them.
+fn pvpmu_orc(args: &RunArgs) -> Option<std::sync::Arc<vmm::orc::OrcTable>> {
+    pvpmu_callchains(args)
+        .then(|| guest_orc(args, "run"))
+        .flatten()
+}
+
 fn run_host(args: &RunArgs) -> Result<ExitCode, CliError> {
-    let boot = resolve(args)?;
+    let mut boot = resolve(args)?;
     let backend = args.pmu_backend.resolve(false);
-    // A forced host timer gives IPs only; auto and kick sample callchain
-    // events with kicks.
-    let callchains = args.pmu_backend != PmuBackend::HostTimer;
-    let config = vm_config(args, boot, backend, true, callchains);
+    let orc = pvpmu_orc(args);
+    if orc.is_some() {
+        // The tables have link-time addresses.
+        boot.cmdline = without_kaslr(boot.cmdline);
+    }
+    let config = vm_config(args, boot, backend, true, pvpmu_callchains(args), orc);
     let vm = Vm::new(config, Box::new(std::io::stdout()))?;
     let report = vm.run()?;
     let outcome = report.outcome;

@@ -155,6 +155,21 @@ pub struct StartRegs {
     pub r13: u64,
 }
 
+impl StartRegs {
+    /// The registers a walk needs, from the vCPU's.
+    pub fn from_regs(regs: &kvm_bindings::kvm_regs) -> StartRegs {
+        StartRegs {
+            ip: regs.rip,
+            sp: regs.rsp,
+            bp: regs.rbp,
+            dx: regs.rdx,
+            di: regs.rdi,
+            r10: regs.r10,
+            r13: regs.r13,
+        }
+    }
+}
+
 impl OrcTable {
     /// The ORC tables of an opened kernel image.
     pub fn from_image(vmlinux: &Vmlinux) -> Result<OrcTable> {

@@ -175,18 +175,7 @@ impl VcpuHook for RecordHook {
         if self.cfg.callchain {
             let t = Instant::now();
             callchain = match (&self.cfg.orc, user) {
-                (Some(orc), false) => {
-                    let start = StartRegs {
-                        ip: regs.rip,
-                        sp: regs.rsp,
-                        bp: regs.rbp,
-                        dx: regs.rdx,
-                        di: regs.rdi,
-                        r10: regs.r10,
-                        r13: regs.r13,
-                    };
-                    orc.walk(&mut space, start).frames
-                }
+                (Some(orc), false) => orc.walk(&mut space, StartRegs::from_regs(&regs)).frames,
                 _ => walk_guest_stack(&mut space, regs.rbp, regs.rsp, !user).frames,
             };
             self.stats.walks.fetch_add(1, Ordering::Relaxed);

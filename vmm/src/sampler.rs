@@ -30,6 +30,7 @@ use crate::end::VmEnd;
 use crate::host_timer::{HostTimer, LazyHostTimer, Tick};
 use crate::introspect::{is_user_address, walk_guest_stack, Callchain, GuestAddressSpace};
 use crate::kvm_stats::VcpuStats;
+use crate::orc::{OrcTable, StartRegs};
 use crate::vcpu::{ExitInfo, ExitKind, VcpuContext, VcpuHandle, VcpuHook};
 
 /// How often the host-timer backend moves samples into the guest, at most.
@@ -146,6 +147,9 @@ pub struct SampleHook {
     tick_counts: TickCounts,
     /// Host timer: halted time, which it cannot tick in.
     idle: IdleClock,
+    /// The guest kernel's ORC tables, for kernel callchains of a kernel
+    /// built without frame pointers; None walks frame pointers.
+    orc: Option<Arc<OrcTable>>,
 }
 
 /// The host timer ticks only while the vCPU thread runs, so a halted vCPU
@@ -327,7 +331,14 @@ impl SampleHook {
             gate: RateGate::default(),
             tick_counts: TickCounts::default(),
             idle: IdleClock::default(),
+            orc: None,
         }
+    }
+
+    /// Kernel callchains unwound with the guest kernel's ORC tables.
+    pub fn with_orc(mut self, orc: Option<Arc<OrcTable>>) -> Self {
+        self.orc = orc;
+        self
     }
 
     /// Host-timer ticks count against `budget` before they reach the
@@ -442,7 +453,9 @@ impl SampleHook {
     }
 
     /// One sample from the vCPU's registers, now, with the guest's
-    /// frame-pointer callchain when the event asks for one.
+    /// callchain when the event asks for one: kernel frames from the
+    /// kernel's ORC tables when it has them, else frame pointers, then
+    /// the user frames.
     fn register_sample(&mut self, vcpu: &mut VcpuContext<'_>) {
         let (Ok(regs), Ok(sregs)) = (vcpu.regs(), vcpu.sregs()) else {
             return;
@@ -452,7 +465,10 @@ impl SampleHook {
         let user = sregs.cs.dpl == 3;
         let chain = if self.dev.wants_callchain(n) {
             let mut space = GuestAddressSpace::new(self.dev.memory(), sregs.cr3);
-            walk_guest_stack(&mut space, regs.rbp, regs.rsp, !user)
+            match (&self.orc, user) {
+                (Some(orc), false) => orc.walk(&mut space, StartRegs::from_regs(&regs)),
+                _ => walk_guest_stack(&mut space, regs.rbp, regs.rsp, !user),
+            }
         } else {
             Callchain::default()
         };

@@ -69,7 +69,7 @@ pub struct RunReport {
 }
 
 /// pvpmu settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PmuOptions {
     /// Highest sampling rate, Hz.
     pub freq: u32,
@@ -82,6 +82,10 @@ pub struct PmuOptions {
     /// Most samples per second across the whole VM, whatever the guest
     /// asks (see [`crate::budget::SampleBudget`]).
     pub budget: u32,
+    /// The guest kernel's ORC tables: its kernel callchains are unwound
+    /// with them (a kernel built without frame pointers); None walks frame
+    /// pointers.
+    pub orc: Option<Arc<crate::orc::OrcTable>>,
 }
 
 /// The interrupt line pvpmu raises (an ISA line the MP table routes).
@@ -93,6 +97,7 @@ struct PmuState {
     clock: Arc<GuestClock>,
     backend: Backend,
     budget: Arc<crate::budget::SampleBudget>,
+    orc: Option<Arc<crate::orc::OrcTable>>,
 }
 
 /// What takes samples in this VM. One value, so the sampler, the vCPU
@@ -309,6 +314,7 @@ impl Vm {
         add_debug_exit(&buses.pio, &end)?;
         let pmu = config
             .pmu
+            .as_ref()
             .map(|opts| add_pvpmu(&vm, &mem, &buses.mmio, config.cpus, opts))
             .transpose()?;
 
@@ -617,7 +623,7 @@ fn add_pvpmu(
     mem: &Arc<GuestMemoryMmap>,
     mmio: &Bus,
     cpus: u8,
-    opts: PmuOptions,
+    opts: &PmuOptions,
 ) -> Result<PmuState> {
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
     vm.register_irqfd(&irq, PVPMU_IRQ)
@@ -643,6 +649,7 @@ fn add_pvpmu(
         clock: Arc::new(GuestClock::default()),
         backend: opts.backend,
         budget: Arc::new(crate::budget::SampleBudget::new(opts.budget)),
+        orc: opts.orc.clone(),
     })
 }
 
@@ -672,7 +679,7 @@ fn create_vcpus(
             end.clone(),
             sync_regs,
         );
-        if let (Some(p), Some(opts)) = (pmu, config.pmu) {
+        if let (Some(p), Some(opts)) = (pmu, &config.pmu) {
             vcpu.set_hook(Box::new(pvpmu_hook(p, index, opts.freq)));
         }
         vcpus.push(vcpu);
@@ -709,6 +716,7 @@ fn pvpmu_hook(p: &PmuState, index: u8, freq: u32) -> SampleHook {
         freq,
     )
     .with_budget(p.budget.clone())
+    .with_orc(p.orc.clone())
 }
 
 /// Log what was built, once the VM is ready to run.
