@@ -23,6 +23,7 @@ PACKAGES=(
     linux-perf  # /usr/bin/perf in the guest initramfs, and on the host
     linux-headers-amd64 # pvpmu.ko for Debian's stock kernel, the one the sandbox
                         # fetches (build-guest-image.sh --for-kernel)
+    dkms        # pvpmu.ko's DKMS package is built in CI (scripts/pvpmu-dkms.sh)
     # the L1 sandbox (scripts/fetch-sandbox.sh, crate sandbox)
     qemu-system-x86
     kmod        # depmod/modprobe resolve the kvm-amd module closure

@@ -6,7 +6,9 @@
 # 1. scripts/setup.sh           Debian packages (only what is missing)
 # 2. scripts/build-guest-image.sh  guest kernel, initramfs (cached by inputs)
 # 3. scripts/fetch-sandbox.sh   the L1 sandbox kernel and kvm-amd modules, then
-#    build-guest-image.sh --for-kernel <that kernel>: its pvpmu.ko and initramfs
+#    build-guest-image.sh --for-kernel <that kernel>: its pvpmu.ko and initramfs,
+#    the same for Debian's newest kernel (headers only), and a DKMS build of
+#    pvpmu for both (scripts/pvpmu-dkms.sh --check)
 # 4. lints                     cargo fmt --check, cargo clippy -D warnings
 # 5. guest-input unit tests     vmm, devices, perf-ring, pvpmu-abi and guest-symbols
 #                               unit tests in a debug build,
@@ -41,6 +43,22 @@ if [[ ! -d /usr/src/linux-headers-$STOCK_RELEASE && $(id -u) -eq 0 ]]; then
     apt-get install -y -q --no-install-recommends "linux-headers-$STOCK_RELEASE" </dev/null
 fi
 scripts/build-guest-image.sh --for-kernel "$STOCK_RELEASE"
+# The guest modules must keep building for the newest kernel Debian serves
+# (bookworm carries 6.12 too): build its image, and pvpmu through DKMS for both.
+NEWEST_RELEASE=$(apt-cache search --names-only '^linux-headers-[0-9].*-amd64$' 2>/dev/null |
+    awk '{ print $1 }' | grep -Ev -- '-(cloud|rt)-amd64$' | sed 's/^linux-headers-//' | sort -V | tail -1)
+[[ -n "$NEWEST_RELEASE" ]] || pv_die "apt knows no linux-headers-*-amd64 package: run 'apt-get update' as root"
+if [[ ! -d /usr/src/linux-headers-$NEWEST_RELEASE && $(id -u) -eq 0 ]]; then
+    pv_phase "headers of Debian's newest kernel, $NEWEST_RELEASE (apt-get install)"
+    apt-get install -y -q --no-install-recommends "linux-headers-$NEWEST_RELEASE" </dev/null >"$CACHE_ROOT/apt-newest-headers.log" 2>&1 ||
+        { tail -20 "$CACHE_ROOT/apt-newest-headers.log" >&2; pv_die "could not install linux-headers-$NEWEST_RELEASE"; }
+fi
+if [[ "$NEWEST_RELEASE" != "$STOCK_RELEASE" ]]; then
+    pv_phase "guest modules against Debian's newest kernel $NEWEST_RELEASE (build-guest-image.sh --for-kernel)"
+    scripts/build-guest-image.sh --for-kernel "$NEWEST_RELEASE"
+fi
+pv_phase "pvpmu as a DKMS package (scripts/pvpmu-dkms.sh --check)"
+scripts/pvpmu-dkms.sh --check $(printf '%s\n' "$STOCK_RELEASE" "$NEWEST_RELEASE" | sort -u)
 pv_phase "lints (cargo fmt --check, cargo clippy -D warnings)"
 cargo fmt --all -- --check || pv_die "cargo fmt --check failed: run cargo fmt --all"
 cargo clippy --workspace --all-targets --release --locked -- -D warnings \
