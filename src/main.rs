@@ -156,6 +156,8 @@ mod tests {
         "900",
         "--pmu-backend",
         "host-timer",
+        "--guest-orc",
+        "/o",
         "--",
         "echo",
         "hi -x",
@@ -180,14 +182,14 @@ mod tests {
             panic!("not run");
         };
         for a in [&mut got, &mut want] {
-            (a.kernel, a.initrd, a.kvm) = (None, None, KvmChoice::Auto);
+            (a.kernel, a.initrd, a.kvm, a.guest_orc) = (None, None, KvmChoice::Auto, None);
         }
         assert_eq!(
             format!("{got:?}"),
             format!("{want:?}"),
             "inner line {argv:?}"
         );
-        for host in ["--kernel", "--initrd", "--kvm"] {
+        for host in ["--kernel", "--initrd", "--kvm", "--guest-orc"] {
             assert!(
                 !argv.iter().any(|a| a.starts_with(host)),
                 "{host} forwarded: {argv:?}"
@@ -220,8 +222,6 @@ mod tests {
             "/r",
             "--guest-info",
             "/g",
-            "--guest-orc",
-            "/o",
             "--",
             "true",
         ]);
