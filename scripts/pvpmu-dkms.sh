@@ -5,8 +5,9 @@
 #   scripts/pvpmu-dkms.sh --tree DIR     assemble the DKMS source tree in DIR/pvpmu-<version>
 #   scripts/pvpmu-dkms.sh --install      as root: into /usr/src, then dkms add + install
 #                                        for the running kernel (its headers must be installed)
-#   scripts/pvpmu-dkms.sh --check K...   build it with dkms for each kernel release K
-#                                        (headers installed), in a private DKMS tree
+#   scripts/pvpmu-dkms.sh --check K...   build it with dkms for each kernel K (a release
+#                                        whose headers are installed, or a headers
+#                                        directory), in a private DKMS tree
 #
 # The version is the driver's interface version plus the repository's commit.
 # docs/pvpmu-driver.md, "Installing with DKMS".
@@ -63,8 +64,14 @@ case "${1:-}" in
     dk=(dkms --dkmstree "$work/dkms" --sourcetree "$work/src" -m pvpmu -v "$VERSION")
     "${dk[@]}" add >"$work/add.log" 2>&1 || { cat "$work/add.log" >&2; pv_die "dkms add failed"; }
     for k in "$@"; do
+        src=()
+        if [[ -d "$k" ]]; then
+            src=(--kernelsourcedir "$k")
+            k=$(sed -n 's/^#define UTS_RELEASE "\(.*\)"$/\1/p' "$k/include/generated/utsrelease.h")
+            [[ -n "$k" ]] || pv_die "${src[1]} has no include/generated/utsrelease.h: not a kernel headers directory"
+        fi
         pv_phase "dkms build pvpmu $VERSION for $k"
-        if ! "${dk[@]}" build -k "$k" >"$work/build.log" 2>&1; then
+        if ! "${dk[@]}" "${src[@]}" build -k "$k" >"$work/build.log" 2>&1; then
             tail -40 "$work/build.log" >&2
             find "$work/dkms" -name make.log -exec tail -40 {} \; >&2
             pv_die "dkms could not build pvpmu for $k"

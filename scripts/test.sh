@@ -7,7 +7,8 @@
 # 2. scripts/build-guest-image.sh  guest kernel, initramfs (cached by inputs)
 # 3. scripts/fetch-sandbox.sh   the L1 sandbox kernel and kvm-amd modules, then
 #    build-guest-image.sh --for-kernel <that kernel>: its pvpmu.ko and initramfs,
-#    the same for Debian's newest kernel (headers only), and a DKMS build of
+#    the same for Debian's newest kernel (headers unpacked by
+#    fetch-kernel-headers.sh, not installed), and a DKMS build of
 #    pvpmu for both (scripts/pvpmu-dkms.sh --check)
 # 4. lints                     cargo fmt --check, cargo clippy -D warnings
 # 5. guest-input unit tests     vmm, devices, perf-ring, pvpmu-abi and guest-symbols
@@ -40,7 +41,7 @@ STOCK_RELEASE=$(sed -n 's/^kernel_release=//p' "$REPO_ROOT/build/sandbox/manifes
 pv_phase "guest image for Debian's kernel $STOCK_RELEASE (scripts/build-guest-image.sh --for-kernel)"
 if [[ ! -d /usr/src/linux-headers-$STOCK_RELEASE && $(id -u) -eq 0 ]]; then
     # setup.sh installed the headers apt had then; the sandbox kernel may be newer.
-    apt-get install -y -q --no-install-recommends "linux-headers-$STOCK_RELEASE" </dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "linux-headers-$STOCK_RELEASE" </dev/null
 fi
 scripts/build-guest-image.sh --for-kernel "$STOCK_RELEASE"
 # The guest modules must keep building for the newest kernel Debian serves
@@ -48,17 +49,16 @@ scripts/build-guest-image.sh --for-kernel "$STOCK_RELEASE"
 NEWEST_RELEASE=$(apt-cache search --names-only '^linux-headers-[0-9].*-amd64$' 2>/dev/null |
     awk '{ print $1 }' | grep -Ev -- '-(cloud|rt)-amd64$' | sed 's/^linux-headers-//' | sort -V | tail -1)
 [[ -n "$NEWEST_RELEASE" ]] || pv_die "apt knows no linux-headers-*-amd64 package: run 'apt-get update' as root"
-if [[ ! -d /usr/src/linux-headers-$NEWEST_RELEASE && $(id -u) -eq 0 ]]; then
-    pv_phase "headers of Debian's newest kernel, $NEWEST_RELEASE (apt-get install)"
-    apt-get install -y -q --no-install-recommends "linux-headers-$NEWEST_RELEASE" </dev/null >"$CACHE_ROOT/apt-newest-headers.log" 2>&1 ||
-        { tail -20 "$CACHE_ROOT/apt-newest-headers.log" >&2; pv_die "could not install linux-headers-$NEWEST_RELEASE"; }
-fi
+# Unpacked, not installed: its headers package would pull in its kernel image.
+NEWEST_HEADERS=$(scripts/fetch-kernel-headers.sh "$NEWEST_RELEASE")
+CHECK_KERNELS=("$STOCK_RELEASE")
 if [[ "$NEWEST_RELEASE" != "$STOCK_RELEASE" ]]; then
-    pv_phase "guest modules against Debian's newest kernel $NEWEST_RELEASE (build-guest-image.sh --for-kernel)"
-    scripts/build-guest-image.sh --for-kernel "$NEWEST_RELEASE"
+    pv_phase "guest modules against Debian's newest kernel $NEWEST_RELEASE (build-guest-image.sh --for-kernel, unpacked headers)"
+    scripts/build-guest-image.sh --for-kernel "$NEWEST_HEADERS"
+    CHECK_KERNELS+=("$NEWEST_HEADERS")
 fi
 pv_phase "pvpmu as a DKMS package (scripts/pvpmu-dkms.sh --check)"
-scripts/pvpmu-dkms.sh --check $(printf '%s\n' "$STOCK_RELEASE" "$NEWEST_RELEASE" | sort -u)
+scripts/pvpmu-dkms.sh --check "${CHECK_KERNELS[@]}"
 pv_phase "lints (cargo fmt --check, cargo clippy -D warnings)"
 cargo fmt --all -- --check || pv_die "cargo fmt --check failed: run cargo fmt --all"
 cargo clippy --workspace --all-targets --release --locked -- -D warnings \

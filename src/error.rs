@@ -31,6 +31,8 @@ pub(crate) enum CliError {
     Sandbox(#[from] sandbox::Error),
     #[error("recording: {0}")]
     Record(String),
+    #[error("installing the SIGINT/SIGTERM handler: {0}")]
+    Signals(std::io::Error),
 }
 
 /// perfvisor's exit status for a guest's (or a run's) status `code`.

@@ -203,3 +203,52 @@ fn timeout_stops_a_stuck_guest() {
         r.check(r.stderr.contains("--timeout 20s"), "and says why");
     });
 }
+
+/// SIGINT and SIGTERM end `perfvisor run` cleanly: the guest is stopped,
+/// perfvisor says so, and the exit status is the shell's for that signal
+/// (130, 143), not the guest command's and not death by the signal.
+/// perfvisor chooses where the guest runs itself (this host's KVM or the
+/// L1 sandbox, where the stop travels to the inner perfvisor as SIGTERM).
+#[test]
+fn run_stops_cleanly_on_sigint_and_sigterm() {
+    for (signal, name, want) in [
+        (libc::SIGINT, "SIGINT", 130),
+        (libc::SIGTERM, "SIGTERM", 143),
+    ] {
+        let r = harness::perfvisor_cmd_signalled(
+            &[
+                "run",
+                "--timeout",
+                "300",
+                "--",
+                "echo guest-started; sleep 200; echo not-stopped",
+            ],
+            "guest-started",
+            std::time::Duration::from_secs(2),
+            signal,
+        );
+        let which = if r.stderr.contains("inside the L1 sandbox") {
+            "the L1 sandbox"
+        } else {
+            "this host's /dev/kvm"
+        };
+        println!(
+            "{name}: perfvisor run on {which}: status {} in {:.1}s\n--- stderr:\n{}",
+            r.status,
+            r.elapsed.as_secs_f64(),
+            r.stderr
+        );
+        r.check(
+            r.status == want,
+            &format!("{name} ends the run with status {want}"),
+        );
+        r.check(
+            r.elapsed.as_secs() < 150 && !r.stdout.contains("not-stopped"),
+            "the guest was stopped, long before its command would end",
+        );
+        r.check(
+            r.stderr.contains("interrupted; stopped the guest"),
+            "perfvisor says why it stopped",
+        );
+    }
+}

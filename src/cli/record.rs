@@ -550,7 +550,12 @@ pub fn record(args: RecordArgs, given: &GivenArgs) -> Result<ExitCode, CliError>
     if let Some(msg) = report.outcome.describe() {
         eprintln!("perfvisor: {msg}");
     }
-    Ok(exit_code(report.outcome.exit_code()))
+    // Ctrl-C is how a recording of a long-running guest ends: the outputs
+    // are written, and that is a success.
+    Ok(match report.outcome {
+        vmm::end::VmOutcome::Interrupted => ExitCode::SUCCESS,
+        o => exit_code(o.exit_code()),
+    })
 }
 
 /// Record inside the L1 sandbox into a raw file, copy it back, write the

@@ -29,7 +29,16 @@ pub(crate) fn run(args: RunArgs, given: &GivenArgs) -> Result<ExitCode, CliError
         if let Some((file, in_l1)) = &orc {
             job = job.file(file, in_l1);
         }
+        // SIGINT or SIGTERM stops the guest inside the L1 the way it stops a
+        // direct run (a second one kills the L1); the status is this
+        // process's signal, whatever the inner one got.
+        let stops = vmm::end::interrupt_counter().map_err(CliError::Signals)?;
+        job = job.stoppable(stops.clone());
         let outcome = sandbox_for(&args)?.run(&job, &mut |line: &str| println!("{line}"))?;
+        if stops.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            eprintln!("perfvisor: interrupted; stopped the guest");
+            return Ok(exit_code(vmm::end::interrupt_exit_status()));
+        }
         Ok(exit_code(outcome.status))
     } else {
         run_host(&args)
@@ -60,6 +69,8 @@ fn run_host(args: &RunArgs) -> Result<ExitCode, CliError> {
     }
     let config = vm_config(args, boot, backend, true, pvpmu_callchains(args), orc);
     let vm = Vm::new(config, Box::new(std::io::stdout()))?;
+    // SIGINT and SIGTERM stop the guest; the terminal is restored.
+    vm.stop_on_signals()?;
     let report = vm.run()?;
     let outcome = report.outcome;
     if let Some(c) = report.pvpmu {

@@ -172,7 +172,20 @@ pub fn perfvisor_cmd_env(args: &[&str], env: &[(&str, &str)]) -> Run {
 /// [`perfvisor_cmd`], sending perfvisor SIGINT (a Ctrl-C) `after` its stdout
 /// first shows `when`.
 pub fn perfvisor_cmd_interrupted(args: &[&str], when: &str, after: Duration) -> Run {
-    with_platform_retry(args, || perfvisor_cmd_once(args, &[], Some((when, after))))
+    perfvisor_cmd_signalled(args, when, after, libc::SIGINT)
+}
+
+/// [`perfvisor_cmd`], sending perfvisor `signal` `after` its stdout first
+/// shows `when`.
+pub fn perfvisor_cmd_signalled(
+    args: &[&str],
+    when: &str,
+    after: Duration,
+    signal: libc::c_int,
+) -> Run {
+    with_platform_retry(args, || {
+        perfvisor_cmd_once(args, &[], Some((when, after, signal)))
+    })
 }
 
 /// Runs of one command that a platform failure may take before the next
@@ -235,6 +248,8 @@ fn platform_failure(r: &Run) -> Option<&'static str> {
         Some("a guest oops at entry_SYSCALL_64+0x0 on a user stack")
     } else if said("rcu_sched kthread timer wakeup didn't happen") {
         Some(TIMER_STALL)
+    } else if exception_recursion(&r.stdout) || exception_recursion(&r.stderr) {
+        Some("a guest exception recursion in its own exception entry (stack guard page hit at error_entry)")
     } else {
         None
     }
@@ -269,6 +284,36 @@ fn exception_at_syscall_entry(out: &str) -> bool {
     })
 }
 
+/// The guest kernel's page-fault handler faulting on its own first
+/// instructions until its stack overflows: `BUG: ... stack guard page was
+/// hit`, RIP at `error_entry` (docs/platform.md, 2026-12-07: Debian's
+/// kernel, early in boot, before /init, when perfvisor has written nothing
+/// into guest memory; the L1 kernel has shown the same signature).
+fn exception_recursion(out: &str) -> bool {
+    let lines: Vec<&str> = out.lines().collect();
+    lines.iter().enumerate().any(|(i, l)| {
+        l.contains("stack guard page was hit")
+            && lines[i + 1..]
+                .iter()
+                .take(4)
+                .any(|n| n.contains("RIP: 0010:error_entry+"))
+    })
+}
+
+#[test]
+fn exception_recursion_needs_the_guard_page_and_error_entry() {
+    let bug = "[    0.8] BUG: IRQ stack guard page was hit at 00000000793bff4f (stack is 0..1)";
+    let oops = "[    0.8] stack guard page: 0000 [#1] PREEMPT SMP NOPTI";
+    let rip = "[    0.8] RIP: 0010:error_entry+0x1e/0x130";
+    assert!(exception_recursion(&format!(
+        "{bug}\n{oops}\n[    0.8] CPU: 0 PID: 1\n{rip}\n"
+    )));
+    assert!(!exception_recursion(&format!(
+        "{bug}\n[    0.8] RIP: 0010:pvpmu_drain_ring+0x10/0x200\n"
+    )));
+    assert!(!exception_recursion(&format!("{rip}\n")));
+}
+
 #[test]
 fn syscall_entry_oops_is_found_past_a_code_line() {
     let rip = "[    9.1] RIP: 0010:entry_SYSCALL_64+0x0/0x10";
@@ -288,7 +333,7 @@ fn syscall_entry_oops_is_found_past_a_code_line() {
 fn perfvisor_cmd_once(
     args: &[&str],
     env: &[(&str, &str)],
-    interrupt: Option<(&str, Duration)>,
+    interrupt: Option<(&str, Duration, libc::c_int)>,
 ) -> Run {
     use std::io::Read;
     use std::process::Stdio;
@@ -349,18 +394,18 @@ fn perfvisor_cmd_once(
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => panic!("waiting for perfvisor: {e}"),
         }
-        if let (Some((when, after)), false) = (interrupt, interrupted) {
+        if let (Some((when, after, signal)), false) = (interrupt, interrupted) {
             if interrupt_at.is_none() && text(&out).contains(when) {
                 interrupt_at = Some(Instant::now() + after);
             }
             if interrupt_at.is_some_and(|t| Instant::now() >= t) {
                 println!(
-                    "sending SIGINT to perfvisor after {:.1}s",
+                    "sending signal {signal} to perfvisor after {:.1}s",
                     start.elapsed().as_secs_f64()
                 );
                 // SAFETY: kill(2) on our own child's pid, which has not been
                 // reaped yet (try_wait above saw it running).
-                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+                unsafe { libc::kill(child.id() as libc::pid_t, signal) };
                 interrupted = true;
             }
         }

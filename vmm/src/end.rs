@@ -34,7 +34,8 @@ pub enum VmOutcome {
     Timeout(Duration),
     /// The user typed the console escape (Ctrl-A x).
     UserQuit,
-    /// SIGINT or SIGTERM with [`crate::vm::Vm::stop_on_signals`].
+    /// SIGINT or SIGTERM with [`crate::vm::Vm::stop_on_signals`]: the
+    /// guest stopped, outputs flushed, exit status 128 + the signal.
     Interrupted,
     /// A VMM error (unhandled exit, KVM failure).
     Error(String),
@@ -50,7 +51,8 @@ impl VmOutcome {
             VmOutcome::TripleFault { .. } => GUEST_FAULT_EXIT,
             VmOutcome::Timeout(_) => TIMEOUT_EXIT,
             VmOutcome::UserQuit => 130,
-            VmOutcome::Interrupted => 0,
+            // As if the signal had ended the process: 130 or 143.
+            VmOutcome::Interrupted => interrupt_exit_status(),
             VmOutcome::Error(_) => 1,
         }
     }
@@ -195,9 +197,22 @@ static INTERRUPT_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32
 /// SIGINT and SIGTERM received since [`interrupt_counter`] was first called.
 static INTERRUPTS: OnceLock<Arc<AtomicU32>> = OnceLock::new();
 
-extern "C" fn on_interrupt(_: libc::c_int) {
-    // OnceLock::get is an atomic load and fetch_add is lock-free: both are
-    // async-signal-safe.
+/// The last of SIGINT and SIGTERM received (0: none).
+static LAST_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// The shell's exit status for a process ended by the last SIGINT or
+/// SIGTERM received: 128 + its number (130, 143); 130 when none came.
+pub fn interrupt_exit_status() -> i32 {
+    128 + match LAST_SIGNAL.load(Ordering::Acquire) {
+        0 => libc::SIGINT,
+        s => s,
+    }
+}
+
+extern "C" fn on_interrupt(sig: libc::c_int) {
+    // An atomic store, OnceLock::get (an atomic load) and a lock-free
+    // fetch_add: all async-signal-safe.
+    LAST_SIGNAL.store(sig, Ordering::Release);
     if let Some(n) = INTERRUPTS.get() {
         n.fetch_add(1, Ordering::AcqRel);
     }

@@ -337,8 +337,8 @@ impl Vm {
     }
 
     /// Stop the VM cleanly when the process gets SIGINT or SIGTERM (the
-    /// outcome is [`VmOutcome::Interrupted`]). For `perfvisor record`, whose
-    /// outputs must be written when the user presses Ctrl-C.
+    /// outcome is [`VmOutcome::Interrupted`]): the terminal is restored and
+    /// the outputs (`perfvisor record`'s) are written.
     pub fn stop_on_signals(&self) -> Result<()> {
         let fd = self.interrupt.try_clone().map_err(io_err("eventfd"))?;
         crate::end::install_interrupt_handler(fd).map_err(io_err("installing the SIGINT handler"))
