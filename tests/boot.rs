@@ -252,3 +252,59 @@ fn run_stops_cleanly_on_sigint_and_sigterm() {
         );
     }
 }
+
+/// A terminal that stops reading does not stall the guest: perfvisor's
+/// stdout is a 4 KiB pipe that nobody reads while the guest prints 64 KiB
+/// and exits 7. The printing vCPU only queues (vmm/src/console_queue.rs),
+/// the guest ends, and perfvisor exits 7 after its bounded wait for the
+/// terminal. Before the queue, the vCPU blocked in write(2) and the guest
+/// never got to its exit.
+#[test]
+fn a_stalled_terminal_does_not_stall_the_guest() {
+    boot_test("a_stalled_terminal_does_not_stall_the_guest", || {
+        use std::os::fd::AsRawFd;
+        use std::process::{Command, Stdio};
+        use std::time::{Duration, Instant};
+        let start = Instant::now();
+        let mut child = Command::new(harness::perfvisor())
+            .args([
+                "run",
+                "--kvm",
+                "host",
+                "--timeout",
+                "120",
+                "--",
+                "head -c 65536 /dev/zero | tr '\\0' x; echo; exit 7",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("perfvisor starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        // SAFETY: fcntl(2) on a pipe fd this test owns; F_SETPIPE_SZ takes an int.
+        let size = unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+        println!("stdout pipe: {size} bytes, not read until perfvisor exits");
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s.code();
+            }
+            if start.elapsed() > Duration::from_secs(200) {
+                let _ = child.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        drop(stdout);
+        println!(
+            "perfvisor exited with {status:?} after {:.1}s",
+            start.elapsed().as_secs_f64()
+        );
+        assert!(size > 0 && size <= 8192, "the pipe was shrunk");
+        assert_eq!(
+            status,
+            Some(7),
+            "the guest finished and perfvisor exited with its status while nobody read stdout"
+        );
+    });
+}

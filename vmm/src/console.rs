@@ -13,6 +13,7 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::console_queue::DrainHandle;
 use crate::end::{VmEnd, VmOutcome};
 use crate::term_filter::{Mode, TermFilter};
 
@@ -29,8 +30,14 @@ pub const PANIC_GRACE: Duration = Duration::from_secs(3);
 /// and what reaches `out` has passed the terminal filter
 /// (`crate::term_filter`: no string sequences or C1 controls ever, and no
 /// escape sequences at all unless stdout is a terminal).
-pub fn sink(out: Box<dyn Write + Send>, end: Arc<VmEnd>) -> ConsoleSink {
-    let out: Box<dyn Write + Send> = Box::new(TermFilter::new(out, Mode::for_stdout()));
+///
+/// The filtered bytes go through a bounded queue to `out` (one writer
+/// thread; `crate::console_queue`), so a terminal that stops reading does
+/// not stall the printing vCPUs. The returned handle waits, bounded, for
+/// the queue at the end of a run.
+pub fn sink(out: Box<dyn Write + Send>, end: Arc<VmEnd>) -> io::Result<(ConsoleSink, DrainHandle)> {
+    let (queued, drain) = crate::console_queue::queued(out)?;
+    let out: Box<dyn Write + Send> = Box::new(TermFilter::new(queued, Mode::for_stdout()));
     let on_line: Box<dyn FnMut(&str) + Send> = Box::new(move |line: &str| {
         if end.observe_console_line(line) {
             let end = end.clone();
@@ -45,7 +52,7 @@ pub fn sink(out: Box<dyn Write + Send>, end: Arc<VmEnd>) -> ConsoleSink {
                 });
         }
     });
-    LineTap::new(out, on_line)
+    Ok((LineTap::new(out, on_line), drain))
 }
 
 const CTRL_A: u8 = 0x01;
@@ -167,7 +174,7 @@ mod tests {
         let serial = Arc::new(Mutex::new(SerialDevice::new(
             irq,
             space.try_clone().unwrap(),
-            sink(Box::new(io::sink()), end.clone()),
+            sink(Box::new(io::sink()), end.clone()).unwrap().0,
         )));
         (
             ConsoleInput::new(serial.clone(), space, end.clone()),

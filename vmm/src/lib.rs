@@ -14,6 +14,7 @@ pub mod boot;
 pub mod btf_layout;
 pub mod budget;
 pub mod console;
+pub mod console_queue;
 pub mod dispatch;
 pub mod end;
 pub mod exit_counts;

@@ -26,6 +26,7 @@ use devices::legacy::{
 use crate::arch::{cpuid, layout, mptable, regs};
 use crate::boot::{self, BootError, BootInfo, InitrdFile};
 use crate::console::{self, ConsoleInput, Serial};
+use crate::console_queue::DrainHandle;
 use crate::end::{VmEnd, VmOutcome};
 use crate::memory::GuestRam;
 use crate::recorder::{self, RecordConfig, Recording};
@@ -87,6 +88,9 @@ pub struct PmuOptions {
     /// pointers.
     pub orc: Option<Arc<crate::orc::OrcTable>>,
 }
+
+/// How long the end of a run waits for queued console output.
+const CONSOLE_DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 /// The interrupt line pvpmu raises (an ISA line the MP table routes).
 pub const PVPMU_IRQ: u32 = 11;
@@ -284,6 +288,8 @@ pub struct Vm {
     end: Arc<VmEnd>,
     serial: Arc<Mutex<Serial>>,
     serial_space: EventFd,
+    /// Waits for the guest console's queued output (end of run).
+    console_drain: DrainHandle,
     reset_evt: EventFd,
     interrupt: EventFd,
     sampling: Sampling,
@@ -308,7 +314,7 @@ impl Vm {
             pio: Bus::new(),
             mmio: Bus::new(),
         };
-        let (serial, serial_space) = add_serial(&vm, &buses.pio, console, &end)?;
+        let (serial, serial_space, console_drain) = add_serial(&vm, &buses.pio, console, &end)?;
         let reset_evt = add_i8042(&buses.pio)?;
         add_cmos(&buses.pio)?;
         add_debug_exit(&buses.pio, &end)?;
@@ -328,6 +334,7 @@ impl Vm {
             end,
             serial,
             serial_space,
+            console_drain,
             reset_evt,
             interrupt: EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?,
             sampling: pmu.map_or(Sampling::Off, Sampling::Pvpmu),
@@ -492,6 +499,13 @@ impl Vm {
             .unwrap_or_else(|e| e.into_inner())
             .writer_mut()
             .flush();
+        // The guest's last lines reach the terminal, unless it stopped
+        // reading: then perfvisor still ends.
+        if !self.console_drain.drain(CONSOLE_DRAIN_LIMIT) {
+            log::warn!(
+                "the terminal did not take the guest's last console output within {CONSOLE_DRAIN_LIMIT:?}; dropped it"
+            );
+        }
         let outcome = self
             .end
             .outcome()
@@ -577,18 +591,19 @@ fn add_serial(
     pio: &Bus,
     console: Box<dyn Write + Send>,
     end: &Arc<VmEnd>,
-) -> Result<(Arc<Mutex<Serial>>, EventFd)> {
+) -> Result<(Arc<Mutex<Serial>>, EventFd, DrainHandle)> {
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)
         .map_err(kvm_err("register serial irqfd"))?;
     let serial_space = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+    let (sink, drain) = console::sink(console, end.clone()).map_err(io_err("console thread"))?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         serial_irq,
         serial_space.try_clone().map_err(io_err("eventfd"))?,
-        console::sink(console, end.clone()),
+        sink,
     )));
     pio.insert(serial.clone(), COM1_PORT, 8)?;
-    Ok((serial, serial_space))
+    Ok((serial, serial_space, drain))
 }
 
 /// Put the i8042 on the port-I/O bus so the guest can reboot; returns its reset eventfd.
