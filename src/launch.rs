@@ -235,9 +235,7 @@ pub(crate) fn resolve(args: &RunArgs) -> Result<BootSpec, CliError> {
 /// command needs one; an error naming the command that builds it when one
 /// does. Checked here, before any boot (and before the sandbox's).
 fn image_for_kernel(kernel: &Path, needed: bool) -> Result<Option<PathBuf>, CliError> {
-    let release = vmm::kernel_image::Vmlinux::open(kernel)
-        .ok()
-        .and_then(|k| k.release());
+    let release = vmm::kernel_image::kernel_release(kernel);
     let dir = default_image_dir().ok();
     if let (Some(release), Some(dir)) = (&release, &dir) {
         // The default image's own kernel, or one built for another.
@@ -381,13 +379,12 @@ pub(crate) const RUN_HOST_ONLY: &[&str] = &["kernel", "initrd", "kvm", "guest_or
 /// which has frame pointers): frame pointers are walked.
 pub(crate) fn guest_orc(args: &RunArgs, who: &str) -> Option<Arc<OrcTable>> {
     if let Some(p) = &args.guest_orc {
-        return match std::fs::read(p).map_err(|e| e.to_string()).and_then(|b| {
-            if b == NO_ORC {
-                return Err(String::new());
-            }
-            OrcTable::from_bytes(&b).map_err(str::to_string)
-        }) {
-            Err(e) if e.is_empty() => None,
+        let table = match std::fs::read(p) {
+            Ok(b) if b == NO_ORC => return None,
+            Ok(b) => OrcTable::from_bytes(&b).map_err(str::to_string),
+            Err(e) => Err(e.to_string()),
+        };
+        return match table {
             Ok(t) => Some(Arc::new(t)),
             Err(e) => {
                 eprintln!("perfvisor {who}: {}: {e}", p.display());

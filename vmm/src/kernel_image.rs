@@ -131,6 +131,34 @@ impl Vmlinux {
 }
 
 /// The compressed payload of a bzImage (Documentation/arch/x86/boot.rst).
+/// The kernel release (`uname -r`) of the image at `path`, cheaply: a
+/// bzImage's setup header names it (`kernel_version`, boot protocol 2.00+),
+/// so nothing is decompressed; an ELF, or a bzImage without that field, is
+/// opened and its `linux_banner` read ([`Vmlinux::release`]).
+pub fn kernel_release(path: &Path) -> Option<String> {
+    let data = std::fs::read(path).ok()?;
+    header_release(&data).or_else(|| Vmlinux::open(path).ok()?.release())
+}
+
+/// The release in a bzImage setup header's `kernel_version` string
+/// ("6.1.0-57-amd64 (debian-kernel@...) #1 SMP ..."), if it has one.
+fn header_release(data: &[u8]) -> Option<String> {
+    if data.get(0x202..0x206) != Some(b"HdrS") {
+        return None;
+    }
+    let ptr = u16::from_le_bytes(data.get(0x20e..0x210)?.try_into().ok()?);
+    if ptr == 0 {
+        return None;
+    }
+    let text = data.get(0x200 + usize::from(ptr)..)?;
+    let text = &text[..text.len().min(256)];
+    let end = text.iter().position(|&c| c == 0 || c == b' ')?;
+    let release = std::str::from_utf8(&text[..end]).ok()?;
+    release
+        .starts_with(|c: char| c.is_ascii_digit())
+        .then(|| release.to_string())
+}
+
 fn bzimage_payload<'a>(path: &Path, data: &'a [u8]) -> Result<&'a [u8]> {
     if data.get(0x202..0x206) != Some(b"HdrS") {
         return Err(KernelImageError::NotAKernel {
@@ -222,6 +250,25 @@ fn decompress_payload(path: &Path, payload: &[u8]) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bzimage_header_names_its_release() {
+        let mut b = vec![0u8; 0x400];
+        b[0x202..0x206].copy_from_slice(b"HdrS");
+        b[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
+        let v = b"6.1.0-57-amd64 (debian-kernel@lists.debian.org) #1 SMP\0";
+        b[0x300..0x300 + v.len()].copy_from_slice(v);
+        assert_eq!(header_release(&b).as_deref(), Some("6.1.0-57-amd64"));
+        // No pointer, a pointer past the end, no digit first, no header.
+        b[0x20e..0x210].copy_from_slice(&0u16.to_le_bytes());
+        assert_eq!(header_release(&b), None);
+        b[0x20e..0x210].copy_from_slice(&0xff00u16.to_le_bytes());
+        assert_eq!(header_release(&b), None);
+        b[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
+        b[0x300] = b'x';
+        assert_eq!(header_release(&b), None);
+        assert_eq!(header_release(b"\x7fELF"), None);
+    }
     use std::io::Write;
 
     /// A minimal bzImage: setup header fields and a payload.
