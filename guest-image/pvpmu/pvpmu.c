@@ -523,25 +523,28 @@ static bool pvpmu_parse_sample(struct perf_event *event, const u64 *rec,
 	const struct perf_event_header *hdr = (const void *)rec;
 	u32 n = size / sizeof(u64), i = 1;
 	u64 ip = 0, addr = 0, period = 0, tid = 0, cpu = 0, skip, nr;
+	/* The fixed-size fields before the callchain, in record order. */
+	const struct {
+		u64 bit;
+		u64 *to;
+	} fields[] = {
+		{ PERF_SAMPLE_IDENTIFIER, &skip },
+		{ PERF_SAMPLE_IP, &ip },
+		{ PERF_SAMPLE_TID, &tid },
+		{ PERF_SAMPLE_TIME, &data->time },
+		{ PERF_SAMPLE_ADDR, &addr },
+		{ PERF_SAMPLE_ID, &skip },
+		{ PERF_SAMPLE_STREAM_ID, &skip },
+		{ PERF_SAMPLE_CPU, &cpu },
+		{ PERF_SAMPLE_PERIOD, &period },
+	};
+	unsigned int f;
 
-	if ((type & PERF_SAMPLE_IDENTIFIER) && !pvpmu_word(rec, n, &i, &skip))
-		return false;
-	if ((type & PERF_SAMPLE_IP) && !pvpmu_word(rec, n, &i, &ip))
-		return false;
-	if ((type & PERF_SAMPLE_TID) && !pvpmu_word(rec, n, &i, &tid))
-		return false;
-	if ((type & PERF_SAMPLE_TIME) && !pvpmu_word(rec, n, &i, &data->time))
-		return false;
-	if ((type & PERF_SAMPLE_ADDR) && !pvpmu_word(rec, n, &i, &addr))
-		return false;
-	if ((type & PERF_SAMPLE_ID) && !pvpmu_word(rec, n, &i, &skip))
-		return false;
-	if ((type & PERF_SAMPLE_STREAM_ID) && !pvpmu_word(rec, n, &i, &skip))
-		return false;
-	if ((type & PERF_SAMPLE_CPU) && !pvpmu_word(rec, n, &i, &cpu))
-		return false;
-	if ((type & PERF_SAMPLE_PERIOD) && !pvpmu_word(rec, n, &i, &period))
-		return false;
+	for (f = 0; f < ARRAY_SIZE(fields); f++) {
+		if ((type & fields[f].bit) &&
+		    !pvpmu_word(rec, n, &i, fields[f].to))
+			return false;
+	}
 	if (type & PERF_SAMPLE_CALLCHAIN) {
 		if (!pvpmu_word(rec, n, &i, &nr) || nr > n - i)
 			return false;
