@@ -56,18 +56,22 @@ pub fn stock_kernel() -> (PathBuf, String) {
     } else {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("build/sandbox")
     };
-    let manifest = std::fs::read_to_string(dir.join("manifest.txt")).unwrap_or_default();
-    let release = manifest
+    let release = manifest_release(&dir).unwrap_or_else(|| {
+        panic!(
+            "no Debian kernel in {}: run scripts/fetch-sandbox.sh",
+            dir.display()
+        )
+    });
+    (dir.join("vmlinuz"), release)
+}
+
+/// The `kernel_release=` of `dir/manifest.txt` (scripts/fetch-sandbox.sh).
+fn manifest_release(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join("manifest.txt"))
+        .ok()?
         .lines()
         .find_map(|l| l.strip_prefix("kernel_release="))
-        .unwrap_or_else(|| {
-            panic!(
-                "no Debian kernel in {}: run scripts/fetch-sandbox.sh",
-                dir.display()
-            )
-        })
-        .to_string();
-    (dir.join("vmlinuz"), release)
+        .map(str::to_string)
 }
 
 /// `key=value` pairs of the last line containing `prefix` (the machine
@@ -581,9 +585,8 @@ fn sandbox_results() -> &'static SandboxResults {
             let stock = Path::new(env!("CARGO_MANIFEST_DIR")).join("build/sandbox");
             if let Some(release) = STOCK_BINARIES
                 .contains(&env!("CARGO_CRATE_NAME"))
-                .then(|| std::fs::read_to_string(stock.join("manifest.txt")).ok())
+                .then(|| manifest_release(&stock))
                 .flatten()
-                .and_then(|m| m.lines().find_map(|l| l.strip_prefix("kernel_release=")).map(str::to_string))
             {
                 job = job.files_in(&stock, &["vmlinuz", "manifest.txt"], STOCK_IN_L1);
                 let own = image.join("kernels").join(&release);
