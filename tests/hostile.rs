@@ -151,3 +151,88 @@ fn check(backend: &str, r: &Run) {
         "the real driver gets samples after the attack",
     );
 }
+
+/// CPU hotplug and unload (issue 12, finding 8): a CPU that goes offline
+/// while it is sampled has its bank RESET on the way down, comes back with
+/// a fresh ring, and the driver's unload with that CPU offline leaves the
+/// host holding none of the guest's pages. Before the driver had hotplug
+/// callbacks, unload skipped the offline CPU's RESET and freed pages the
+/// host still held: a reloaded driver then could not set that bank up
+/// again, and the host still held those (freed) pages at exit.
+const HOTPLUG: &str = "\
+base=$(sed -n 's/.*pvpmu\\.base=\\([^ ]*\\).*/\\1/p' /proc/cmdline); \
+irq=$(sed -n 's/.*pvpmu\\.irq=\\([^ ]*\\).*/\\1/p' /proc/cmdline); \
+c1=/sys/devices/system/cpu/cpu1/online; \
+rec() { pv-workload --cpu 1 --seconds 2 >/dev/null 2>&1 & w=$!; \
+  perf record -q -e pvpmu/cpu-clock/ -C 1 -o /tmp/$1.data -- sleep 1 >/dev/null 2>&1; \
+  echo hp-$1-samples=$(perf script -i /tmp/$1.data 2>/dev/null | grep -c pvpmu); wait $w; }; \
+rec before; \
+pv-workload --cpu 1 --seconds 3 >/dev/null 2>&1 & \
+perf record -q -e pvpmu/cpu-clock/ -C 1 -o /tmp/during.data -- sleep 2 >/dev/null 2>&1 & p=$!; \
+sleep 1; echo 0 > $c1; echo hp-offline-status=$?; wait $p; echo hp-perf-across-offline=$?; wait; \
+echo 1 > $c1; echo hp-online-status=$?; rec reonline; \
+echo 0 > $c1; rmmod pvpmu; echo hp-rmmod-status=$?; \
+insmod /lib/modules/perfvisor/pvpmu.ko base=$base irq=$irq; echo hp-insmod-status=$?; \
+echo 1 > $c1; rec reload; \
+echo 0 > $c1; rmmod pvpmu; echo hp-final-rmmod-status=$?; echo 1 > $c1; \
+dmesg | grep -E 'pvpmu: (CPU|.*pages stay)' | sed 's/^/dmesg: /'; \
+echo guest-alive";
+
+#[test]
+fn cpu_hotplug_and_unload_leave_the_host_no_guest_pages() {
+    boot_test(
+        "cpu_hotplug_and_unload_leave_the_host_no_guest_pages",
+        || {
+            let r = boot(&["--cpus", "2", "--", HOTPLUG]);
+            // Every `hp-KEY=VALUE` line of the guest script.
+            let g: HashMap<String, String> = r
+                .stdout
+                .lines()
+                .filter_map(|l| l.find("hp-").map(|i| &l[i + 3..]))
+                .filter_map(|w| w.trim().split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let host = kv(&r.stderr, "perfvisor: pvpmu: ");
+            println!("guest: {g:?}");
+            println!("host: {}", line_from(&r.stderr, "perfvisor: pvpmu: "));
+            let n = |k: &str| -> u64 { g.get(k).and_then(|v| v.parse().ok()).unwrap_or(0) };
+            r.check(r.stdout.contains("guest-alive"), "the guest lives on");
+            r.check(!r.stderr.contains("panicked"), "no panic in perfvisor");
+            for bad in ["Oops", "BUG:", "Kernel panic", "WARNING:"] {
+                r.check(!r.stdout.contains(bad), &format!("no guest '{bad}'"));
+            }
+            for k in [
+                "offline-status",
+                "online-status",
+                "rmmod-status",
+                "insmod-status",
+                "final-rmmod-status",
+            ] {
+                r.check(
+                    g.get(k).map(String::as_str) == Some("0"),
+                    &format!("{k} is 0"),
+                );
+            }
+            r.check(
+                n("before-samples") > 100,
+                "CPU 1 is sampled before the hotplug",
+            );
+            r.check(
+                n("reonline-samples") > 100,
+                "CPU 1 is sampled again after it came back online",
+            );
+            r.check(
+            n("reload-samples") > 100,
+            "a driver loaded while CPU 1 was offline sets CPU 1 up when it comes online (its bank was RESET at the last unload)",
+        );
+            r.check(
+                !r.stdout.contains("RESET failed") && !r.stdout.contains("pages stay allocated"),
+                "every RESET worked and nothing was left to the host",
+            );
+            r.check(
+            num(&r, &host, "declared_pages") == 0,
+            "the host holds no guest page at exit: the unload released every bank, the offline CPU's included",
+        );
+        },
+    );
+}

@@ -371,8 +371,19 @@ fn hostile_commands_are_rejected_and_counted() {
         "memory outside the declared pages changed"
     );
     // RESET frees the pages for another vCPU.
+    let held = r.dev.counters().declared_pages;
+    assert!(held > 0, "bank 0 holds its state page and ring");
     assert_eq!(r.cmd(0, cmd::RESET, &[]), status::OK);
+    assert_eq!(
+        r.dev.counters().declared_pages,
+        0,
+        "RESET released them all"
+    );
     assert_eq!(r.cmd(1, cmd::SET_RING, &[LIST, DATA_PAGES]), status::OK);
+    assert!(
+        r.dev.counters().declared_pages > 0,
+        "now bank 1 holds the ring"
+    );
 }
 
 #[test]

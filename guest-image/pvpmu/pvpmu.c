@@ -16,7 +16,14 @@
  * when it arrives on that CPU) and in the unthrottle hrtimer (hard irq). So
  * it needs no lock. The device interrupt handler only reads every CPU's
  * irq_seq and sends the drain there; the irq core never runs it twice at
- * once. Device commands are serialized by pvpmu_cmd_lock.
+ * once. Device commands are serialized by pvpmu_cmd_lock. CPU hotplug
+ * callbacks set a CPU up when it comes online and RESET its bank when it
+ * goes down, both on that CPU.
+ *
+ * Pages the host holds (a bank's state page and ring, an AUX buffer) are
+ * freed only after the RESET or AUX_CLEAR that releases them returned OK;
+ * when it fails they stay allocated for good, since the host may still
+ * write them.
  *
  * The host writes this CPU's ring, state page and AUX pages only while this
  * vCPU is outside guest mode (docs/pvpmu.md), so code running on the CPU
@@ -30,6 +37,7 @@
 #include <linux/build_bug.h>
 #include <linux/clocksource.h>
 #include <linux/cpu.h>
+#include <linux/cpuhotplug.h>
 #include <linux/cpumask.h>
 #include <linux/err.h>
 #include <linux/hrtimer.h>
@@ -87,6 +95,8 @@ struct pvpmu_aux_buf {
 	u64 id;			/* AUX_SET's buffer id */
 	u64 size;		/* bytes */
 	bool overwrite;
+	int nr_pages;
+	struct page **pages;	/* our references, dropped after AUX_CLEAR */
 };
 
 /* Per-CPU counters, summed in sysfs (pvpmu/stats/). */
@@ -134,6 +144,7 @@ struct pvpmu_cpu {
 	struct perf_event *switch_ev;		/* context-switches counter */
 	bool ready;				/* ring set up and started */
 	bool timer_ok;				/* csd and hrtimer initialized */
+	bool leaked;				/* RESET failed: pages stay the host's */
 	struct pvpmu_stats stats;
 #ifndef PVPMU_PERF_OUTPUT
 	u64 *record;				/* one record, for parsing */
@@ -154,6 +165,8 @@ static struct {
 	struct cpumask ready;
 	atomic_t aux_bufs;
 	atomic_t pinned;
+	atomic_t leaked_pages;		/* left allocated after a failed RESET/AUX_CLEAR */
+	int hp_state;			/* our dynamic CPU-hotplug state, or 0 */
 } pvpmu;
 
 static DEFINE_RAW_SPINLOCK(pvpmu_cmd_lock);
@@ -1188,10 +1201,14 @@ static void *pvpmu_setup_aux(struct perf_event *event, void **pages,
 	buf = kzalloc(sizeof(*buf), GFP_KERNEL);
 	if (!buf)
 		return NULL;
+	buf->pages = kmalloc_array(nr_pages, sizeof(*buf->pages), GFP_KERNEL);
 	/* The list is one physically contiguous, page-aligned array. */
 	order = get_order(nr_pages * sizeof(u64));
 	list = (u64 *)__get_free_pages(GFP_KERNEL | __GFP_ZERO, order);
-	if (!list) {
+	if (!list || !buf->pages) {
+		if (list)
+			free_pages((unsigned long)list, order);
+		kfree(buf->pages);
 		kfree(buf);
 		return NULL;
 	}
@@ -1203,9 +1220,22 @@ static void *pvpmu_setup_aux(struct perf_event *event, void **pages,
 	if (status || !id) {
 		pr_err("AUX_SET of %d pages failed: status %u (%s), id %llu\n",
 		       nr_pages, status, pvpmu_status_name(status), id);
+		kfree(buf->pages);
 		kfree(buf);
 		return NULL;
 	}
+	/*
+	 * Our own reference on every page the host may now write: the perf
+	 * core frees its AUX pages right after free_aux returns, and if
+	 * AUX_CLEAR fails there the host may still write them. rb_alloc_aux_page()
+	 * splits high-order allocations, so each page counts its own
+	 * references.
+	 */
+	for (i = 0; i < nr_pages; i++) {
+		buf->pages[i] = virt_to_page(pages[i]);
+		get_page(buf->pages[i]);
+	}
+	buf->nr_pages = nr_pages;
 	buf->id = id;
 	buf->size = (u64)nr_pages << PAGE_SHIFT;
 	buf->overwrite = overwrite;
@@ -1215,19 +1245,30 @@ static void *pvpmu_setup_aux(struct perf_event *event, void **pages,
 
 /*
  * AUX_CLEAR: when the write retires the host no longer writes the buffer,
- * so the perf core may free the pages after we return. May run in hard
- * irq (from the last perf_aux_output_end()).
+ * so our page references can go and the perf core may free the pages
+ * after we return. If it fails the host may still write them: the
+ * references stay, so the pages never return to the allocator (a leak is
+ * safe; a page reused while the host writes it is not). May run in hard
+ * irq (from the last perf_aux_output_end()); put_page() may too.
  */
 static void pvpmu_free_aux(void *aux)
 {
 	struct pvpmu_aux_buf *buf = aux;
 	u32 status;
+	int i;
 
 	status = pvpmu_cmd(PVPMU_CMD_AUX_CLEAR, buf->id, 0, 0, NULL);
-	if (status)
-		pr_err("AUX_CLEAR of buffer %llu failed: status %u (%s)\n",
-		       buf->id, status, pvpmu_status_name(status));
+	if (status) {
+		atomic_add(buf->nr_pages, &pvpmu.leaked_pages);
+		pr_err("AUX_CLEAR of buffer %llu failed: status %u (%s); its %d pages stay allocated, since the host may still write them\n",
+		       buf->id, status, pvpmu_status_name(status),
+		       buf->nr_pages);
+	} else {
+		for (i = 0; i < buf->nr_pages; i++)
+			put_page(buf->pages[i]);
+	}
 	atomic_dec(&pvpmu.aux_bufs);
+	kfree(buf->pages);
 	kfree(buf);
 }
 
@@ -1412,41 +1453,72 @@ static void pvpmu_cpu_free(struct pvpmu_cpu *pc)
 	pc->state = NULL;
 }
 
+/*
+ * The CPU's pages, allocated the first time it comes online and kept until
+ * module exit: a CPU that goes offline and back reuses them. Whatever
+ * fails half-way is freed by pvpmu_cpu_free() at exit.
+ */
 static int pvpmu_cpu_alloc(struct pvpmu_cpu *pc, int cpu)
 {
 	int node = cpu_to_node(cpu);
 	struct page *page;
 	int i;
 
-	INIT_CSD(&pc->csd, pvpmu_drain_ipi, pc);
-	hrtimer_init(&pc->unthrottle_timer, CLOCK_MONOTONIC,
-		     HRTIMER_MODE_REL_PINNED_HARD);
-	pc->unthrottle_timer.function = pvpmu_unthrottle_fn;
-	pc->timer_ok = true;
-
-	page = alloc_pages_node(node, GFP_KERNEL | __GFP_ZERO, 0);
-	if (!page)
-		return -ENOMEM;
-	pc->state = page_address(page);
-	pc->pages = kcalloc(ring_pages + 1, sizeof(*pc->pages), GFP_KERNEL);
+	if (!pc->timer_ok) {
+		INIT_CSD(&pc->csd, pvpmu_drain_ipi, pc);
+		hrtimer_init(&pc->unthrottle_timer, CLOCK_MONOTONIC,
+			     HRTIMER_MODE_REL_PINNED_HARD);
+		pc->unthrottle_timer.function = pvpmu_unthrottle_fn;
+		pc->timer_ok = true;
+	}
+	if (!pc->state) {
+		page = alloc_pages_node(node, GFP_KERNEL | __GFP_ZERO, 0);
+		if (!page)
+			return -ENOMEM;
+		pc->state = page_address(page);
+	}
+	if (!pc->pages)
+		pc->pages = kcalloc(ring_pages + 1, sizeof(*pc->pages),
+				    GFP_KERNEL);
 	if (!pc->pages)
 		return -ENOMEM;
 	for (i = 0; i <= ring_pages; i++) {
-		pc->pages[i] = alloc_pages_node(node, GFP_KERNEL | __GFP_ZERO, 0);
+		if (!pc->pages[i])
+			pc->pages[i] = alloc_pages_node(node,
+							GFP_KERNEL | __GFP_ZERO, 0);
 		if (!pc->pages[i])
 			return -ENOMEM;
 	}
 #ifndef PVPMU_PERF_OUTPUT
-	pc->record = kvmalloc_node(PVPMU_RECORD_MAX, GFP_KERNEL, node);
+	if (!pc->record)
+		pc->record = kvmalloc_node(PVPMU_RECORD_MAX, GFP_KERNEL, node);
 	if (!pc->record)
 		return -ENOMEM;
 #endif
 	pc->ctrl = page_address(pc->pages[0]);
-	pc->data = vmap(pc->pages + 1, ring_pages, VM_MAP, PAGE_KERNEL);
+	if (!pc->data)
+		pc->data = vmap(pc->pages + 1, ring_pages, VM_MAP, PAGE_KERNEL);
 	if (!pc->data)
 		return -ENOMEM;
 	pc->data_size = (u64)ring_pages << PAGE_SHIFT;
+	return 0;
+}
+
+/*
+ * A fresh state page and an empty ring, as the host expects them at
+ * SET_STATE and SET_RING (also after an offline CPU comes back: the host
+ * forgot them at RESET, and so do we).
+ */
+static void pvpmu_cpu_init(struct pvpmu_cpu *pc, int cpu)
+{
+	memset(pc->state, 0, PAGE_SIZE);
+	memset(pc->ctrl, 0, PAGE_SIZE);
 	pc->tail = 0;
+	pc->aux_seq = 0;
+	pc->aux_room = 0;
+	pc->irq_seen = 0;
+	pc->switch_seq = 0;
+	pc->throttled = false;
 
 	pc->state->version = PVPMU_IF_VERSION;
 	pc->state->cpu = cpu;
@@ -1458,7 +1530,6 @@ static int pvpmu_cpu_alloc(struct pvpmu_cpu *pc, int cpu)
 	/* CPU 0's idle task, init_task, is in the kernel image mapping. */
 	pc->state->kimage_virt = __START_KERNEL_map;
 	pc->state->kimage_phys = phys_base;
-	return 0;
 }
 
 /*
@@ -1538,14 +1609,53 @@ static void pvpmu_cpu_start(void *arg)
 	s->status = pvpmu_cmd(PVPMU_CMD_START, 0, 0, 0, NULL);
 }
 
-/* On the CPU itself (IPI): RESET (STOP, then forget the state and ring). */
+/*
+ * On the CPU itself, IRQs off: RESET (STOP, then forget the state and ring).
+ * No drain runs here after this (they run on this CPU and check ready).
+ */
 static void pvpmu_cpu_reset(void *arg)
 {
-	u32 status = pvpmu_cmd(PVPMU_CMD_RESET, 0, 0, 0, NULL);
+	struct pvpmu_cpu *pc = this_cpu_ptr(pvpmu.cpus);
+	u32 *status = arg;
 
-	if (status)
-		pr_err("CPU%d: RESET failed: status %u (%s)\n",
-		       smp_processor_id(), status, pvpmu_status_name(status));
+	pc->ready = false;
+	*status = pvpmu_cmd(PVPMU_CMD_RESET, 0, 0, 0, NULL);
+}
+
+static unsigned int pvpmu_cpu_nr_pages(void)
+{
+	return ring_pages + 2;	/* state page, control page, data pages */
+}
+
+/*
+ * Stop the host writing @cpu's pages: RESET its bank, on the CPU. When
+ * RESET fails (or cannot be sent) the host may go on writing them, so
+ * they stay allocated for good (pc->leaked): freeing them would hand the
+ * host's writes to whoever gets the pages next.
+ */
+static void pvpmu_cpu_release(int cpu)
+{
+	struct pvpmu_cpu *pc = per_cpu_ptr(pvpmu.cpus, cpu);
+	u32 status = PVPMU_ST_NO_BANK;
+	int err;
+
+	if (pc->switch_ev)
+		perf_event_release_kernel(pc->switch_ev);
+	pc->switch_ev = NULL;
+	if (!pc->ready)
+		return;
+	/* No new drains from the interrupt handler (the pages stay ours). */
+	cpumask_clear_cpu(cpu, &pvpmu.ready);
+	err = smp_call_function_single(cpu, pvpmu_cpu_reset, &status, 1);
+	if (err || status) {
+		pc->leaked = true;
+		atomic_add(pvpmu_cpu_nr_pages(), &pvpmu.leaked_pages);
+		pr_err("CPU%d: RESET failed (%d, status %u: %s); its %u pages stay allocated, since the host may still write them\n",
+		       cpu, err, status, pvpmu_status_name(status),
+		       pvpmu_cpu_nr_pages());
+	}
+	if (pc->timer_ok)
+		hrtimer_cancel(&pc->unthrottle_timer);
 }
 
 static int pvpmu_cpu_setup(int cpu)
@@ -1560,9 +1670,15 @@ static int pvpmu_cpu_setup(int cpu)
 			cpu, pvpmu.nr_vcpus);
 		return 0;
 	}
+	if (pc->leaked) {
+		pr_warn("CPU%d: its pages from before are still the host's (RESET failed); no sampling on this CPU\n",
+			cpu);
+		return 0;
+	}
 	err = pvpmu_cpu_alloc(pc, cpu);
 	if (err)
 		return err;
+	pvpmu_cpu_init(pc, cpu);
 
 	list = (u64 *)get_zeroed_page(GFP_KERNEL);
 	if (!list)
@@ -1577,7 +1693,9 @@ static int pvpmu_cpu_setup(int cpu)
 	if (s.status) {
 		pr_err("CPU%d: %s failed: status %u (%s)\n", cpu, s.failed,
 		       s.status, pvpmu_status_name(s.status));
-		smp_call_function_single(cpu, pvpmu_cpu_reset, NULL, 1);
+		/* Whatever the host took before the failure, it forgets. */
+		pc->ready = true;
+		pvpmu_cpu_release(cpu);
 		return -EIO;
 	}
 	pc->ready = true;
@@ -1585,30 +1703,57 @@ static int pvpmu_cpu_setup(int cpu)
 	return 0;
 }
 
+/*
+ * CPU hotplug (CPUHP_AP_ONLINE_DYN): both callbacks run on @cpu itself, in
+ * its hotplug thread, also for every online CPU at module load and unload.
+ * Going down, ours runs before the perf core's own (CPUHP_AP_PERF_ONLINE)
+ * removes that CPU's events, so an event may still sit in the slot: after
+ * RESET its pmu callbacks write only to our own pages, which stay
+ * allocated until module exit, and add() refuses a CPU that is not ready.
+ * A CPU that fails to set up is only logged: it takes no samples, and
+ * bringing it online does not fail.
+ */
+static int pvpmu_cpu_online(unsigned int cpu)
+{
+	struct pvpmu_cpu *pc = per_cpu_ptr(pvpmu.cpus, cpu);
+	int err = pvpmu_cpu_setup(cpu);
+
+	if (err)
+		pr_err("CPU%u: set-up failed (%d); no sampling on this CPU\n",
+		       cpu, err);
+	else if (pc->ready && (pvpmu.features & PVPMU_F_HOST_TIMER))
+		pvpmu_switch_log_start(cpu);
+	return 0;
+}
+
+static int pvpmu_cpu_offline(unsigned int cpu)
+{
+	pvpmu_cpu_release(cpu);
+	return 0;
+}
+
 static void pvpmu_nop(void *info)
 {
 }
 
-/* Stop the host, the interrupt and the drains; free every CPU's pages. */
+/*
+ * Release every CPU (RESET on each online one; offline ones were released
+ * when they went down), then the interrupt and the drains, then the pages
+ * of every CPU whose RESET worked.
+ */
 static void pvpmu_teardown(void)
 {
 	int cpu;
 
-	for_each_possible_cpu(cpu) {
-		struct pvpmu_cpu *pc = per_cpu_ptr(pvpmu.cpus, cpu);
-
-		if (pc->switch_ev)
-			perf_event_release_kernel(pc->switch_ev);
-		pc->switch_ev = NULL;
-	}
-	for_each_cpu(cpu, &pvpmu.ready)
-		smp_call_function_single(cpu, pvpmu_cpu_reset, NULL, 1);
+	if (pvpmu.hp_state > 0)
+		cpuhp_remove_state(pvpmu.hp_state);
+	pvpmu.hp_state = 0;
 	if (pvpmu.irq > 0)
 		free_irq(pvpmu.irq, &pvpmu);
 	/*
 	 * A drain queued by the last interrupt may still be pending: a
 	 * synchronous call to each CPU runs after it (the call queue is
-	 * flushed as a whole).
+	 * flushed as a whole), and it finds its CPU not ready.
 	 */
 	on_each_cpu(pvpmu_nop, NULL, 1);
 	for_each_possible_cpu(cpu) {
@@ -1616,10 +1761,14 @@ static void pvpmu_teardown(void)
 
 		if (pc->timer_ok)
 			hrtimer_cancel(&pc->unthrottle_timer);
-		pc->ready = false;
+		if (WARN_ON_ONCE(pc->ready) || pc->leaked)
+			continue;	/* never free what the host may write */
 		pvpmu_cpu_free(pc);
 	}
 	cpumask_clear(&pvpmu.ready);
+	if (atomic_read(&pvpmu.leaked_pages))
+		pr_warn("%d pages stay allocated: the host may still write them (a RESET or AUX_CLEAR failed)\n",
+			atomic_read(&pvpmu.leaked_pages));
 }
 
 /* ------------------------------------------------------------------------
@@ -1690,7 +1839,7 @@ static void pvpmu_unmap(void)
 
 static int __init pvpmu_init(void)
 {
-	int cpu, err;
+	int err;
 
 	if (!ring_pages || ring_pages > PVPMU_MAX_RING_PAGES ||
 	    !is_power_of_2(ring_pages)) {
@@ -1723,22 +1872,17 @@ static int __init pvpmu_init(void)
 		goto err_free;
 	}
 
-	cpus_read_lock();
-	for_each_online_cpu(cpu) {
-		err = pvpmu_cpu_setup(cpu);
-		if (err)
-			break;
-	}
-	cpus_read_unlock();
-	if (err)
+	/* Sets up every online CPU now, and each one that comes online. */
+	err = cpuhp_setup_state(CPUHP_AP_ONLINE_DYN, "perf/pvpmu:online",
+				pvpmu_cpu_online, pvpmu_cpu_offline);
+	if (err < 0) {
+		pr_err("cannot register the CPU hotplug callbacks: %d\n", err);
 		goto err_teardown;
+	}
+	pvpmu.hp_state = err;
 	if (cpumask_empty(&pvpmu.ready)) {
 		err = -ENODEV;
 		goto err_teardown;
-	}
-	if (pvpmu.features & PVPMU_F_HOST_TIMER) {
-		for_each_cpu(cpu, &pvpmu.ready)
-			pvpmu_switch_log_start(cpu);
 	}
 
 	if (pvpmu.features & PVPMU_F_AUX) {

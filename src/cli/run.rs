@@ -99,7 +99,7 @@ fn pvpmu_summary(c: &devices::pvpmu::CounterSnapshot) -> String {
         .map(|(r, n)| format!("exits_{}={n}", r.name()))
         .collect();
     format!(
-        "samples={} lost={} interrupts={} aux_bytes={} aux_records={} aux_dropped={} exits_total={} {} err_commands={} err_pages={} err_tails={} err_state={}",
+        "samples={} lost={} interrupts={} aux_bytes={} aux_records={} aux_dropped={} exits_total={} {} err_commands={} err_pages={} err_tails={} err_state={} declared_pages={}",
         c.samples,
         c.lost,
         c.interrupts,
@@ -111,6 +111,7 @@ fn pvpmu_summary(c: &devices::pvpmu::CounterSnapshot) -> String {
         c.err_commands,
         c.err_pages,
         c.err_tails,
-        c.err_state
+        c.err_state,
+        c.declared_pages
     )
 }

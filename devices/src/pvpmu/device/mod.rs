@@ -134,6 +134,10 @@ pub struct CounterSnapshot {
     pub aux_records: u64,
     /// EXIT records written, by trace::ExitReason (index = reason - 1).
     pub aux_exits: [u64; 6],
+    /// Guest pages the device holds now (state pages, rings and AUX
+    /// buffers of every bank): those it may still write. A guest driver
+    /// that released everything leaves 0.
+    pub declared_pages: u64,
 }
 
 /// One host sample, as the sampler took it.
@@ -386,6 +390,7 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Pvpmu<M> {
             aux_dropped: l(&c.aux_dropped),
             aux_records: l(&c.aux_records),
             aux_exits: std::array::from_fn(|i| l(&c.aux_exits[i])),
+            declared_pages: lock(&self.inner.declared).len() as u64,
         }
     }
 
