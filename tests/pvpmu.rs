@@ -547,12 +547,15 @@ fn callchains(backend: &str) -> (Run, HashMap<String, String>, HashMap<String, S
 fn guest_perf_record_g_gets_host_walked_callchains() {
     boot_test("guest_perf_record_g_gets_host_walked_callchains", || {
         let (r, u, k) = callchains("auto");
-        // Kick samples in the L1 sandbox lean towards the guest's exits
-        // (some runs put a third of them in the kernel's timer code), so
-        // the check is on the chains, not on where the samples fell.
+        // Kick samples in the L1 sandbox lean towards the guest's exits:
+        // from a third to over half of them land in the kernel's timer and
+        // APIC code, depending on the machine (docs/platform.md). So the
+        // check is on the user samples and the chains, not on the share of
+        // kernel samples.
+        let user = num(&u, "samples").saturating_sub(num(&u, "kernel"));
         r.check(
-            num(&u, "user_hot") * 2 >= num(&u, "samples"),
-            "most of the hot workload's samples are in workload_hot",
+            num(&u, "user_hot") > 100 && num(&u, "user_hot") * 10 >= user * 9,
+            "90% of the hot workload's user-mode samples are in workload_hot",
         );
         r.check(
             num(&u, "user_hot_chain") * 100 >= num(&u, "user_hot") * 95,
