@@ -35,11 +35,19 @@ pub const KERNEL_CODE: u64 = 0x2000;
 pub const USER_STACK: u64 = 0x8000;
 /// Start of a scratch data area payloads may use (up to 2 MiB).
 pub const DATA: u64 = 0x10_0000;
+/// 1 GiB of user virtual addresses mapped to guest-physical addresses where
+/// there is neither RAM nor a device ([`UNMAPPED_GPA`] on): every access
+/// there is an MMIO exit to an unclaimed address.
+pub const UNMAPPED: u64 = 0x4000_0000;
+/// The guest-physical address [`UNMAPPED`] maps to: 4 GiB, above the
+/// payload's RAM, where no device is.
+pub const UNMAPPED_GPA: u64 = 0xc000_0000;
 
 const GDT: u64 = 0x500;
 const PML4: u64 = 0x9000;
 const PDPT: u64 = 0xa000;
 const PD: u64 = 0xb000;
+const PD_UNMAPPED: u64 = 0xc000;
 const MAX_CODE: usize = (KERNEL_CODE - USER_CODE) as usize;
 
 /// A one-vCPU VM running a payload.
@@ -74,6 +82,14 @@ fn write_guest(
     mem.write_obj(PDPT | 0x07, GuestAddress(PML4))?;
     mem.write_obj(PD | 0x07, GuestAddress(PDPT))?;
     mem.write_obj(0x87u64, GuestAddress(PD))?;
+    // PDPT[1]: 512 user 2 MiB pages onto UNMAPPED_GPA.
+    mem.write_obj(PD_UNMAPPED | 0x07, GuestAddress(PDPT + 8))?;
+    for i in 0..512u64 {
+        mem.write_obj(
+            (UNMAPPED_GPA + (i << 21)) | 0x87,
+            GuestAddress(PD_UNMAPPED + 8 * i),
+        )?;
+    }
     mem.write_slice(user, GuestAddress(USER_CODE))?;
     mem.write_slice(kernel, GuestAddress(KERNEL_CODE))?;
     Ok(())
