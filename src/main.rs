@@ -8,7 +8,6 @@ mod cli;
 mod error;
 mod forward;
 mod launch;
-mod raw_stream;
 
 use forward::GivenArgs;
 use launch::RunArgs;

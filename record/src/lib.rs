@@ -8,7 +8,9 @@
 //! 2. folded stacks, Brendan Gregg's format ([`Folded`]);
 //! 3. an SVG flame graph ([`flamegraph()`], through `inferno`);
 //!
-//! plus symbolization of guest addresses ([`Symbolizer`]). docs/record.md
+//! plus symbolization of guest addresses ([`Symbolizer`]), and the raw
+//! sample stream ([`raw_stream`]) that carries samples out of the L1
+//! sandbox to the perfvisor that writes the outputs. docs/record.md
 //! explains the perf.data layout and which perf commands read it.
 //!
 //! ```no_run
@@ -38,6 +40,7 @@ mod error;
 mod flamegraph;
 mod folded;
 mod perf_data;
+pub mod raw_stream;
 mod symbols;
 mod sysinfo;
 
@@ -46,7 +49,7 @@ use std::path::PathBuf;
 pub use error::{RecordError, Result};
 pub use flamegraph::{flamegraph, FlameInput};
 pub use folded::{Folded, KERNEL_SUFFIX, MAX_STACKS, OTHER, UNKNOWN};
-pub use perf_data::{Layout, PerfDataWriter, WriteSummary, MAX_TASKS};
+pub use perf_data::{Layout, PerfDataWriter, WriteSummary, MAX_TASKS, PERF_MAX_FRAMES};
 pub use symbols::{is_kernel_address, Symbol, Symbolizer};
 
 /// A guest user binary: its host copy (static, non-PIE, unstripped: the one

@@ -56,8 +56,9 @@ const PERF_RECORD_ID_INDEX: u32 = 69;
 /// perf_event_attr as of PERF_ATTR_SIZE_VER7 (what 6.1 writes).
 const ATTR_SIZE: usize = PERF_ATTR_SIZE_VER7 as usize;
 const FILE_HEADER_SIZE: u64 = 104;
-/// Frames kept per sample (perf's default max stack is 127).
-const MAX_FRAMES: usize = 1024;
+/// Callchain frames kept per sample (perf's default max stack is 127);
+/// the rest of a longer chain is dropped.
+pub const PERF_MAX_FRAMES: usize = 1024;
 
 // Feature bits (util/header.h).
 const HEADER_HOSTNAME: u32 = 3;
@@ -346,7 +347,7 @@ impl PerfDataWriter {
             processes: HashMap::new(),
             untracked: 0,
             buf: Vec::with_capacity(4096),
-            chain: Vec::with_capacity(MAX_FRAMES + 8),
+            chain: Vec::with_capacity(PERF_MAX_FRAMES + 8),
         };
 
         // Header placeholder (rewritten by finish), ids, attr.
@@ -665,7 +666,7 @@ impl PerfDataWriter {
             if s.ip < context::MAX {
                 self.chain.push(s.ip);
             }
-            for &a in s.callchain.iter().take(MAX_FRAMES) {
+            for &a in s.callchain.iter().take(PERF_MAX_FRAMES) {
                 if a == 0 || a >= context::MAX {
                     continue;
                 }

@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use record::raw_stream::{RawError, RawItem, RawReader, RawStats, RawWriter};
 use record::{
     flamegraph, FlameInput, Folded, GuestBinary, GuestSample, PerfDataWriter, RecordMeta,
     Symbolizer,
@@ -31,7 +32,6 @@ use crate::launch::{
     default_image_dir, guest_orc, resolve, sandbox_for, sandbox_job, ship_guest_orc, use_sandbox,
     vm_config, without_kaslr, RunArgs,
 };
-use crate::raw_stream::{RawError, RawItem, RawReader, RawStats, RawWriter};
 
 /// `perfvisor record` options.
 #[derive(clap::Args, Debug, Clone)]
@@ -283,6 +283,23 @@ struct Outputs {
     last_ns: u64,
 }
 
+/// A recorder's sample as the outputs and the raw stream take it (record/
+/// knows nothing of vmm: docs/architecture.md).
+fn guest_sample(s: &RecordedSample) -> GuestSample<'_> {
+    GuestSample {
+        cpu: u32::from(s.vcpu),
+        vcpu_tid: s.vcpu_tid,
+        guest_pid: s.task.as_ref().map(|t| t.pid),
+        guest_tid: s.task.as_ref().map(|t| t.tid),
+        comm: s.task.as_ref().map(|t| t.comm.as_str()),
+        time_ns: s.time_ns,
+        ip: s.ip,
+        user: s.user,
+        callchain: &s.callchain,
+        period: s.period,
+    }
+}
+
 impl Outputs {
     fn new(args: &RecordArgs, meta: &RecordMeta) -> Result<Outputs, CliError> {
         let rec = |e: record::RecordError| CliError::Record(e.to_string());
@@ -298,30 +315,21 @@ impl Outputs {
         })
     }
 
-    fn add(&mut self, s: &RecordedSample) -> Result<(), CliError> {
-        let g = GuestSample {
-            cpu: u32::from(s.vcpu),
-            vcpu_tid: s.vcpu_tid,
-            guest_pid: s.task.as_ref().map(|t| t.pid),
-            guest_tid: s.task.as_ref().map(|t| t.tid),
-            comm: s.task.as_ref().map(|t| t.comm.as_str()),
-            time_ns: s.time_ns,
-            ip: s.ip,
-            user: s.user,
-            callchain: &s.callchain,
-            period: s.period,
-        };
+    fn add(&mut self, g: &GuestSample<'_>) -> Result<(), CliError> {
         self.writer
-            .sample(&g)
+            .sample(g)
             .map_err(|e| CliError::Record(e.to_string()))?;
-        self.folded.add(&g, &self.symbolizer);
-        if let Some(c) = self.per_vcpu.get_mut(usize::from(s.vcpu)) {
+        self.folded.add(g, &self.symbolizer);
+        if let Some(c) = usize::try_from(g.cpu)
+            .ok()
+            .and_then(|i| self.per_vcpu.get_mut(i))
+        {
             *c += 1;
         }
         self.total += 1;
-        self.with_task += u64::from(s.task.is_some());
-        self.first_ns.get_or_insert(s.time_ns);
-        self.last_ns = self.last_ns.max(s.time_ns);
+        self.with_task += u64::from(g.guest_pid.is_some());
+        self.first_ns.get_or_insert(g.time_ns);
+        self.last_ns = self.last_ns.max(g.time_ns);
         Ok(())
     }
 
@@ -496,9 +504,10 @@ pub fn record(args: RecordArgs, given: &GivenArgs) -> Result<ExitCode, CliError>
             match recording.samples.recv_timeout(Duration::from_millis(100)) {
                 Ok(s) => {
                     if let Some(w) = raw.as_mut() {
-                        w.sample(&s).map_err(|e| CliError::Record(e.to_string()))?;
+                        w.sample(&guest_sample(&s))
+                            .map_err(|e| CliError::Record(e.to_string()))?;
                     } else if let Some(o) = outputs.as_mut() {
-                        o.add(&s)?;
+                        o.add(&guest_sample(&s))?;
                     }
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -624,7 +633,7 @@ fn record_in_sandbox(
         let mut st = RawStats::default();
         while let Some(item) = r.next_item().map_err(raw_err)? {
             match item {
-                RawItem::Sample(s) => outputs.add(&s)?,
+                RawItem::Sample(s) => outputs.add(&s.as_guest_sample())?,
                 RawItem::Stats(s) => st = s,
             }
         }
