@@ -150,9 +150,24 @@ fuzz_target!(|data: &[u8]| {
             5 => {
                 // Hostile tail; remember what is unread now.
                 let v = inp.u64();
+                let pos = consumer.position();
+                let unread = p.head().wrapping_sub(pos).min(size);
+                // A tail inside [position, head] is not hostile: it is a
+                // consumer that read further, and the producer may reuse
+                // the bytes before it (which this oracle would call an
+                // overwrite, and the consumer here would then find too much
+                // unread). Only tails outside that window are attacks.
+                if v.wrapping_sub(pos) <= unread {
+                    continue;
+                }
+                if hostile {
+                    // Already under a hostile tail: keep the first snapshot.
+                    pg.store(CtrlField::DataTail, v, Ordering::Release);
+                    pg.store(CtrlField::AuxTail, inp.u64(), Ordering::Release);
+                    continue;
+                }
                 hostile = true;
-                snap_tail = consumer.position();
-                let unread = p.head().wrapping_sub(snap_tail).min(size);
+                snap_tail = pos;
                 snapshot = vec![0u8; unread as usize];
                 pg.read_data(snap_tail, &mut snapshot);
                 pg.store(CtrlField::DataTail, v, Ordering::Release);
