@@ -1633,19 +1633,12 @@ static unsigned int pvpmu_cpu_nr_pages(void)
  * they stay allocated for good (pc->leaked): freeing them would hand the
  * host's writes to whoever gets the pages next.
  */
-static void pvpmu_cpu_release(int cpu)
+static void pvpmu_cpu_reset_bank(int cpu)
 {
 	struct pvpmu_cpu *pc = per_cpu_ptr(pvpmu.cpus, cpu);
 	u32 status = PVPMU_ST_NO_BANK;
 	int err;
 
-	if (pc->switch_ev)
-		perf_event_release_kernel(pc->switch_ev);
-	pc->switch_ev = NULL;
-	if (!pc->ready)
-		return;
-	/* No new drains from the interrupt handler (the pages stay ours). */
-	cpumask_clear_cpu(cpu, &pvpmu.ready);
 	err = smp_call_function_single(cpu, pvpmu_cpu_reset, &status, 1);
 	if (err || status) {
 		pc->leaked = true;
@@ -1654,6 +1647,21 @@ static void pvpmu_cpu_release(int cpu)
 		       cpu, err, status, pvpmu_status_name(status),
 		       pvpmu_cpu_nr_pages());
 	}
+}
+
+/* Offline or unload: the counter, the ready bit, the bank, the timer. */
+static void pvpmu_cpu_release(int cpu)
+{
+	struct pvpmu_cpu *pc = per_cpu_ptr(pvpmu.cpus, cpu);
+
+	if (pc->switch_ev)
+		perf_event_release_kernel(pc->switch_ev);
+	pc->switch_ev = NULL;
+	if (!pc->ready)
+		return;
+	/* No new drains from the interrupt handler (the pages stay ours). */
+	cpumask_clear_cpu(cpu, &pvpmu.ready);
+	pvpmu_cpu_reset_bank(cpu);
 	if (pc->timer_ok)
 		hrtimer_cancel(&pc->unthrottle_timer);
 }
@@ -1694,8 +1702,7 @@ static int pvpmu_cpu_setup(int cpu)
 		pr_err("CPU%d: %s failed: status %u (%s)\n", cpu, s.failed,
 		       s.status, pvpmu_status_name(s.status));
 		/* Whatever the host took before the failure, it forgets. */
-		pc->ready = true;
-		pvpmu_cpu_release(cpu);
+		pvpmu_cpu_reset_bank(cpu);
 		return -EIO;
 	}
 	pc->ready = true;
