@@ -253,6 +253,12 @@ resolve_for_kernel() {
     KERNEL_RELEASE=$(sed -n 's/^#define UTS_RELEASE "\(.*\)"$/\1/p' "$KTREE/include/generated/utsrelease.h")
     [[ "$KERNEL_RELEASE" =~ ^[A-Za-z0-9._+-]+$ ]] ||
         pv_die "cannot read a kernel release from $KTREE/include/generated/utsrelease.h"
+    # A tree that ships vmlinux with CONFIG_DEBUG_INFO_BTF_MODULES (Debian's
+    # 6.12 headers, seen with 6.12.118+deb12) gives every module BTF with pahole,
+    # as the distribution's own modules have; kbuild fails without it.
+    if [[ -f "$KTREE/vmlinux" ]] && grep -qx 'CONFIG_DEBUG_INFO_BTF_MODULES=y' "$KTREE/.config" 2>/dev/null; then
+        pv_need_cmd pahole dwarves
+    fi
 }
 
 # ---------------------------------------------------------------------------

@@ -24,6 +24,8 @@ PACKAGES=(
     linux-headers-amd64 # pvpmu.ko for Debian's stock kernel, the one the sandbox
                         # fetches (build-guest-image.sh --for-kernel)
     dkms        # pvpmu.ko's DKMS package is built in CI (scripts/pvpmu-dkms.sh)
+    dwarves     # pahole: BTF for modules built against Debian's 6.12 headers,
+                # which ship vmlinux with CONFIG_DEBUG_INFO_BTF_MODULES=y
     # the L1 sandbox (scripts/fetch-sandbox.sh, crate sandbox)
     qemu-system-x86
     kmod        # depmod/modprobe resolve the kvm-amd module closure
