@@ -168,7 +168,9 @@ pub fn perfvisor_cmd(args: &[&str]) -> Run {
 /// itself) a run that ends in a guest triple fault, or whose L1 died, is run
 /// again, loudly, up to [`PLATFORM_RETRIES`] times: nested kvm-amd under QEMU TCG triple-faults healthy
 /// guests now and then and its L1 kernel sometimes locks up or dies
-/// (docs/platform.md). A failure that comes back is real.
+/// (docs/platform.md). Inside the sandbox, a platform failure on every run
+/// sends the test to a fresh L1 (at most [`L1_ATTEMPTS`] L1s per test
+/// binary); one that comes back there too fails the test.
 pub fn perfvisor_cmd_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     with_platform_retry(args, || perfvisor_cmd_once(args, env, None))
 }
@@ -235,6 +237,23 @@ fn with_platform_retry(args: &[&str], mut go: impl FnMut() -> Run) -> Run {
             r.stderr.trim_end()
         );
         r = go();
+    }
+    if inside {
+        if let Some(what) = platform_failure(&r) {
+            // The same platform failure on every run in this L1 (seen
+            // 2026-12-07: three triple faults in a row of Debian's kernel
+            // under `perf record -g`): the L1 itself has gone bad, so the
+            // outer harness runs the test once more in a fresh L1.
+            panic!(
+                "{FRESH_L1}: perfvisor {} ended in {what} on all {} runs in this L1 \
+                 (docs/platform.md), so the test goes to a fresh L1\n\
+                 --- last run's stdout:\n{}\n--- last run's stderr:\n{}",
+                args.join(" "),
+                PLATFORM_RETRIES + 1,
+                r.stdout,
+                r.stderr
+            );
+        }
     }
     r
 }
