@@ -652,6 +652,19 @@ fn sandbox_results() -> &'static SandboxResults {
                         if sick.len() == 1 { "it" } else { "them" }
                     );
                     eprintln!("{msg}");
+                    // The sick L1's run is replaced by the next one's: show
+                    // what happened in it, so the flake stays on record.
+                    for name in &sick {
+                        if let Some(r) = results.get(*name) {
+                            let lines: Vec<&str> = r.output.lines().collect();
+                            let tail = &lines[lines.len().saturating_sub(40)..];
+                            eprintln!(
+                                "!!! {name} in L1 sandbox {attempt}, last {} lines:\n{}",
+                                tail.len(),
+                                tail.join("\n")
+                            );
+                        }
+                    }
                     summaries.push(msg);
                 }
                 Err(e @ (sandbox::Error::NoExitMarker { .. } | sandbox::Error::Silent { .. }))
