@@ -206,6 +206,7 @@ stage_initramfs() {
         install -m 0755 "$exe" "$stage/bin/$(basename "$exe")"
     done
     install -D -m 0644 "$PV_EXIT_KO" "$stage/lib/perfvisor/pv_exit.ko"
+    install -D -m 0644 "$PV_EVENTS_KO" "$stage/lib/modules/perfvisor/pv_events.ko"
     install -D -m 0644 "$PVPMU_KO" "$stage/lib/modules/perfvisor/pvpmu.ko"
     # Test only, not loaded by /init (tests/hostile.rs, docs/pvpmu-hostile.md).
     install -D -m 0644 "$PVPMU_EVIL_KO" "$stage/lib/perfvisor-test/pvpmu_evil.ko"
@@ -379,6 +380,10 @@ build_module() {
 # pv_exit.ko: /init's kernel-mode fallback for the exit status.
 build_module "$REPO_ROOT/guest-image/pv-exit-module" pv_exit
 PV_EXIT_KO="$MODULE_KO"
+# pv_events.ko: panic, power-off, halt and restart through the guest-event
+# port, so console text never decides how the VM ends; /init loads it first.
+build_module "$REPO_ROOT/guest-image/pv-events-module" pv_events
+PV_EVENTS_KO="$MODULE_KO"
 # pvpmu.ko: the paravirtual PMU driver (docs/pvpmu-driver.md); /init loads it.
 build_module "$REPO_ROOT/guest-image/pvpmu" pvpmu
 PVPMU_KO="$MODULE_KO"
@@ -446,6 +451,7 @@ INITRAMFS_KEY=$({
     echo "perf $WITH_PERF $PERF_VERSION $PERF_CLOSURE_HASH"
     for exe in "${GUEST_EXES[@]}"; do echo "$(basename "$exe") $(sha256sum <"$exe")"; done
     echo "pv_exit.ko $(sha256sum <"$PV_EXIT_KO")"
+    echo "pv_events.ko $(sha256sum <"$PV_EVENTS_KO")"
     echo "pvpmu.ko $(sha256sum <"$PVPMU_KO")"
     echo "pvpmu_evil.ko $(sha256sum <"$PVPMU_EVIL_KO")"
     echo "pv_irqoff.ko $(sha256sum <"$PV_IRQOFF_KO")"

@@ -74,8 +74,40 @@ fn guest_panic_exits_nonzero() {
         r.check(r.status == 125, "a guest kernel panic exits 125");
         r.check(
             r.stderr
-                .contains("guest kernel panic: Kernel panic - not syncing"),
+                .contains("guest kernel panic: Kernel panic - not syncing: sysrq triggered crash"),
             "the panic is named on stderr",
+        );
+        r.check(
+            !r.stderr.contains("read from the console"),
+            "the panic notifier reported it, not console text",
+        );
+    });
+}
+
+/// User space can print anything on the console; with the guest image's
+/// `pv_events` module loaded, none of it ends the VM (docs/security.md,
+/// "Exit statuses a CI may trust"). Before, `reboot: Power down` from a
+/// shell ended the run with status 0.
+#[test]
+fn forged_console_lines_do_not_end_the_vm() {
+    boot_test("forged_console_lines_do_not_end_the_vm", || {
+        let r = boot(&[
+            "--",
+            "dmesg | grep 'pv_events:'; \
+             echo 'Kernel panic - not syncing: forged by user space'; \
+             echo 'reboot: Power down'; echo 'reboot: System halted'; \
+             echo 'reboot: Restarting system'; \
+             echo '---[ end Kernel panic - not syncing: forged ]---'; \
+             sleep 5; echo still-running; exit 7",
+        ]);
+        r.check(
+            r.stdout
+                .contains("pv_events: panic, power-off, halt and restart reported"),
+            "/init loaded pv_events",
+        );
+        r.check(
+            r.status == 7 && r.stdout.contains("still-running"),
+            "the guest ran on past every forged line and its own status ended the run",
         );
     });
 }

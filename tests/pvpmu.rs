@@ -232,7 +232,7 @@ fn stock_kernel_runs_pvpmu_without_a_kernel_patch() {
     boot_test("stock_kernel_runs_pvpmu_without_a_kernel_patch", || {
         let (kernel, release) = harness::stock_kernel();
         let cmd = format!(
-            "echo uname=$(uname -r); dmesg | grep 'pvpmu: MMIO'; {}; {PERF_SCRIPT_COMMAND}; {CHAINS_COMMAND}; \
+            "echo uname=$(uname -r); dmesg | grep -E 'pvpmu: MMIO|pv_events:'; {}; {PERF_SCRIPT_COMMAND}; {CHAINS_COMMAND}; \
              echo stock-stats: $(cd /sys/bus/event_source/devices/pvpmu/stats && for f in lost_unrecorded throttle_unrecorded bad_records; do echo $f=$(cat $f); done)",
             tool_command(1000)
         );
@@ -245,6 +245,11 @@ fn stock_kernel_runs_pvpmu_without_a_kernel_patch() {
             &cmd,
         ]);
         r.check(r.status == 0, "the stock kernel ran the checks");
+        r.check(
+            r.stdout
+                .contains("pv_events: panic, power-off, halt and restart reported"),
+            "pv_events loaded on Debian's kernel",
+        );
         r.check(
             r.stderr
                 .contains(&format!("Linux {release}: using its guest image")),

@@ -1,6 +1,6 @@
 //! Fuzzes the legacy devices on a port-I/O bus as a guest drives them
 //! (COM1 with its line tap and the terminal filter behind it, i8042, CMOS,
-//! debug-exit), and the terminal filter on its own.
+//! debug-exit, guest events), and the terminal filter on its own.
 //!
 //! Input: [mode: u8] then 12-byte operations [kind: u8][port: u16]
 //! [width: u8][value: u64]: a read, a write, or host input to the serial
@@ -13,7 +13,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use devices::bus::Bus;
-use devices::legacy::{Cmos, DebugExit, LineTap, SerialDevice, I8042};
+use devices::legacy::{Cmos, DebugExit, GuestEvents, LineTap, SerialDevice, I8042};
 use libfuzzer_sys::fuzz_target;
 use vmm::term_filter::{Mode, TermFilter};
 use vmm_sys_util::eventfd::EventFd;
@@ -77,8 +77,14 @@ fuzz_target!(|data: &[u8]| {
         1,
     )
     .unwrap();
+    pio.insert(
+        Arc::new(Mutex::new(GuestEvents::new(Box::new(|_event| {})))),
+        0xf5,
+        1,
+    )
+    .unwrap();
     let covered = |p: u64, w: u64| {
-        [(0x3f8u64, 8u64), (0x60, 5), (0x70, 2), (0xf4, 1)]
+        [(0x3f8u64, 8u64), (0x60, 5), (0x70, 2), (0xf4, 1), (0xf5, 1)]
             .iter()
             .any(|&(b, l)| p >= b && p + w <= b + l)
     };

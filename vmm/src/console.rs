@@ -1,12 +1,12 @@
 //! The guest console on the host side: serial output to the user's terminal
-//! (through a line tap that watches for kernel panics and power-off), and the
+//! (through a line tap that shows `crate::end` the kernel's end-of-run
+//! lines), and the
 //! user's terminal input to the serial FIFO, with flow control and the
 //! `Ctrl-A x` escape.
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use devices::legacy::{LineTap, SerialDevice};
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -14,17 +14,13 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::console_queue::DrainHandle;
-use crate::end::{VmEnd, VmOutcome};
+use crate::end::{VmEnd, VmOutcome, END_GRACE};
 use crate::term_filter::{Mode, TermFilter};
 
 /// The serial output sink: the user's writer behind a line tap.
 pub type ConsoleSink = LineTap<Box<dyn Write + Send>, Box<dyn FnMut(&str) + Send>>;
 /// COM1 as perfvisor builds it.
 pub type Serial = SerialDevice<ConsoleSink>;
-
-/// How long a panicking guest gets to print its panic report before
-/// perfvisor stops it (a kernel booted without `panic=` never reboots).
-pub const PANIC_GRACE: Duration = Duration::from_secs(3);
 
 /// Wrap `out` so every console line is checked by `end` (the raw text),
 /// and what reaches `out` has passed the terminal filter
@@ -40,16 +36,7 @@ pub fn sink(out: Box<dyn Write + Send>, end: Arc<VmEnd>) -> io::Result<(ConsoleS
     let out: Box<dyn Write + Send> = Box::new(TermFilter::new(queued, Mode::for_stdout()));
     let on_line: Box<dyn FnMut(&str) + Send> = Box::new(move |line: &str| {
         if end.observe_console_line(line) {
-            let end = end.clone();
-            // A detached timer thread: it only sets the outcome, which is a
-            // no-op if the VM already ended.
-            let _ = std::thread::Builder::new()
-                .name("panic-grace".into())
-                .stack_size(crate::THREAD_STACK)
-                .spawn(move || {
-                    std::thread::sleep(PANIC_GRACE);
-                    end.request(VmOutcome::Halt);
-                });
+            end.request_after(END_GRACE, VmOutcome::Halt);
         }
     });
     Ok((LineTap::new(out, on_line), drain))

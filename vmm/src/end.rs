@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use devices::legacy::GuestEvent;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Why the VM ended.
@@ -85,10 +86,32 @@ pub const GUEST_FAULT_EXIT: i32 = 126;
 /// Exit status when `--timeout` expired (as timeout(1)).
 pub const TIMEOUT_EXIT: i32 = 124;
 
+/// How long a guest kernel that announced a panic or a halt gets to print
+/// the rest of its report before perfvisor stops it (a kernel booted
+/// without `panic=` never reboots by itself, and a halted one never says
+/// more).
+pub const END_GRACE: Duration = Duration::from_secs(3);
+
 /// Shared end-of-VM state.
+///
+/// Once the guest kernel's `pv_events` notifiers are attached (the
+/// guest-event port, `devices::legacy::GuestEvents`), only device events
+/// decide how the VM ends: console text, which guest user space can print
+/// too, only names a panic that a device event reported, and only hastens
+/// an end the kernel already announced. A guest without that module (a
+/// kernel or initramfs perfvisor did not build) falls back to reading the
+/// kernel's console lines, and a panic decided that way says so.
 pub struct VmEnd {
     stopping: AtomicBool,
     outcome: Mutex<Option<VmOutcome>>,
+    /// Device mode: the guest's `pv_events` notifiers are attached.
+    attached: AtomicBool,
+    /// Device mode: the panic notifier ran.
+    panicked: AtomicBool,
+    /// Device mode: the reboot notifier announced a halt.
+    halting: AtomicBool,
+    /// The console's panic line: in device mode the last one seen (it only
+    /// names the panic), else the first (it decides).
     panic_line: Mutex<Option<String>>,
     restart_announced: AtomicBool,
     evt: EventFd,
@@ -100,6 +123,9 @@ impl VmEnd {
         Ok(Self {
             stopping: AtomicBool::new(false),
             outcome: Mutex::new(None),
+            attached: AtomicBool::new(false),
+            panicked: AtomicBool::new(false),
+            halting: AtomicBool::new(false),
             panic_line: Mutex::new(None),
             restart_announced: AtomicBool::new(false),
             evt: EventFd::new(libc::EFD_NONBLOCK)?,
@@ -116,31 +142,49 @@ impl VmEnd {
         self.stopping.load(Ordering::Acquire)
     }
 
-    /// Report how the VM ends. The first report wins. A reboot or triple
-    /// fault after a logged kernel panic is the panic.
+    /// True once the guest's `pv_events` notifiers decide the outcome.
+    pub fn device_events(&self) -> bool {
+        self.attached.load(Ordering::Acquire)
+    }
+
+    /// The panic the guest reported, if it did: the console's panic line,
+    /// or a stand-in when none arrived.
+    fn reported_panic(&self) -> Option<String> {
+        let line = self
+            .panic_line
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if self.device_events() {
+            self.panicked.load(Ordering::Acquire).then(|| {
+                line.unwrap_or_else(|| {
+                    "the guest's panic notifier reported a panic (no panic line reached the console)"
+                        .into()
+                })
+            })
+        } else {
+            line.map(|l| format!("{l} (read from the console: the guest has no pv_events module)"))
+        }
+    }
+
+    /// Report how the VM ends. The first report wins. A reboot, halt,
+    /// power-off or triple fault after a reported kernel panic is the panic.
     pub fn request(&self, outcome: VmOutcome) {
         let outcome = match outcome {
             VmOutcome::Reboot
             | VmOutcome::TripleFault { .. }
             | VmOutcome::Halt
-            | VmOutcome::PowerOff => {
-                match self
-                    .panic_line
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone()
-                {
-                    Some(line) => VmOutcome::Panic(line),
-                    None => match outcome {
-                        VmOutcome::TripleFault { .. }
-                            if self.restart_announced.load(Ordering::Acquire) =>
-                        {
-                            VmOutcome::Reboot
-                        }
-                        o => o,
-                    },
-                }
-            }
+            | VmOutcome::PowerOff => match self.reported_panic() {
+                Some(line) => VmOutcome::Panic(line),
+                None => match outcome {
+                    VmOutcome::TripleFault { .. }
+                        if self.restart_announced.load(Ordering::Acquire) =>
+                    {
+                        VmOutcome::Reboot
+                    }
+                    o => o,
+                },
+            },
             o => o,
         };
         let mut slot = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
@@ -152,6 +196,23 @@ impl VmEnd {
         let _ = self.evt.write(1);
     }
 
+    /// Report `outcome` after `delay`, from a detached timer thread (a
+    /// no-op if the VM ended before).
+    pub fn request_after(self: &Arc<Self>, delay: Duration, outcome: VmOutcome) {
+        let end = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("end-grace".into())
+            .stack_size(crate::THREAD_STACK)
+            .spawn(move || {
+                std::thread::sleep(delay);
+                end.request(outcome);
+            });
+        if let Err(e) = spawned {
+            // Without the timer the guest's own reset or --timeout ends it.
+            log::warn!("could not start the end-grace timer: {e}");
+        }
+    }
+
     /// The outcome, once set.
     pub fn outcome(&self) -> Option<VmOutcome> {
         self.outcome
@@ -160,35 +221,79 @@ impl VmEnd {
             .clone()
     }
 
-    /// Look at one line of guest console output for kernel messages that
-    /// decide the outcome. Returns true when the line started a panic (the
-    /// caller arms a grace timer: a panicking kernel without `panic=` never
-    /// reboots by itself).
+    /// One event from the guest-event port. Ends the VM for a power-off,
+    /// and after [`END_GRACE`] for a panic or a halt (the kernel's own
+    /// reset or end-of-report line may end it sooner).
+    pub fn guest_event(self: &Arc<Self>, event: GuestEvent) {
+        match event {
+            GuestEvent::Attached => {
+                if !self.attached.swap(true, Ordering::AcqRel) {
+                    log::debug!(
+                        "guest-event port: pv_events attached; console text decides nothing now"
+                    );
+                }
+            }
+            GuestEvent::Panic if self.device_events() => {
+                if !self.panicked.swap(true, Ordering::AcqRel) {
+                    self.request_after(END_GRACE, VmOutcome::Halt);
+                }
+            }
+            GuestEvent::Halt if self.device_events() => {
+                if !self.halting.swap(true, Ordering::AcqRel) {
+                    self.request_after(END_GRACE, VmOutcome::Halt);
+                }
+            }
+            GuestEvent::PowerOff if self.device_events() => self.request(VmOutcome::PowerOff),
+            GuestEvent::Restart if self.device_events() => {
+                self.restart_announced.store(true, Ordering::Release)
+            }
+            // An event before ATTACHED is not from the module's notifiers.
+            other => log::debug!("guest-event port: {other:?} before ATTACHED, ignored"),
+        }
+    }
+
+    /// Look at one line of guest console output. In device mode it only
+    /// names a reported panic or hastens an announced end; without
+    /// `pv_events` the kernel's messages decide the outcome. Returns true
+    /// when the caller should end the VM after [`END_GRACE`] (a panicking
+    /// kernel without `panic=` never reboots by itself).
     pub fn observe_console_line(&self, line: &str) -> bool {
-        if let Some(pos) = line.find("Kernel panic - not syncing") {
+        let device = self.device_events();
+        // The end-of-report line holds the panic text too: look at it first.
+        if line.contains("---[ end Kernel panic") {
+            let reported = if device {
+                self.panicked.load(Ordering::Acquire)
+            } else {
+                self.panic_line
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_some()
+            };
+            if reported {
+                self.request(VmOutcome::Halt); // mapped to the reported panic
+            }
+        } else if let Some(pos) = line.find("Kernel panic - not syncing") {
+            let text = line[pos..].trim_end();
+            // Bounded: one line of the console's line tap.
             let mut p = self.panic_line.lock().unwrap_or_else(|e| e.into_inner());
-            if p.is_none() {
-                *p = Some(line[pos..].trim_end().to_string());
+            if device {
+                *p = Some(text.to_string());
+            } else if p.is_none() {
+                *p = Some(text.to_string());
                 return true;
             }
-        } else if line.contains("---[ end Kernel panic") {
-            self.request(VmOutcome::Halt); // mapped to the recorded panic
+        } else if line.contains("reboot: System halted") {
+            if !device || self.halting.load(Ordering::Acquire) {
+                self.request(VmOutcome::Halt);
+            }
+        } else if device {
+            // Power-off and restart come from the device.
         } else if line.contains("reboot: Power down") {
             self.request(VmOutcome::PowerOff);
-        } else if line.contains("reboot: System halted") {
-            self.request(VmOutcome::Halt);
         } else if line.contains("reboot: Restarting system") {
             self.restart_announced.store(true, Ordering::Release);
         }
         false
-    }
-
-    /// The recorded panic line, if any.
-    pub fn panic_line(&self) -> Option<String> {
-        self.panic_line
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 }
 
@@ -278,7 +383,7 @@ mod tests {
     }
 
     #[test]
-    fn panic_then_reboot_is_panic() {
+    fn without_pv_events_the_console_decides() {
         let s = VmEnd::new().unwrap();
         assert!(
             s.observe_console_line("[    1.0] Kernel panic - not syncing: Attempted to kill init!")
@@ -288,14 +393,13 @@ mod tests {
         assert_eq!(
             s.outcome(),
             Some(VmOutcome::Panic(
-                "Kernel panic - not syncing: Attempted to kill init!".into()
+                "Kernel panic - not syncing: Attempted to kill init! (read from the console: \
+                 the guest has no pv_events module)"
+                    .into()
             ))
         );
         assert_eq!(s.outcome().unwrap().exit_code(), GUEST_PANIC_EXIT);
-    }
 
-    #[test]
-    fn console_messages() {
         let s = VmEnd::new().unwrap();
         s.observe_console_line("[    2.0] reboot: Restarting system");
         s.request(VmOutcome::TripleFault { vcpu: 0, rip: 1 });
@@ -307,5 +411,91 @@ mod tests {
         s.observe_console_line("reboot: Power down");
         assert_eq!(s.outcome(), Some(VmOutcome::PowerOff));
         assert_eq!(s.outcome().unwrap().exit_code(), 0);
+    }
+
+    fn attached() -> Arc<VmEnd> {
+        let s = Arc::new(VmEnd::new().unwrap());
+        s.guest_event(GuestEvent::Attached);
+        assert!(s.device_events());
+        s
+    }
+
+    #[test]
+    fn with_pv_events_console_text_decides_nothing() {
+        let s = attached();
+        for line in [
+            "Kernel panic - not syncing: forged by user space",
+            "---[ end Kernel panic - not syncing: forged ]---",
+            "reboot: Power down",
+            "reboot: System halted",
+            "reboot: Restarting system",
+        ] {
+            assert!(!s.observe_console_line(line), "{line}");
+        }
+        assert!(!s.stopping());
+        // Not a panic, not an announced restart: what really happened.
+        s.request(VmOutcome::TripleFault { vcpu: 0, rip: 1 });
+        assert_eq!(s.outcome().unwrap().exit_code(), GUEST_FAULT_EXIT);
+        // Events written before ATTACHED are not the notifiers'.
+        let s = Arc::new(VmEnd::new().unwrap());
+        s.guest_event(GuestEvent::PowerOff);
+        assert!(!s.stopping());
+    }
+
+    #[test]
+    fn with_pv_events_the_devices_decide() {
+        let s = attached();
+        s.guest_event(GuestEvent::PowerOff);
+        assert_eq!(s.outcome(), Some(VmOutcome::PowerOff));
+
+        // A panic: named by the console's last panic line, ended by the
+        // kernel's reset (panic=-1) as a panic.
+        let s = attached();
+        s.observe_console_line("Kernel panic - not syncing: forged earlier");
+        s.observe_console_line("[    3.0] Kernel panic - not syncing: sysrq triggered crash");
+        s.guest_event(GuestEvent::Panic);
+        assert!(!s.stopping(), "the report may still be printing");
+        s.request(VmOutcome::Reboot);
+        assert_eq!(
+            s.outcome(),
+            Some(VmOutcome::Panic(
+                "Kernel panic - not syncing: sysrq triggered crash".into()
+            ))
+        );
+
+        // A panic with no line, ended by the end-of-report line.
+        let s = attached();
+        s.guest_event(GuestEvent::Panic);
+        s.observe_console_line("---[ end Kernel panic - not syncing: x ]---");
+        assert_eq!(s.outcome().unwrap().exit_code(), GUEST_PANIC_EXIT);
+
+        // A restart announced by the reboot notifier makes the reset's
+        // triple fault a reboot.
+        let s = attached();
+        s.guest_event(GuestEvent::Restart);
+        s.request(VmOutcome::TripleFault {
+            vcpu: 0,
+            rip: 0xfff0,
+        });
+        assert_eq!(s.outcome(), Some(VmOutcome::Reboot));
+
+        // A halt ends after the grace, or at the kernel's last line.
+        let s = attached();
+        s.guest_event(GuestEvent::Halt);
+        assert!(!s.stopping());
+        s.observe_console_line("reboot: System halted");
+        assert_eq!(s.outcome(), Some(VmOutcome::Halt));
+    }
+
+    #[test]
+    fn an_announced_panic_ends_after_the_grace() {
+        let s = attached();
+        s.guest_event(GuestEvent::Panic);
+        let t = std::time::Instant::now();
+        while !s.stopping() && t.elapsed() < END_GRACE * 4 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(t.elapsed() >= END_GRACE / 2, "not before the grace");
+        assert_eq!(s.outcome().unwrap().exit_code(), GUEST_PANIC_EXIT);
     }
 }

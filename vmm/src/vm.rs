@@ -19,8 +19,8 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use devices::bus::{Bus, BusError};
 use devices::legacy::{
-    Cmos, DebugExit, SerialDevice, CMOS_PORT, COM1_IRQ, COM1_PORT, DEBUG_EXIT_PORT, I8042,
-    I8042_PORT,
+    Cmos, DebugExit, GuestEvents, SerialDevice, CMOS_PORT, COM1_IRQ, COM1_PORT, DEBUG_EXIT_PORT,
+    GUEST_EVENTS_PORT, I8042, I8042_PORT,
 };
 
 use crate::arch::{cpuid, layout, mptable, regs};
@@ -318,6 +318,7 @@ impl Vm {
         let reset_evt = add_i8042(&buses.pio)?;
         add_cmos(&buses.pio)?;
         add_debug_exit(&buses.pio, &end)?;
+        add_guest_events(&buses.pio, &end)?;
         let pmu = config
             .pmu
             .as_ref()
@@ -629,6 +630,15 @@ fn add_debug_exit(pio: &Bus, end: &Arc<VmEnd>) -> Result<()> {
         end_for_port.request(VmOutcome::Status(status))
     }));
     pio.insert(Arc::new(Mutex::new(debug_exit)), DEBUG_EXIT_PORT, 1)?;
+    Ok(())
+}
+
+/// Put the guest-event port on the port-I/O bus: the guest kernel's panic,
+/// power-off, halt and restart notifiers report through it (`crate::end`).
+fn add_guest_events(pio: &Bus, end: &Arc<VmEnd>) -> Result<()> {
+    let end = end.clone();
+    let dev = GuestEvents::new(Box::new(move |event| end.guest_event(event)));
+    pio.insert(Arc::new(Mutex::new(dev)), GUEST_EVENTS_PORT, 1)?;
     Ok(())
 }
 

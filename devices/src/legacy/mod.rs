@@ -1,13 +1,15 @@
 //! The small PC devices a Linux guest expects: 16550 serial, i8042 (reset only),
-//! CMOS RTC, and perfvisor's debug-exit port.
+//! CMOS RTC, and perfvisor's debug-exit and guest-event ports.
 
 mod cmos;
 mod debug_exit;
+mod guest_events;
 mod i8042;
 mod serial;
 
 pub use cmos::Cmos;
 pub use debug_exit::DebugExit;
+pub use guest_events::{GuestEvent, GuestEvents, GUEST_EVENTS_MAGIC};
 pub use i8042::I8042;
 pub use serial::{EventFdTrigger, LineTap, SerialDevice};
 
@@ -21,3 +23,6 @@ pub const I8042_PORT: u64 = 0x60;
 pub const CMOS_PORT: u64 = 0x70;
 /// perfvisor's debug-exit port: a one-byte write ends the VM with that status.
 pub const DEBUG_EXIT_PORT: u64 = 0xf4;
+/// perfvisor's guest-event port: the guest kernel's panic, power-off, halt
+/// and restart notifiers write one byte each (`GuestEvents`).
+pub const GUEST_EVENTS_PORT: u64 = 0xf5;
