@@ -49,7 +49,9 @@ use std::path::PathBuf;
 pub use error::{RecordError, Result};
 pub use flamegraph::{flamegraph, FlameInput};
 pub use folded::{Folded, KERNEL_SUFFIX, MAX_STACKS, OTHER, UNKNOWN};
-pub use perf_data::{Layout, PerfDataWriter, WriteSummary, MAX_TASKS, PERF_MAX_FRAMES};
+pub use perf_data::{
+    Layout, PerfDataWriter, WriteSummary, MAX_HOST_THREADS, MAX_TASKS, PERF_MAX_FRAMES,
+};
 pub use symbols::{is_kernel_address, Symbol, Symbolizer};
 
 /// A guest user binary: its host copy (static, non-PIE, unstripped: the one

@@ -115,6 +115,9 @@ pub struct WriteSummary {
     /// Samples of guest threads beyond [`MAX_TASKS`] (their COMM was
     /// written again with each).
     pub untracked_task_samples: u64,
+    /// Samples of host vCPU threads beyond [`MAX_HOST_THREADS`] (their
+    /// COMM was written again with each).
+    pub untracked_host_thread_samples: u64,
 }
 
 fn push_u16(b: &mut Vec<u8>, v: u16) {
@@ -153,6 +156,11 @@ fn push_string_list(b: &mut Vec<u8>, list: &[String]) {
 /// MMAP2) again, so the file stays right and memory bounded.
 pub const MAX_TASKS: usize = 65_536;
 
+/// Host vCPU threads whose COMM the writer remembers (a VM has at most 255
+/// vCPUs; a raw stream read back may name any thread id); samples of
+/// further ones get their COMM again.
+pub const MAX_HOST_THREADS: usize = 1024;
+
 /// What the writer knows about a guest process.
 #[derive(Default)]
 struct GuestProcess {
@@ -180,7 +188,10 @@ pub struct PerfDataWriter {
     kernel_samples: u64,
     user_samples: u64,
     binaries: Vec<UserBinary>,
+    /// Bounded by [`MAX_HOST_THREADS`].
     host_threads: HashSet<u32>,
+    /// Samples of host threads past [`MAX_HOST_THREADS`].
+    untracked_host: u64,
     /// Bounded by [`MAX_TASKS`] (the guest chooses its pids and comms).
     guest_comms: HashMap<(u32, u32), String>,
     /// Bounded by [`MAX_TASKS`].
@@ -346,6 +357,7 @@ impl PerfDataWriter {
             guest_comms: HashMap::new(),
             processes: HashMap::new(),
             untracked: 0,
+            untracked_host: 0,
             buf: Vec::with_capacity(4096),
             chain: Vec::with_capacity(PERF_MAX_FRAMES + 8),
         };
@@ -492,18 +504,25 @@ impl PerfDataWriter {
     /// A COMM in the host machine for a vCPU thread (named like perfvisor's
     /// threads, "vcpuN").
     fn ensure_host_thread(&mut self, cpu: u32, tid: u32) -> Result<()> {
-        if self.host_threads.insert(tid) {
-            let pid = self.meta.vmm_pid;
-            self.write_comm(
-                misc::CPUMODE_UNKNOWN,
-                pid,
-                tid,
-                &format!("vcpu{cpu}"),
-                0,
-                cpu,
-            )?;
+        if self.host_threads.contains(&tid) {
+            return Ok(());
         }
-        Ok(())
+        if self.host_threads.len() < MAX_HOST_THREADS {
+            self.host_threads.insert(tid);
+        } else {
+            // Past the cap the COMM goes with each sample: a bigger file,
+            // a bounded memory.
+            self.untracked_host += 1;
+        }
+        let pid = self.meta.vmm_pid;
+        self.write_comm(
+            misc::CPUMODE_UNKNOWN,
+            pid,
+            tid,
+            &format!("vcpu{cpu}"),
+            0,
+            cpu,
+        )
     }
 
     /// A COMM in the guest machine when a thread is new or renamed.
@@ -845,6 +864,7 @@ impl PerfDataWriter {
             machine_pid: self.meta.vmm_pid,
             report_hint,
             untracked_task_samples: self.untracked,
+            untracked_host_thread_samples: self.untracked_host,
         })
     }
 }
@@ -896,6 +916,39 @@ mod tests {
         let sum = w.finish().unwrap();
         assert_eq!(sum.samples, n);
         assert_eq!(sum.untracked_task_samples, n - MAX_TASKS as u64);
+    }
+
+    /// A raw stream that names a new host vCPU thread in every sample:
+    /// the writer remembers MAX_HOST_THREADS of them and writes the COMM
+    /// of the rest with each sample.
+    #[test]
+    fn unique_host_threads_past_the_cap_keep_memory_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = RecordMeta::new(1, 99);
+        let mut w = PerfDataWriter::create(dir.path().join("perf.data"), &meta).unwrap();
+        let n = MAX_HOST_THREADS as u64 + 5_000;
+        for i in 0..n {
+            w.sample(&GuestSample {
+                cpu: 0,
+                vcpu_tid: 1000 + i as u32,
+                guest_pid: Some(1),
+                guest_tid: None,
+                comm: Some("w"),
+                time_ns: i,
+                ip: 0xffff_ffff_8100_0000,
+                user: false,
+                callchain: &[],
+                period: 1,
+            })
+            .unwrap();
+        }
+        assert_eq!(w.host_threads.len(), MAX_HOST_THREADS);
+        let sum = w.finish().unwrap();
+        assert_eq!(sum.samples, n);
+        assert_eq!(
+            sum.untracked_host_thread_samples,
+            n - MAX_HOST_THREADS as u64
+        );
     }
 
     #[test]

@@ -393,6 +393,13 @@ impl Outputs {
                 record::MAX_TASKS
             );
         }
+        if summary.untracked_host_thread_samples > 0 {
+            eprintln!(
+                "  {} samples were of host vCPU threads beyond the {} perf.data tracks: their COMM records were written again with each",
+                summary.untracked_host_thread_samples,
+                record::MAX_HOST_THREADS
+            );
+        }
         if self.folded.folded_stacks() > 0 {
             eprintln!(
                 "  {} samples had a stack beyond the {} distinct ones kept: they count as {} in the folded stacks and flame graph (perf.data has them all)",
