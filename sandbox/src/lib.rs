@@ -399,10 +399,11 @@ impl Sandbox {
     pub fn run(&self, job: &Job, console: &mut dyn FnMut(&str)) -> Result<Outcome, Error> {
         job.validate()?;
         let tmp = TempDir::new()?;
-        let nonce = random_hex()?;
+        // One set of markers, from the OS random source: the L1's init
+        // script prints them and the job console looks for them.
+        let markers = Markers::new(&random_hex()?);
         let cpio_path = tmp.path().join("l1-initramfs.cpio");
-        self.write_initramfs(job, &nonce, &cpio_path)?;
-        let markers = Markers::new(&nonce);
+        self.write_initramfs(job, &markers, &cpio_path)?;
 
         let mut cmd = Command::new(&self.qemu);
         let collect_file = tmp.path().join("collect.tar");
@@ -631,13 +632,13 @@ impl Sandbox {
     /// [`Sandbox::run`] does this in a temporary directory.
     pub fn prepare(&self, job: &Job, path: &Path) -> Result<Command, Error> {
         job.validate()?;
-        self.write_initramfs(job, &random_hex()?, path)?;
+        self.write_initramfs(job, &Markers::new(&random_hex()?), path)?;
         let mut cmd = Command::new(&self.qemu);
         cmd.args(self.qemu_args(path, None));
         Ok(cmd)
     }
 
-    fn write_initramfs(&self, job: &Job, nonce: &str, path: &Path) -> Result<(), Error> {
+    fn write_initramfs(&self, job: &Job, markers: &Markers, path: &Path) -> Result<(), Error> {
         let f = File::create(path).map_err(io_err(format!("creating {}", path.display())))?;
         let mut w = CpioWriter::new(BufWriter::with_capacity(1 << 20, f));
         let ctx = |what: &str| io_err(format!("writing the L1 initramfs ({what})"));
@@ -678,7 +679,7 @@ impl Sandbox {
         for (host, guest) in &job.dirs {
             add_tree(&mut w, host, guest)?;
         }
-        let files = job_files(job, &modules, nonce);
+        let files = job_files(job, &modules, markers);
         w.dir(&JOB_DIR[1..], 0o755).map_err(ctx(JOB_DIR))?;
         for (name, text) in [
             ("job.env", &files.env),
@@ -759,8 +760,7 @@ struct JobFiles {
     modules: String,
 }
 
-fn job_files(job: &Job, modules: &[String], nonce: &str) -> JobFiles {
-    let m = Markers::new(nonce);
+fn job_files(job: &Job, modules: &[String], m: &Markers) -> JobFiles {
     let var = |k: &str, v: &str| format!("SANDBOX_{k}={}\n", shell_quote(v));
     let env = [
         var("START", &m.start),
@@ -854,7 +854,11 @@ mod tests {
         let job = Job::new(["/bin/t", "a b", "c'd"])
             .env("RUST_LOG", "debug x")
             .workdir("/work dir");
-        let f = job_files(&job, &["kvm.ko".into(), "kvm-amd.ko".into()], "n");
+        let f = job_files(
+            &job,
+            &["kvm.ko".into(), "kvm-amd.ko".into()],
+            &Markers::new("n"),
+        );
         assert_eq!(
             f.sh,
             "export RUST_LOG='debug x'\nset -- '/bin/t' 'a b' 'c'\\''d'\n"
@@ -875,7 +879,7 @@ mod tests {
         let stoppable = job
             .stoppable(Arc::new(AtomicU32::new(0)))
             .collect("/out", "/h");
-        let f = job_files(&stoppable, &[], "n");
+        let f = job_files(&stoppable, &[], &Markers::new("n"));
         assert!(f.env.contains("SANDBOX_STOPPABLE='1'\n"));
         assert!(f.env.contains("SANDBOX_COLLECT='/out'\n"));
     }
