@@ -887,6 +887,23 @@ mod tests {
         assert_eq!(&b[..4], &64u32.to_ne_bytes());
     }
 
+    /// A kernel-mode sample on vCPU 0 of host thread `vcpu_tid`, guest task
+    /// `pid` named `comm`.
+    fn kernel_sample(vcpu_tid: u32, pid: u32, comm: &str, time_ns: u64) -> GuestSample<'_> {
+        GuestSample {
+            cpu: 0,
+            vcpu_tid,
+            guest_pid: Some(pid),
+            guest_tid: None,
+            comm: Some(comm),
+            time_ns,
+            ip: 0xffff_ffff_8100_0000,
+            user: false,
+            callchain: &[],
+            period: 1,
+        }
+    }
+
     /// A guest that gives every sample a new pid and comm: the writer's
     /// tables stop at MAX_TASKS and every sample is still written.
     #[test]
@@ -897,19 +914,7 @@ mod tests {
         let n = MAX_TASKS as u64 + 50_000;
         for i in 0..n {
             let comm = format!("c{i}");
-            w.sample(&GuestSample {
-                cpu: 0,
-                vcpu_tid: 7,
-                guest_pid: Some(i as u32 + 1),
-                guest_tid: None,
-                comm: Some(&comm),
-                time_ns: i,
-                ip: 0xffff_ffff_8100_0000,
-                user: false,
-                callchain: &[],
-                period: 1,
-            })
-            .unwrap();
+            w.sample(&kernel_sample(7, i as u32 + 1, &comm, i)).unwrap();
         }
         assert_eq!(w.guest_comms.len(), MAX_TASKS);
         assert!(w.processes.len() <= MAX_TASKS);
@@ -928,19 +933,8 @@ mod tests {
         let mut w = PerfDataWriter::create(dir.path().join("perf.data"), &meta).unwrap();
         let n = MAX_HOST_THREADS as u64 + 5_000;
         for i in 0..n {
-            w.sample(&GuestSample {
-                cpu: 0,
-                vcpu_tid: 1000 + i as u32,
-                guest_pid: Some(1),
-                guest_tid: None,
-                comm: Some("w"),
-                time_ns: i,
-                ip: 0xffff_ffff_8100_0000,
-                user: false,
-                callchain: &[],
-                period: 1,
-            })
-            .unwrap();
+            w.sample(&kernel_sample(1000 + i as u32, 1, "w", i))
+                .unwrap();
         }
         assert_eq!(w.host_threads.len(), MAX_HOST_THREADS);
         let sum = w.finish().unwrap();

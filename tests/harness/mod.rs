@@ -216,14 +216,10 @@ fn with_platform_retry(args: &[&str], mut go: impl FnMut() -> Run) -> Run {
             // Every later guest of this L1 stalls the same way (seen
             // 2026-12-07: a triple fault, then three 300 s stalls in a row),
             // so a retry here only burns the timeout again.
-            panic!(
-                "{FRESH_L1}: perfvisor {} ended after {:.1}s in {what}; the guests this L1 \
-                 runs after that stall too (docs/platform.md), so the test goes to a fresh L1\n\
-                 --- stdout:\n{}\n--- stderr:\n{}",
-                args.join(" "),
-                r.elapsed.as_secs_f64(),
-                r.stdout,
-                r.stderr
+            to_fresh_l1(
+                args,
+                &r,
+                &format!("{what}; the guests this L1 runs after that stall too"),
             );
         }
         let left = PLATFORM_RETRIES - attempt;
@@ -244,18 +240,30 @@ fn with_platform_retry(args: &[&str], mut go: impl FnMut() -> Run) -> Run {
             // 2026-12-07: three triple faults in a row of Debian's kernel
             // under `perf record -g`): the L1 itself has gone bad, so the
             // outer harness runs the test once more in a fresh L1.
-            panic!(
-                "{FRESH_L1}: perfvisor {} ended in {what} on all {} runs in this L1 \
-                 (docs/platform.md), so the test goes to a fresh L1\n\
-                 --- last run's stdout:\n{}\n--- last run's stderr:\n{}",
-                args.join(" "),
-                PLATFORM_RETRIES + 1,
-                r.stdout,
-                r.stderr
+            to_fresh_l1(
+                args,
+                &r,
+                &format!(
+                    "{what}, as did all {} runs before it in this L1",
+                    PLATFORM_RETRIES
+                ),
             );
         }
     }
     r
+}
+
+/// Fail the test with the [`FRESH_L1`] marker, so the outer harness reruns
+/// it in a fresh L1: `r` (the last run) ended in `why`.
+fn to_fresh_l1(args: &[&str], r: &Run, why: &str) -> ! {
+    panic!(
+        "{FRESH_L1}: perfvisor {} ended after {:.1}s in {why} (docs/platform.md), so the \
+         test goes to a fresh L1\n--- stdout:\n{}\n--- stderr:\n{}",
+        args.join(" "),
+        r.elapsed.as_secs_f64(),
+        r.stdout,
+        r.stderr
+    );
 }
 
 /// The nested platform's known failures (docs/platform.md), by their messages.

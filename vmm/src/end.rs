@@ -261,15 +261,7 @@ impl VmEnd {
         let device = self.device_events();
         // The end-of-report line holds the panic text too: look at it first.
         if line.contains("---[ end Kernel panic") {
-            let reported = if device {
-                self.panicked.load(Ordering::Acquire)
-            } else {
-                self.panic_line
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .is_some()
-            };
-            if reported {
+            if self.reported_panic().is_some() {
                 self.request(VmOutcome::Halt); // mapped to the reported panic
             }
         } else if let Some(pos) = line.find("Kernel panic - not syncing") {
