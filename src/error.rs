@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use thiserror::Error;
 
+use crate::include::RESERVED;
+
 #[derive(Debug, Error)]
 pub(crate) enum CliError {
     #[error("kernel image {0} not found: pass --kernel PATH, or build the default guest image with scripts/build-guest-image.sh")]
@@ -23,6 +25,19 @@ pub(crate) enum CliError {
     NoInitrd(PathBuf),
     #[error("a guest command needs an initramfs whose /init runs it, and there is none for Linux {0} yet: build it with scripts/build-guest-image.sh --for-kernel {0}, or pass --initrd")]
     NoImageForKernel(String),
+    #[error("--include {0}: no such file or directory")]
+    IncludeMissing(PathBuf),
+    #[error("--include {0}:{1}: {RESERVED} is perfvisor's own directory in the guest; choose another guest path")]
+    IncludeReserved(PathBuf, String),
+    #[error("--include {second}:{second_guest} clashes with --include {first}:{first_guest} (the same or a nested guest path); give each its own guest path")]
+    IncludeClash {
+        first: PathBuf,
+        first_guest: String,
+        second: PathBuf,
+        second_guest: String,
+    },
+    #[error("--include: {0}")]
+    Include(#[from] initramfs::Error),
     #[error(transparent)]
     Artefacts(#[from] artefacts::Error),
     #[error(transparent)]

@@ -102,6 +102,16 @@ pub(crate) struct RunArgs {
     /// or a host cpu-clock perf event with exclude_host on each vCPU thread.
     #[arg(long, value_enum, default_value_t = PmuBackend::Auto)]
     pub(crate) pmu_backend: PmuBackend,
+    /// A host file or directory to put in the guest's root filesystem, at
+    /// GUEST_PATH (default: /NAME); repeatable. Modes and symbolic links are
+    /// kept; an executable brings its shared libraries and loader. Appended
+    /// to the initramfs (the default image's or --initrd's; alone, it is the
+    /// initramfs).
+    #[arg(long = "include", value_name = "HOST_PATH[:GUEST_PATH]", value_parser = crate::include::parse_include)]
+    pub(crate) include: Vec<crate::include::IncludeSpec>,
+    /// Internal: the archive of the includes (the inner half of a sandboxed run).
+    #[arg(long, hide = true)]
+    pub(crate) include_archive: Option<PathBuf>,
     /// Internal: the guest kernel's ORC tables (perfvisor's own file), for
     /// kernel callchains; the outer half of a sandboxed run reads them from
     /// the kernel image.
@@ -188,6 +198,8 @@ pub(crate) struct BootSpec {
     pub(crate) kernel: PathBuf,
     pub(crate) initrd: Option<PathBuf>,
     pub(crate) cmdline: String,
+    /// The archive of the `--include`s, appended to the initramfs.
+    pub(crate) includes: Option<PathBuf>,
 }
 
 /// Resolve kernel, initrd and command line from the arguments.
@@ -207,6 +219,7 @@ pub(crate) fn resolve(args: &RunArgs) -> Result<BootSpec, CliError> {
         }
     };
     check_readable(&kernel, CliError::KernelMissing)?;
+    crate::include::check(&args.include)?;
     let initrd = match initrd {
         Some(i) => Some(i),
         None => image_for_kernel(&kernel, !args.guest_command.is_empty())?,
@@ -226,7 +239,33 @@ pub(crate) fn resolve(args: &RunArgs) -> Result<BootSpec, CliError> {
         kernel,
         initrd,
         cmdline,
+        includes: args.include_archive.clone(),
     })
+}
+
+/// `boot` with the archive of `args`' `--include`s, written into `dir`
+/// (which must outlive the boot); says on stderr what went in.
+pub(crate) fn with_includes(
+    args: &RunArgs,
+    mut boot: BootSpec,
+    dir: &Path,
+) -> Result<BootSpec, CliError> {
+    if args.include.is_empty() {
+        return Ok(boot);
+    }
+    let path = dir.join("include.cpio");
+    let s = crate::include::write_archive(&args.include, &path, args.memory)?;
+    let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+    eprintln!(
+        "perfvisor: --include: {} files, {} directories, {} symbolic links, {} shared libraries ({:.1} MiB) for the guest",
+        s.files,
+        s.dirs,
+        s.symlinks,
+        s.libraries,
+        size as f64 / f64::from(1u32 << 20)
+    );
+    boot.includes = Some(path);
+    Ok(boot)
 }
 
 /// The initramfs built for `kernel`'s release by `scripts/build-guest-image.sh
@@ -297,6 +336,7 @@ pub(crate) fn vm_config(
         // shell text survives (the kernel command line would split and
         // unquote it).
         initrd_files: guest_command_files(args),
+        initrd_archives: boot.includes.into_iter().collect(),
         cmdline: boot.cmdline,
         mem_size: args.memory,
         cpus: args.cpus,
@@ -369,7 +409,14 @@ pub(crate) fn sandbox_for(args: &RunArgs) -> Result<sandbox::Sandbox, CliError> 
 
 /// Options of `run` (and so of `record`) that the sandbox job rewrites:
 /// where the guest runs, and the host files it ships.
-pub(crate) const RUN_HOST_ONLY: &[&str] = &["kernel", "initrd", "kvm", "guest_orc"];
+pub(crate) const RUN_HOST_ONLY: &[&str] = &[
+    "kernel",
+    "initrd",
+    "kvm",
+    "guest_orc",
+    "include",
+    "include_archive",
+];
 
 /// The guest kernel's ORC tables, for kernel callchains of a kernel built
 /// without frame pointers (Debian's: `CONFIG_UNWINDER_ORC`): from
@@ -446,18 +493,26 @@ pub(crate) fn without_kaslr(cmdline: String) -> String {
     }
 }
 
-/// A sandbox job running `perfvisor SUB --kvm host` with `args`' kernel and
-/// initrd shipped in, `extra` options of SUB, and every option the user
-/// gave (`given`) except [`RUN_HOST_ONLY`] and `host_only` (SUB's own
-/// host-side options): a new option reaches the inner perfvisor by itself.
+/// A sandbox job running `perfvisor SUB --kvm host` with `args`' kernel,
+/// initrd and includes shipped in (the archive of the includes written in
+/// `dir`, which must outlive the job), `extra` options of SUB, and every
+/// option the user gave (`given`) except [`RUN_HOST_ONLY`] and `host_only`
+/// (SUB's own host-side options): a new option reaches the inner perfvisor
+/// by itself.
 pub(crate) fn sandbox_job(
     args: &RunArgs,
     sub: &str,
     given: &GivenArgs,
     host_only: &[&str],
     extra: &[String],
+    dir: &Path,
 ) -> Result<sandbox::Job, CliError> {
-    let BootSpec { kernel, initrd, .. } = resolve(args)?;
+    let BootSpec {
+        kernel,
+        initrd,
+        includes,
+        ..
+    } = with_includes(args, resolve(args)?, dir)?;
     let exe = std::env::current_exe().map_err(|source| CliError::Unreadable {
         path: "/proc/self/exe".into(),
         source,
@@ -475,6 +530,9 @@ pub(crate) fn sandbox_job(
     if initrd.is_some() {
         argv.extend(["--initrd".into(), "/perfvisor/initrd".into()]);
     }
+    if includes.is_some() {
+        argv.extend(["--include-archive".into(), "/perfvisor/include.cpio".into()]);
+    }
     argv.extend(extra.iter().cloned());
     let skip: Vec<&str> = RUN_HOST_ONLY.iter().chain(host_only).copied().collect();
     argv.extend(given.argv_without(&skip));
@@ -489,6 +547,9 @@ pub(crate) fn sandbox_job(
         .file(&kernel, "/perfvisor/kernel");
     if let Some(i) = &initrd {
         job = job.file(i, "/perfvisor/initrd");
+    }
+    if let Some(i) = &includes {
+        job = job.file(i, "/perfvisor/include.cpio");
     }
     Ok(job)
 }

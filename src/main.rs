@@ -7,6 +7,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 mod cli;
 mod error;
 mod forward;
+mod include;
 mod launch;
 
 use forward::GivenArgs;
@@ -29,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot a guest. With no --kernel, boots the project's default guest image.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Profile a guest from the host for its whole run (no guest driver
     /// needed): perf.data, folded stacks, a flame graph.
     Record(Box<cli::record::RecordArgs>),
@@ -82,7 +83,7 @@ fn main() -> ExitCode {
         .map(|(name, m)| GivenArgs::from_matches(&Cli::command(), name, m))
         .unwrap_or_default();
     let result = match cli.command {
-        Command::Run(args) => cli::run::run(args, &given),
+        Command::Run(args) => cli::run::run(*args, &given),
         Command::Record(args) => cli::record::record(*args, &given),
         Command::Probe => cli::probe::probe_cmd(),
     };
@@ -157,6 +158,10 @@ mod tests {
         "host-timer",
         "--guest-orc",
         "/o",
+        "--include",
+        "/etc/hostname:/h",
+        "--include-archive",
+        "/a",
         "--",
         "echo",
         "hi -x",
@@ -182,13 +187,14 @@ mod tests {
         };
         for a in [&mut got, &mut want] {
             (a.kernel, a.initrd, a.kvm, a.guest_orc) = (None, None, KvmChoice::Auto, None);
+            (a.include, a.include_archive) = (Vec::new(), None);
         }
         assert_eq!(
             format!("{got:?}"),
             format!("{want:?}"),
             "inner line {argv:?}"
         );
-        for host in ["--kernel", "--initrd", "--kvm", "--guest-orc"] {
+        for host in ["--kernel", "--initrd", "--kvm", "--guest-orc", "--include"] {
             assert!(
                 !argv.iter().any(|a| a.starts_with(host)),
                 "{host} forwarded: {argv:?}"

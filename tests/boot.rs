@@ -340,3 +340,75 @@ fn a_stalled_terminal_does_not_stall_the_guest() {
         );
     });
 }
+
+#[test]
+fn include_brings_a_dynamic_program_and_a_tree() {
+    boot_test("include_brings_a_dynamic_program_and_a_tree", || {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        // A tree with modes, a subdirectory, a symbolic link and a script.
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir_all(data.join("sub")).unwrap();
+        std::fs::create_dir(data.join("private")).unwrap();
+        std::fs::write(data.join("run.sh"), "#!/bin/sh\necho script-ran-in-guest\n").unwrap();
+        std::fs::write(data.join("sub/secret"), "s3cret\n").unwrap();
+        symlink("sub/secret", data.join("link")).unwrap();
+        for (p, mode) in [
+            ("run.sh", 0o750),
+            ("sub/secret", 0o600),
+            ("sub", 0o711),
+            ("private", 0o700),
+        ] {
+            std::fs::set_permissions(data.join(p), std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        // The truth: the same program on the same tree, here.
+        let listing = "stat -c '%n %a %F' * sub/*; stat -c %N link";
+        let host = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(listing.replace("stat ", &format!("{} ", harness::INCLUDE_PROGRAM)))
+            .current_dir(&data)
+            .output()
+            .unwrap();
+        let want = String::from_utf8(host.stdout).unwrap();
+        assert!(host.status.success() && want.lines().count() == 6, "{want}");
+        // The user's own --initrd (here the image's), the includes after it.
+        let image = image_dir();
+        let initrd = image.join("initramfs.cpio");
+        let prog = format!("{}:/opt/bin/stat", harness::INCLUDE_PROGRAM);
+        let tree = format!("{}:/data", data.display());
+        let r = boot(&[
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--include",
+            &prog,
+            "--include",
+            &tree,
+            "--",
+            &format!(
+                "cd /data && {}; ./run.sh; cat link",
+                listing.replace("stat ", "/opt/bin/stat ")
+            ),
+        ]);
+        r.check(r.status == 0, "the included program runs and exits 0");
+        for line in want.lines() {
+            r.check(
+                r.stdout.lines().any(|l| l.trim_end() == line),
+                &format!("the guest's stat says what the host's says: {line:?}"),
+            );
+        }
+        r.check(
+            r.stdout.contains("script-ran-in-guest") && r.stdout.contains("s3cret"),
+            "the script runs and the link reads through",
+        );
+        let libs: u32 = r
+            .stderr
+            .split(" shared libraries")
+            .next()
+            .and_then(|s| s.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0);
+        r.check(
+            libs >= 2,
+            "the program's libraries and loader came with it (counted on stderr)",
+        );
+    });
+}

@@ -181,3 +181,32 @@ fn an_installed_binary_finds_its_data_directory_not_the_source_tree() {
     println!("installed copy: {}", r.stderr.trim());
     let _ = std::fs::remove_dir_all(&prefix);
 }
+
+#[test]
+fn include_errors_come_before_boot() {
+    // Each is found before any boot: --kvm host and a kernel that is not
+    // one would fail later, with another message.
+    let r = perfvisor_cmd(&["run", "--kvm", "host", "--include", "/nonexistent/prog"]);
+    one_line_error(&r, "--include /nonexistent/prog: no such file or directory");
+    let r = perfvisor_cmd(&[
+        "run",
+        "--kvm",
+        "host",
+        "--include",
+        "/etc/hostname:/opt/x",
+        "--include",
+        "/etc/passwd:/opt/x",
+    ]);
+    one_line_error(&r, "clashes with --include /etc/hostname:/opt/x");
+    let r = perfvisor_cmd(&[
+        "run",
+        "--kvm",
+        "host",
+        "--include",
+        "/etc/hostname:/perfvisor/command",
+    ]);
+    one_line_error(&r, "perfvisor's own directory");
+    let r = perfvisor_cmd(&["run", "--include", "/etc/hostname:/a/../b"]);
+    one_line_error(&r, "contains '..'");
+    assert_eq!(r.status, 2, "usage errors exit 2");
+}

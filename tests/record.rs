@@ -524,3 +524,69 @@ function flush() { if (w && firstk) { k++; if (nk >= 2 && ent && usr) f++ } w = 
   next }
 /./ { flush(); w = index($0, "pv-workload") > 0 }
 END { flush(); printf "guest-perf: kernel=%d full=%d\n", k, f }'"#;
+
+/// tests/fixtures/incprog.c built with `flags` into `dir`.
+fn build_incprog(dir: &Path, name: &str, flags: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/incprog.c");
+    let out = dir.join(name);
+    let st = Command::new("gcc")
+        .args(["-O0", "-g", "-fno-omit-frame-pointer"])
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run gcc ({e}): run scripts/setup.sh"));
+    assert!(st.success(), "gcc {flags:?} failed");
+    out
+}
+
+#[test]
+fn record_names_the_functions_of_an_included_program() {
+    let dir = out_dir("include");
+    // A program we did not put in the image, built here as a user would:
+    // static and non-PIE (symbolized), and a PIE (not yet: it says so).
+    let fixed = build_incprog(&dir, "incprog", &["-static", "-no-pie"]);
+    let pie = build_incprog(&dir, "incpie", &["-pie", "-fPIE"]);
+    let a = format!("{}:/usr/local/bin/incprog", fixed.display());
+    let b = format!("{}:/usr/local/bin/incpie", pie.display());
+    let r = record(
+        &dir,
+        &["--call-graph", "fp", "--include", &a, "--include", &b],
+        "incprog && incpie",
+    );
+    r.check(r.status == 0, "record exits 0");
+    r.check(
+        r.stdout.matches("incprog done").count() == 2,
+        "both included programs ran in the guest",
+    );
+    r.check(
+        r.stderr.contains(&format!(
+            "--include {}: its frames stay addresses",
+            pie.display()
+        )),
+        "the PIE's frames are said to stay addresses",
+    );
+    let folded = std::fs::read_to_string(dir.join("out.folded")).unwrap();
+    let spin: u64 = folded
+        .lines()
+        .filter(|l| l.contains("incprog_outer;incprog_spin"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum();
+    println!("samples in incprog_outer;incprog_spin: {spin}");
+    r.check(
+        spin > 500,
+        "the static program's own call chain outer;spin carries its two seconds",
+    );
+    let data = dir.join("perf.data");
+    let (script, err) = host_perf(&["script", "-i", data.to_str().unwrap()]);
+    r.check(
+        script.contains("incprog_spin"),
+        "the host's perf names the program's function from the same file",
+    );
+    r.check(
+        !err.to_lowercase().contains("warning"),
+        &format!("perf script does not warn: {err}"),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

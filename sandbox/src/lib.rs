@@ -18,13 +18,9 @@
 
 mod collect;
 mod console;
-mod cpio;
 mod job_console;
-mod ldd;
 
 pub use collect::{TempDir, MAX_COLLECT_BYTES, MAX_COLLECT_ENTRIES};
-pub use cpio::CpioWriter;
-pub use ldd::{ldd_closure, parse_ldd_output, LddReport};
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -39,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use collect::{random_hex, unpack_collected};
 use console::{read_lines, KeptText};
+use initramfs::Packer;
 use job_console::{JobConsole, Markers, Phase};
 
 /// The one error type of this crate.
@@ -60,8 +57,8 @@ pub enum Error {
     CollectTooLarge { limit: u64 },
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
-    #[error("ldd {path}: {msg}")]
-    Ldd { path: PathBuf, msg: String },
+    #[error("building the L1 initramfs: {0}")]
+    Initramfs(#[from] initramfs::Error),
     #[error("no /dev/kvm inside the L1 sandbox after loading the kvm modules (QEMU must run with -cpu EPYC,+svm); console tail:\n{tail}")]
     NoKvm { tail: String },
     #[error("stopped: the L1 sandbox was killed on request before the job ended")]
@@ -154,8 +151,8 @@ impl Job {
         self
     }
 
-    /// Copies executable `host` to `guest` and its shared libraries (`ldd` closure,
-    /// loader included) to their host paths.
+    /// Copies executable `host` to `guest` and its shared libraries (as the dynamic
+    /// loader finds them, loader included) to their host paths.
     pub fn binary(mut self, host: impl Into<PathBuf>, guest: &str) -> Job {
         self.binaries.push((host.into(), guest.into()));
         self
@@ -640,7 +637,10 @@ impl Sandbox {
 
     fn write_initramfs(&self, job: &Job, markers: &Markers, path: &Path) -> Result<(), Error> {
         let f = File::create(path).map_err(io_err(format!("creating {}", path.display())))?;
-        let mut w = CpioWriter::new(BufWriter::with_capacity(1 << 20, f));
+        // The L1's RAM bounds what its initramfs may hold.
+        let limit = u64::from(self.memory_mib) << 20;
+        let mut packer = Packer::new(BufWriter::with_capacity(1 << 20, f), limit);
+        let w = packer.writer();
         let ctx = |what: &str| io_err(format!("writing the L1 initramfs ({what})"));
         w.char_dev("dev/console", 0o600, 5, 1)
             .map_err(ctx("dev/console"))?;
@@ -665,20 +665,14 @@ impl Sandbox {
             w.file_from(guest, None, host)
                 .map_err(io_err(format!("packing {} as {guest}", host.display())))?;
         }
+        // Binaries bring their libraries and loader; trees come as they are.
         for (host, guest) in &job.binaries {
-            w.file_from(guest, None, host)
-                .map_err(io_err(format!("packing {} as {guest}", host.display())))?;
-            for lib in ldd_closure(host)? {
-                let g = lib.to_string_lossy().into_owned();
-                if !w.contains(&g) {
-                    w.file_from(&g, None, &lib)
-                        .map_err(io_err(format!("packing {}", lib.display())))?;
-                }
-            }
+            packer.add(host, guest, true)?;
         }
         for (host, guest) in &job.dirs {
-            add_tree(&mut w, host, guest)?;
+            packer.add(host, guest, false)?;
         }
+        let w = packer.writer();
         let files = job_files(job, &modules, markers);
         w.dir(&JOB_DIR[1..], 0o755).map_err(ctx(JOB_DIR))?;
         for (name, text) in [
@@ -691,7 +685,7 @@ impl Sandbox {
         }
         w.file_bytes("init", 0o755, INIT_SH.as_bytes())
             .map_err(ctx("init"))?;
-        w.finish().map_err(ctx("finish"))?;
+        packer.finish()?;
         Ok(())
     }
 }
@@ -708,35 +702,6 @@ fn read_order(dir: &Path) -> Result<Vec<String>, Error> {
         .filter(|l| !l.is_empty())
         .map(String::from)
         .collect())
-}
-
-/// Adds host directory `host` recursively as `guest`.
-fn add_tree<W: io::Write>(w: &mut CpioWriter<W>, host: &Path, guest: &str) -> Result<(), Error> {
-    let meta = fs::symlink_metadata(host).map_err(io_err(format!("reading {}", host.display())))?;
-    let ctx = || io_err(format!("packing {} as {guest}", host.display()));
-    let ft = meta.file_type();
-    if ft.is_symlink() {
-        let target = fs::read_link(host).map_err(ctx())?;
-        w.symlink(guest, &target.to_string_lossy()).map_err(ctx())?;
-    } else if ft.is_dir() {
-        use std::os::unix::fs::PermissionsExt;
-        w.dir(guest, meta.permissions().mode()).map_err(ctx())?;
-        let mut entries: Vec<_> = fs::read_dir(host)
-            .map_err(ctx())?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ctx())?;
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let name = e.file_name();
-            let g = format!("{}/{}", guest.trim_end_matches('/'), name.to_string_lossy());
-            add_tree(w, &e.path(), &g)?;
-        }
-    } else if ft.is_file() {
-        w.file_from(guest, None, host).map_err(ctx())?;
-    } else {
-        log::debug!("sandbox: skipping special file {}", host.display());
-    }
-    Ok(())
 }
 
 /// Single-quotes `s` for sh.

@@ -30,7 +30,7 @@ use crate::error::{exit_code, CliError};
 use crate::forward::GivenArgs;
 use crate::launch::{
     default_image_dir, guest_orc, resolve, sandbox_for, sandbox_job, ship_guest_orc, use_sandbox,
-    vm_config, without_kaslr, RunArgs,
+    vm_config, with_includes, without_kaslr, RunArgs,
 };
 
 /// `perfvisor record` options.
@@ -136,6 +136,7 @@ fn meta(
             GuestBinary { path, name }
         })
         .collect();
+    m.guest_binaries.extend(included_binaries(&args.run));
     m.callchain = args.call_graph.is_some() && backend == Backend::Kick;
     m.backend = backend.to_string();
     m
@@ -250,6 +251,39 @@ fn write_image_kallsyms(facts: &KernelFacts, dir: &Path) -> Result<Option<PathBu
     let path = dir.join("kallsyms");
     std::fs::write(&path, text).map_err(io(&path))?;
     Ok(Some(path))
+}
+
+/// The programs the user `--include`s by name, to resolve their frames
+/// with, under the name the guest runs them by (the guest path's file
+/// name, cut to 15 bytes like a comm). One that cannot be (a PIE, a
+/// stripped file) is named on stderr, and its frames stay addresses.
+fn included_binaries(args: &RunArgs) -> Vec<GuestBinary> {
+    let mut out = Vec::new();
+    for spec in &args.include {
+        let mut magic = [0u8; 4];
+        let elf = File::open(&spec.host)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok()
+            && magic == *b"\x7fELF";
+        if !elf {
+            continue;
+        }
+        let name: String = Path::new(&spec.guest)
+            .file_name()
+            .map(|n| n.to_string_lossy().chars().take(15).collect())
+            .unwrap_or_default();
+        match Symbolizer::new().add_user_binary(&spec.host, Some(&name)) {
+            Ok(_) => out.push(GuestBinary {
+                path: spec.host.clone(),
+                name: Some(name),
+            }),
+            Err(e) => eprintln!(
+                "perfvisor record: --include {}: its frames stay addresses: {e}",
+                spec.host.display()
+            ),
+        }
+    }
+    out
 }
 
 /// Whether the guest's user space is the default image's (no --initrd, or
@@ -465,15 +499,16 @@ pub fn record(args: RecordArgs, given: &GivenArgs) -> Result<ExitCode, CliError>
     if args.raw_out.is_none() && use_sandbox(&args.run)? {
         return record_in_sandbox(&args, given, backend);
     }
-    let mut boot = resolve(&args.run)?;
+    // The recovered symbols and the includes' archive live here until the
+    // outputs are written.
+    let private = sandbox::TempDir::new()?;
+    let mut boot = with_includes(&args.run, resolve(&args.run)?, private.path())?;
     boot.cmdline = without_kaslr(boot.cmdline);
     // The terminal stays cooked, so Ctrl-C reaches perfvisor. The pvpmu
     // device stays (a guest with the driver boots as usual), but the
     // recorder's hooks replace its sampler, so it walks no callchains.
     let config = vm_config(&args.run, boot, backend, false, false, None);
     let facts = kernel_facts(&args);
-    // The recovered symbols live here until the outputs are written.
-    let private = sandbox::TempDir::new()?;
     let image_kallsyms = write_image_kallsyms(&facts, private.path())?;
     let mut vm = Vm::new(config, Box::new(std::io::stdout()))?;
     let recording = vm.record(RecordConfig {
@@ -602,8 +637,15 @@ fn record_in_sandbox(
         .is_some()
         .then(|| ship_guest_orc(facts.orc.as_deref(), private.path(), &mut extra))
         .transpose()?;
-    let mut job = sandbox_job(&args.run, "record", given, RECORD_HOST_ONLY, &extra)?
-        .collect("/out", &host_out);
+    let mut job = sandbox_job(
+        &args.run,
+        "record",
+        given,
+        RECORD_HOST_ONLY,
+        &extra,
+        private.path(),
+    )?
+    .collect("/out", &host_out);
     if layout.is_some() {
         job = job.file(&info, "/perfvisor/guest-info.txt");
     }

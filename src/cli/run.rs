@@ -9,7 +9,7 @@ use crate::error::{exit_code, CliError};
 use crate::forward::GivenArgs;
 use crate::launch::{
     guest_orc, resolve, sandbox_for, sandbox_job, ship_guest_orc, use_sandbox, vm_config,
-    without_kaslr, PmuBackend, RunArgs,
+    with_includes, without_kaslr, PmuBackend, RunArgs,
 };
 
 /// Run the guest `args` describe.
@@ -25,7 +25,7 @@ pub(crate) fn run(args: RunArgs, given: &GivenArgs) -> Result<ExitCode, CliError
         let orc = pvpmu_callchains(&args)
             .then(|| ship_guest_orc(pvpmu_orc(&args).as_deref(), private.path(), &mut extra))
             .transpose()?;
-        let mut job = sandbox_job(&args, "run", given, &[], &extra)?;
+        let mut job = sandbox_job(&args, "run", given, &[], &extra, private.path())?;
         if let Some((file, in_l1)) = &orc {
             job = job.file(file, in_l1);
         }
@@ -60,7 +60,8 @@ fn pvpmu_orc(args: &RunArgs) -> Option<std::sync::Arc<vmm::orc::OrcTable>> {
 }
 
 fn run_host(args: &RunArgs) -> Result<ExitCode, CliError> {
-    let mut boot = resolve(args)?;
+    let private = sandbox::TempDir::new()?;
+    let mut boot = with_includes(args, resolve(args)?, private.path())?;
     let backend = args.pmu_backend.resolve(false);
     let orc = pvpmu_orc(args);
     if orc.is_some() {

@@ -43,6 +43,11 @@ pub fn image_dir() -> PathBuf {
 
 /// The test binaries whose boot tests boot Debian's kernel in the L1.
 const STOCK_BINARIES: &[&str] = &["pvpmu"];
+
+/// A dynamically linked host program that the guest image lacks (coreutils'
+/// `stat`: libc, libselinux, libpcre2 on Debian), which the --include tests
+/// put in the guest; the L1 sandbox gets it too.
+pub const INCLUDE_PROGRAM: &str = "/usr/bin/stat";
 /// Where [`stock_kernel`] finds Debian's kernel inside the L1 sandbox.
 const STOCK_IN_L1: &str = "/perfvisor/stock";
 
@@ -605,6 +610,9 @@ fn sandbox_results() -> &'static SandboxResults {
             let mut job = sandbox::Job::new(argv)
                 .binary(&test_bin, "/tests/boot-tests")
                 .binary(perfvisor(), "/perfvisor/perfvisor")
+                // A dynamic host program the image lacks, for --include;
+                // its libraries come with it, at their host paths.
+                .binary(INCLUDE_PROGRAM, INCLUDE_PROGRAM)
                 .files_in(&image, &["vmlinux", "bzImage", "initramfs.cpio"], "/perfvisor/image");
             // Debian's kernel and the guest image built for it, for the
             // test binaries that boot it (about 50 MB more in the L1's

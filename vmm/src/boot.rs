@@ -113,53 +113,20 @@ pub struct InitrdFile {
     pub data: Vec<u8>,
 }
 
-const S_IFDIR: u32 = 0o040_000;
-const S_IFREG: u32 = 0o100_000;
-
 /// An uncompressed newc cpio archive holding `files` and their parent
 /// directories. Linux unpacks concatenated archives in order, so this can
 /// follow any initramfs (at a 4-byte aligned offset).
 pub fn initrd_archive(files: &[InitrdFile]) -> std::io::Result<Vec<u8>> {
-    let mut dirs: Vec<String> = Vec::new();
+    let mut w = initramfs::CpioWriter::new(Vec::new());
     for f in files {
-        let mut prefix = String::new();
-        for part in f
-            .path
-            .split('/')
-            .rev()
-            .skip(1)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-        {
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(part);
-            if !dirs.contains(&prefix) {
-                dirs.push(prefix.clone());
-            }
-        }
+        w.file_bytes(&f.path, 0o644, &f.data)?;
     }
-    let entries = dirs
-        .iter()
-        .map(|d| {
-            (
-                cpio::NewcBuilder::new(d).mode(S_IFDIR | 0o755),
-                std::io::Cursor::new(Vec::new()),
-            )
-        })
-        .chain(files.iter().map(|f| {
-            (
-                cpio::NewcBuilder::new(&f.path).mode(S_IFREG | 0o644),
-                std::io::Cursor::new(f.data.clone()),
-            )
-        }));
-    cpio::write_cpio(entries.collect::<Vec<_>>().into_iter(), Vec::new())
+    w.finish()
 }
 
-/// Load `kernel`, optional `initrd` (followed by `extra`, an archive from
-/// [`initrd_archive`]) and `cmdline` into `mem`, and write the zero page.
+/// Load `kernel`, optional `initrd` followed by `extra` (newc archives, such
+/// as [`initrd_archive`]'s; with no `initrd`, `extra` alone is the initramfs)
+/// and `cmdline` into `mem`, and write the zero page.
 /// `ram` is the list of RAM ranges for the e820 map.
 pub fn load(
     mem: &GuestMemoryMmap,
@@ -200,15 +167,16 @@ pub fn load(
     cl.insert_str(cmdline).map_err(BootError::Cmdline)?;
     loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cl).map_err(BootError::CmdlineLoad)?;
 
-    let initrd = match initrd {
-        Some(p) => Some(load_initrd(
+    let initrd = if initrd.is_some() || !extra.is_empty() {
+        Some(load_initrd(
             mem,
-            p,
+            initrd,
             extra,
             kernel_end,
             result.setup_header.map(|h| h.initrd_addr_max),
-        )?),
-        None => None,
+        )?)
+    } else {
+        None
     };
     let zp = ZeroPage {
         setup_header: result.setup_header,
@@ -219,15 +187,17 @@ pub fn load(
     Ok(BootInfo { entry, format })
 }
 
-/// Place the initrd, then `extra` at the next 4-byte boundary, at the top of
-/// low RAM (page aligned), above the kernel.
+/// Place the initrd (if any), then `extra` at the next 4-byte boundary, at
+/// the top of low RAM (page aligned), above the kernel.
 fn load_initrd(
     mem: &GuestMemoryMmap,
-    path: &Path,
+    initrd: Option<&Path>,
     extra: &[u8],
     kernel_end: u64,
     addr_max: Option<u32>,
 ) -> Result<(GuestAddress, usize), BootError> {
+    // Errors name the initrd, or the archive perfvisor built.
+    let path = initrd.unwrap_or(Path::new("(the archive of perfvisor's own files)"));
     let open_err = |source| BootError::InitrdOpen {
         path: path.to_path_buf(),
         source,
@@ -236,8 +206,11 @@ fn load_initrd(
         path: path.to_path_buf(),
         source,
     };
-    let mut f = File::open(path).map_err(open_err)?;
-    let file_size = f.metadata().map_err(open_err)?.len();
+    let mut f = initrd.map(File::open).transpose().map_err(open_err)?;
+    let file_size = match &f {
+        Some(f) => f.metadata().map_err(open_err)?.len(),
+        None => 0,
+    };
     let extra_at = (file_size + 3) & !3;
     let size = if extra.is_empty() {
         file_size
@@ -266,8 +239,10 @@ fn load_initrd(
         return Err(too_large());
     }
     let len = usize::try_from(size).map_err(|_| too_large())?;
-    mem.read_exact_volatile_from(GuestAddress(start), &mut f, file_size as usize)
-        .map_err(load_err)?;
+    if let Some(f) = &mut f {
+        mem.read_exact_volatile_from(GuestAddress(start), f, file_size as usize)
+            .map_err(load_err)?;
+    }
     if !extra.is_empty() {
         // The kernel's unpacker skips zero padding between archives.
         let pad = &[0u8; 3][..(extra_at - file_size) as usize];

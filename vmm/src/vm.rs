@@ -43,6 +43,9 @@ pub struct VmConfig {
     pub initrd: Option<PathBuf>,
     /// Files appended to the initramfs (the guest command, for one).
     pub initrd_files: Vec<InitrdFile>,
+    /// Newc archives appended after those files (`--include`'s); with no
+    /// initrd they are the whole initramfs.
+    pub initrd_archives: Vec<PathBuf>,
     /// Kernel command line.
     pub cmdline: String,
     /// Guest RAM in bytes.
@@ -546,16 +549,42 @@ fn kernel_cmdline(config: &VmConfig) -> String {
     }
 }
 
-/// The archive of `initrd_files` to append to the initrd; an error if there is no initrd.
+/// What follows the initrd: the archive of `initrd_files`, then each of
+/// `initrd_archives`. A guest command needs an initrd whose /init runs it.
 fn initrd_extra(config: &VmConfig) -> Result<Vec<u8>> {
     if !config.initrd_files.is_empty() && config.initrd.is_none() {
         return Err(BootError::NoInitrd.into());
     }
-    if config.initrd_files.is_empty() {
-        Ok(Vec::new())
+    let mut extra = if config.initrd_files.is_empty() {
+        Vec::new()
     } else {
-        boot::initrd_archive(&config.initrd_files).map_err(io_err("building the initrd archive"))
+        boot::initrd_archive(&config.initrd_files).map_err(io_err("building the initrd archive"))?
+    };
+    for path in &config.initrd_archives {
+        let open_err = |source| BootError::InitrdOpen {
+            path: path.clone(),
+            source,
+        };
+        let size = std::fs::metadata(path).map_err(open_err)?.len();
+        // More than the guest's RAM cannot load; say so before reading it.
+        if size > config.mem_size {
+            return Err(BootError::InitrdTooLarge {
+                path: path.clone(),
+                size,
+                kernel_end: 0,
+                limit: config.mem_size,
+            }
+            .into());
+        }
+        let start = extra.len().next_multiple_of(4);
+        extra.resize(start, 0);
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(std::fs::File::open(path).map_err(open_err)?, size),
+            &mut extra,
+        )
+        .map_err(open_err)?;
     }
+    Ok(extra)
 }
 
 /// Load kernel, initrd and command line into guest memory and write the zero page (e820 map).

@@ -61,6 +61,16 @@ impl<W: Write> CpioWriter<W> {
         }
     }
 
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.pos
+    }
+
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.pos == 0
+    }
+
     /// Whether `path` was already added (explicitly or as a parent directory).
     pub fn contains(&self, path: &str) -> bool {
         normalize(path)
@@ -214,14 +224,14 @@ impl<W: Write> CpioWriter<W> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// (name, mode, rdev, data) of one archive entry.
-    type Entry = (String, u32, (u32, u32), Vec<u8>);
+    pub(crate) type Entry = (String, u32, (u32, u32), Vec<u8>);
 
     /// A minimal newc reader for the tests.
-    fn parse(mut buf: &[u8]) -> Vec<Entry> {
+    pub(crate) fn parse(mut buf: &[u8]) -> Vec<Entry> {
         let total = buf.len();
         let mut out = Vec::new();
         loop {

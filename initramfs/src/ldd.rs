@@ -67,7 +67,7 @@ pub fn parse_ldd_output(text: &str) -> Result<LddReport, Vec<String>> {
 /// path in a guest root (contents of the symlink's target) and the loader finds it
 /// there without an ld.so.cache.
 pub fn ldd_closure(binary: &Path) -> Result<Vec<PathBuf>, Error> {
-    let err = |msg: String| Error::Ldd {
+    let err = |msg: String| Error::Libraries {
         path: binary.to_path_buf(),
         msg,
     };
@@ -171,7 +171,7 @@ mod tests {
         );
         assert!(matches!(
             ldd_closure(Path::new("/nonexistent/x")),
-            Err(Error::Ldd { .. })
+            Err(Error::Libraries { .. })
         ));
     }
 }
