@@ -86,6 +86,12 @@ fn run_host(args: &RunArgs) -> Result<ExitCode, CliError> {
             );
         }
     }
+    if report.guest_events_rejected > 0 {
+        eprintln!(
+            "perfvisor: guest-event port: rejected={} (bytes no guest-kernel notifier sends; each logged)",
+            report.guest_events_rejected
+        );
+    }
     if let Some(msg) = outcome.describe() {
         eprintln!("perfvisor: {msg}");
     }

@@ -70,6 +70,10 @@ pub struct RunReport {
     /// pvpmu samples the host refused because the VM had used up its
     /// budget (`PmuOptions::budget`).
     pub budget_skipped: u64,
+    /// Bad writes the guest-event port refused (each also logged,
+    /// rate-limited): a guest kernel or module writing what no notifier
+    /// sends.
+    pub guest_events_rejected: u64,
 }
 
 /// pvpmu settings.
@@ -290,6 +294,7 @@ pub struct Vm {
     handles: Vec<Arc<VcpuHandle>>,
     end: Arc<VmEnd>,
     serial: Arc<Mutex<Serial>>,
+    guest_events: Arc<Mutex<GuestEvents>>,
     serial_space: EventFd,
     /// Waits for the guest console's queued output (end of run).
     console_drain: DrainHandle,
@@ -321,7 +326,7 @@ impl Vm {
         let reset_evt = add_i8042(&buses.pio)?;
         add_cmos(&buses.pio)?;
         add_debug_exit(&buses.pio, &end)?;
-        add_guest_events(&buses.pio, &end)?;
+        let guest_events = add_guest_events(&buses.pio, &end)?;
         let pmu = config
             .pmu
             .as_ref()
@@ -337,6 +342,7 @@ impl Vm {
             handles,
             end,
             serial,
+            guest_events,
             serial_space,
             console_drain,
             reset_evt,
@@ -516,10 +522,13 @@ impl Vm {
             .unwrap_or(VmOutcome::Error("VM stopped without a reason".into()));
         let pvpmu = self.sampling.device().map(|p| p.dev.counters());
         let budget_skipped = self.sampling.device().map_or(0, |p| p.budget.skipped());
+        // A poisoned lock (a panic elsewhere) leaves the count unknown: 0.
+        let guest_events_rejected = self.guest_events.lock().map_or(0, |g| g.rejected());
         Ok(RunReport {
             outcome,
             pvpmu,
             budget_skipped,
+            guest_events_rejected,
         })
     }
 }
@@ -664,11 +673,14 @@ fn add_debug_exit(pio: &Bus, end: &Arc<VmEnd>) -> Result<()> {
 
 /// Put the guest-event port on the port-I/O bus: the guest kernel's panic,
 /// power-off, halt and restart notifiers report through it (`crate::end`).
-fn add_guest_events(pio: &Bus, end: &Arc<VmEnd>) -> Result<()> {
+/// Returns the device, for its counter at the end of the run.
+fn add_guest_events(pio: &Bus, end: &Arc<VmEnd>) -> Result<Arc<Mutex<GuestEvents>>> {
     let end = end.clone();
-    let dev = GuestEvents::new(Box::new(move |event| end.guest_event(event)));
-    pio.insert(Arc::new(Mutex::new(dev)), GUEST_EVENTS_PORT, 1)?;
-    Ok(())
+    let dev = Arc::new(Mutex::new(GuestEvents::new(Box::new(move |event| {
+        end.guest_event(event)
+    }))));
+    pio.insert(dev.clone(), GUEST_EVENTS_PORT, 1)?;
+    Ok(dev)
 }
 
 /// Create pvpmu with its irqfd and map it on the MMIO bus at the base the cmdline names.
