@@ -408,7 +408,7 @@ if [[ -z "$FOR_KERNEL" && ! -f "$GI_DIR/guest-info.txt" ]]; then
     {
         echo "# perfvisor guest-info: the guest kernel's layout, for host-side sampling"
         awk '$1 == "current_task" || $3 == "current_task" { print "current_task 0x" $1 }' "$KTREE/System.map"
-        sed -n 's/.*"->TASK_\([A-Z]*\) \$\([0-9]*\) .*/\1 \2/p' "$GI_DIR.tmp/offsets.s" |
+        sed -n 's/.*"->TASK_\([A-Z_]*\) \$\([0-9]*\) .*/\1 \2/p' "$GI_DIR.tmp/offsets.s" |
             awk '{ print "task_" tolower($1), $2 }'
     } >"$GI_DIR.tmp/guest-info.txt"
     grep -q '^task_comm ' "$GI_DIR.tmp/guest-info.txt" && grep -q '^current_task ' "$GI_DIR.tmp/guest-info.txt" ||

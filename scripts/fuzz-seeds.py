@@ -303,14 +303,17 @@ def pvpmu_trace():
 # --- raw_stream --------------------------------------------------------------
 
 def raw_header():
-    return b"PVRAWSMP" + u32(3) + u32(16)
+    return b"PVRAWSMP" + u32(4) + u32(16)
 
 
-def raw_sample(vcpu, user, task, frames, vcpu_tid=4242, time=1000, ip=KERNEL_TEXT + 0x100, period=1_000_000):
+def raw_sample(vcpu, user, task, frames, vcpu_tid=4242, time=1000, ip=KERNEL_TEXT + 0x100, period=1_000_000, start_code=None):
     pid, tid, comm = task if task else (0, 0, b"")
     b = u8(1) + u8(vcpu) + u8(user) + u8(len(comm)) + u8(1 if task else 0)
-    b += u16(len(frames)) + u16(0) + u32(vcpu_tid) + u32(pid) + u32(tid)
-    b += u64(time) + u64(ip) + u64(period) + comm
+    b += u16(len(frames)) + u16(0 if start_code is None else 1) + u32(vcpu_tid) + u32(pid) + u32(tid)
+    b += u64(time) + u64(ip) + u64(period)
+    if start_code is not None:
+        b += u64(start_code)
+    b += comm
     return b + b"".join(u64(f) for f in frames)
 
 
@@ -325,6 +328,7 @@ def raw_stream():
         "two-samples-stats": raw_header() + two + raw_stats(1, 2, 3),
         "items-without-header": two + raw_stats(0, 0, 0),
         "long-comm-utf8-many-frames": raw_header() + raw_sample(2, 0, (1, 1, "\u00e9".encode() * 127), list(range(1, 300))) + raw_stats(0, 1, 99),
+        "pie-start-code": raw_header() + raw_sample(0, 1, (9, 9, b"incpie"), [0x555555555200], ip=0x555555555190, start_code=0x555555555000) + raw_stats(0, 0, 0),
         "stats-only": raw_header() + raw_stats(5, 6, 7),
         "truncated-sample": raw_header() + two[:30],
         "bad-version": b"PVRAWSMP" + u32(2) + u32(16) + two,

@@ -334,6 +334,7 @@ impl Spec {
             guest_pid: self.pid,
             guest_tid: self.tid,
             comm: self.comm.as_deref(),
+            start_code: None,
             time_ns: self.time,
             ip: self.ip,
             user: self.user,

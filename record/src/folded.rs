@@ -42,8 +42,13 @@ pub struct Folded {
 
 /// A frame's text: the symbol (without offset), kernel ones suffixed; ';'
 /// and line breaks, which would break the format, become ':' and ' '.
-fn frame_name(symbolizer: &Symbolizer, addr: u64, user: bool, comm: Option<&str>) -> String {
-    match symbolizer.symbolize(addr, user, comm) {
+fn frame_name(
+    symbolizer: &Symbolizer,
+    addr: u64,
+    user: bool,
+    (comm, start_code): (Option<&str>, Option<u64>),
+) -> String {
+    match symbolizer.symbolize_in(addr, user, comm, start_code) {
         Some(sym) => {
             let mut name: String = sym
                 .name
@@ -117,9 +122,9 @@ impl Folded {
                 continue;
             }
             let user = !is_kernel_address(ret);
-            frames.push(frame_name(symbolizer, ret - 1, user, comm));
+            frames.push(frame_name(symbolizer, ret - 1, user, (comm, s.start_code)));
         }
-        let leaf = frame_name(symbolizer, s.ip, s.user, comm);
+        let leaf = frame_name(symbolizer, s.ip, s.user, (comm, s.start_code));
         frames.push(leaf.clone());
         let line = frames.join(";");
         if !bump(&mut self.stacks, line) {
@@ -202,6 +207,7 @@ mod tests {
                     guest_pid: Some(i as u32),
                     guest_tid: None,
                     comm: Some(&comm),
+                    start_code: None,
                     time_ns: i,
                     ip: 0x60_0000 + i,
                     user: true,
@@ -234,6 +240,7 @@ mod tests {
                 vcpu_tid: 1,
                 guest_pid: None,
                 guest_tid: None,
+                start_code: None,
                 comm: None,
                 time_ns: 0,
                 ip: 0xffff_ffff_8100_0010,

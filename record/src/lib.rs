@@ -24,7 +24,7 @@
 //! let mut perf = PerfDataWriter::create("perf.data", &meta)?;
 //! let mut folded = Folded::new();
 //! let sample = GuestSample {
-//!     cpu: 0, vcpu_tid: 4242, guest_pid: Some(1), guest_tid: Some(1), comm: Some("init"),
+//!     cpu: 0, vcpu_tid: 4242, guest_pid: Some(1), guest_tid: Some(1), comm: Some("init"), start_code: None,
 //!     time_ns: 1_000_000, ip: 0xffff_ffff_811e_7570, user: false, callchain: &[], period: 1_000_000,
 //! };
 //! perf.sample(&sample)?;
@@ -54,7 +54,7 @@ pub use perf_data::{
 };
 pub use symbols::{is_kernel_address, Symbol, Symbolizer};
 
-/// A guest user binary: its host copy (static, non-PIE, unstripped: the one
+/// A guest executable: its host copy (unstripped, fixed-address or PIE; the one
 /// in the guest image) and the guest process name (comm) that runs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestBinary {
@@ -83,7 +83,7 @@ pub struct RecordMeta {
     /// kallsyms tables): the last kernel symbol source, for a kernel that
     /// ships neither a System.map nor an unstripped vmlinux.
     pub guest_image_kallsyms: Option<PathBuf>,
-    /// Static, non-PIE guest user binaries to resolve guest user space with.
+    /// Guest executables to resolve guest user space with.
     pub guest_binaries: Vec<GuestBinary>,
     /// The command line that recorded (perf's CMDLINE header).
     pub cmdline: Vec<String>,
@@ -135,6 +135,9 @@ pub struct GuestSample<'a> {
     pub guest_tid: Option<u32>,
     /// The guest task's comm, if identified.
     pub comm: Option<&'a str>,
+    /// The guest process's `mm->start_code` (where its executable's code
+    /// was loaded), if read: places a PIE's symbols.
+    pub start_code: Option<u64>,
     /// Host time of the sample, nanoseconds (any monotonic clock).
     pub time_ns: u64,
     /// Guest virtual instruction pointer.

@@ -164,8 +164,8 @@ pub const MAX_HOST_THREADS: usize = 1024;
 /// What the writer knows about a guest process.
 #[derive(Default)]
 struct GuestProcess {
-    /// The binary mapped into it in perf's view, if any.
-    binary: Option<usize>,
+    /// The binary mapped into it in perf's view, if any, and its load bias.
+    binary: Option<(usize, u64)>,
     /// Samples of it written so far.
     samples: u64,
 }
@@ -581,17 +581,22 @@ impl PerfDataWriter {
     }
 
     /// Makes perf's view of guest process `pid` map the binary its comm
-    /// runs (MMAP2 of the host copy), or nothing (a non-executable anon
+    /// runs (MMAP2 of the host copy, at its load bias: a PIE's comes from
+    /// the process's `start_code`), or nothing (a non-executable anon
     /// mapping over the previous binary, so stale symbols are not used).
     fn ensure_process_map(
         &mut self,
         pid: u32,
         tid: u32,
-        comm: Option<&str>,
+        (comm, start_code): (Option<&str>, Option<u64>),
         time: u64,
         cpu: u32,
     ) -> Result<()> {
-        let want = symbols::pick_binary(&self.binaries, comm);
+        // A PIE whose load bias the guest did not give maps nowhere.
+        let want = symbols::pick_binary(&self.binaries, comm).and_then(|i| {
+            let bias = self.binaries.get(i)?.bias(start_code)?;
+            Some((i, bias))
+        });
         let mut untracked = GuestProcess::default();
         let proc = if self.processes.len() < MAX_TASKS || self.processes.contains_key(&pid) {
             self.processes.entry(pid).or_default()
@@ -606,7 +611,7 @@ impl PerfDataWriter {
         let when = if proc.samples == 0 { 0 } else { time };
         let old = proc.binary;
         proc.binary = want;
-        let (idx, prot, name) = match (want, old) {
+        let ((idx, bias), prot, name) = match (want, old) {
             (Some(i), _) => (i, 5, None),              // PROT_READ | PROT_EXEC
             (None, Some(i)) => (i, 1, Some("//anon")), // PROT_READ: not a JIT map
             (None, None) => return Ok(()),
@@ -618,7 +623,7 @@ impl PerfDataWriter {
         let segs: Vec<(u64, u64, u64)> = bin
             .exec_segments
             .iter()
-            .map(|s| (s.vaddr, s.memsz, s.offset))
+            .filter_map(|s| Some((s.vaddr.checked_add(bias)?, s.memsz, s.offset)))
             .collect();
         for seg in segs {
             self.write_mmap2((pid, tid), seg, prot, &name, (when, cpu))?;
@@ -656,7 +661,7 @@ impl PerfDataWriter {
                 .any(|a| *a != 0 && !is_kernel_address(*a));
         if has_user_frames && !self.binaries.is_empty() {
             let comm_for_map = if s.guest_pid.is_some() { s.comm } else { None };
-            self.ensure_process_map(pid, tid, comm_for_map, s.time_ns, s.cpu)?;
+            self.ensure_process_map(pid, tid, (comm_for_map, s.start_code), s.time_ns, s.cpu)?;
         }
 
         let misc = if s.user {
@@ -896,6 +901,7 @@ mod tests {
             guest_pid: Some(pid),
             guest_tid: None,
             comm: Some(comm),
+            start_code: None,
             time_ns,
             ip: 0xffff_ffff_8100_0000,
             user: false,

@@ -11,8 +11,9 @@
 //! ```text
 //! header   magic "PVRAWSMP", u32 version (= VERSION), u32 header length (= 16)
 //! sample   u8 tag = 1, u8 vcpu, u8 user, u8 comm length, u8 has task,
-//!          u16 frames, u16 zero, u32 vCPU thread id, u32 pid, u32 tid,
-//!          u64 time ns, u64 ip, u64 period, comm bytes (UTF-8), frames × u64
+//!          u16 frames, u16 flags, u32 vCPU thread id, u32 pid, u32 tid,
+//!          u64 time ns, u64 ip, u64 period, [u64 start_code if flags bit 0],
+//!          comm bytes (UTF-8), frames × u64
 //! stats    u8 tag = 2, u64 lost, u64 walks, u64 walk ns (the end)
 //! ```
 //!
@@ -37,7 +38,7 @@ use crate::GuestSample;
 /// The stream's magic bytes.
 const MAGIC: &[u8; 8] = b"PVRAWSMP";
 /// The format version this perfvisor writes and reads.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Bytes of the header.
 const HEADER_LEN: u32 = 16;
 /// Longest comm a sample carries (bytes; a longer one is cut at a
@@ -48,6 +49,8 @@ pub const MAX_FRAMES: usize = u16::MAX as usize;
 
 const TAG_SAMPLE: u8 = 1;
 const TAG_STATS: u8 = 2;
+/// A sample's flags: its task's start_code follows the period.
+const FLAG_START_CODE: u16 = 1;
 
 /// The stream's header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +98,8 @@ pub struct RawTask {
     pub tid: u32,
     /// At most [`MAX_COMM`] bytes.
     pub comm: String,
+    /// The process's `mm->start_code`, when read.
+    pub start_code: Option<u64>,
 }
 
 /// One sample as the stream holds it.
@@ -126,6 +131,7 @@ impl RawSample {
             guest_pid: self.task.as_ref().map(|t| t.pid),
             guest_tid: self.task.as_ref().map(|t| t.tid),
             comm: self.task.as_ref().map(|t| t.comm.as_str()),
+            start_code: self.task.as_ref().and_then(|t| t.start_code),
             time_ns: self.time_ns,
             ip: self.ip,
             user: self.user,
@@ -204,12 +210,16 @@ impl<W: Write> RawWriter<W> {
         w.write_all(&[TAG_SAMPLE, vcpu, u8::from(s.user)])?;
         w.write_all(&[comm.len() as u8, u8::from(task.is_some())])?;
         w.write_all(&(frames.len() as u16).to_le_bytes())?;
-        w.write_all(&0u16.to_le_bytes())?;
+        let start_code = task.and(s.start_code);
+        w.write_all(&u16::from(start_code.is_some()).to_le_bytes())?;
         for v in [s.vcpu_tid, pid, tid] {
             w.write_all(&v.to_le_bytes())?;
         }
         for v in [s.time_ns, s.ip, s.period] {
             w.write_all(&v.to_le_bytes())?;
+        }
+        if let Some(sc) = start_code {
+            w.write_all(&sc.to_le_bytes())?;
         }
         w.write_all(comm)?;
         for f in frames {
@@ -284,13 +294,20 @@ impl<R: Read> RawReader<R> {
                 let comm_len = usize::from(u8_(r)?);
                 let has_task = u8_(r)? != 0;
                 let nframes = usize::from(u16_le(r)?);
-                let _zero = u16_le(r)?;
+                let flags = u16_le(r)?;
                 let vcpu_tid = u32_le(r)?;
                 let pid = u32_le(r)?;
                 let tid = u32_le(r)?;
                 let time_ns = u64_le(r)?;
                 let ip = u64_le(r)?;
                 let period = u64_le(r)?;
+                // Flag bit 0: the task's start_code follows (other bits
+                // are not written; a reader ignores them).
+                let start_code = if flags & FLAG_START_CODE != 0 {
+                    Some(u64_le(r)?)
+                } else {
+                    None
+                };
                 // comm_len ≤ MAX_COMM by its width: a fixed buffer.
                 let mut comm = [0u8; MAX_COMM];
                 let comm = &mut comm[..comm_len];
@@ -312,6 +329,7 @@ impl<R: Read> RawReader<R> {
                         pid,
                         tid,
                         comm: comm.to_owned(),
+                        start_code,
                     }),
                     callchain,
                     period,
@@ -338,6 +356,7 @@ mod tests {
                     pid: 7,
                     tid: 8,
                     comm: "pv-workload".into(),
+                    start_code: Some(0x5555_5555_5000),
                 }),
                 callchain: vec![1, 2, 3],
                 period: 1_000_000,
@@ -403,7 +422,7 @@ mod tests {
         old[8] = 2;
         let e = RawReader::open(&old[..]).err().unwrap();
         assert!(matches!(e, RawError::Version { version: 2, .. }), "{e}");
-        assert!(e.to_string().contains("reads version 3"));
+        assert!(e.to_string().contains("reads version 4"));
     }
 
     #[test]
@@ -436,8 +455,9 @@ mod tests {
     #[test]
     fn a_comm_that_is_not_utf8_is_an_error() {
         let mut buf = stream(&samples()[..1], RawStats::default());
-        // The comm follows the 16-byte header and the 45-byte fixed part.
-        let at = 16 + 45;
+        // The comm follows the 16-byte header, the 45-byte fixed part and
+        // the task's start_code.
+        let at = 16 + 45 + 8;
         assert_eq!(&buf[at..at + 11], b"pv-workload");
         buf[at] = 0xff;
         let e = read_all(&buf).err().unwrap();

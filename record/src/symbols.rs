@@ -1,8 +1,9 @@
 //! Where a recording's guest symbols come from: the guest kernel's
 //! System.map (or a copy of the guest's /proc/kallsyms, or an unstripped
 //! vmlinux, or the kallsyms tables recovered from the image), and the ELF
-//! symbol tables of static, non-PIE guest binaries (their link-time
-//! addresses are their run-time addresses). Parsing and lookup are the
+//! symbol tables of guest executables: fixed-address ones (their link-time
+//! addresses are their run-time addresses) and PIEs, placed by the load
+//! bias their process's `mm->start_code` gives. Parsing and lookup are the
 //! `guest-symbols` crate's, the same the guest's pvpmu-tool uses.
 
 use std::fs;
@@ -137,14 +138,19 @@ pub(crate) fn find_kernel_symbols(
     Ok((None, Some(note)))
 }
 
-/// A static, non-PIE guest user binary: its host path, the guest process name
-/// it belongs to (None: any process), its symbols and executable segments.
+/// A guest executable: its host path, the guest process name it belongs
+/// to (None: any process), its symbols and executable segments.
 #[derive(Debug)]
 pub(crate) struct UserBinary {
     pub path: PathBuf,
     pub name: Option<String>,
     pub table: SymbolTable,
     pub exec_segments: Vec<ExecSegment>,
+    /// Position-independent (ET_DYN): loaded at a bias only the guest knows.
+    pub pie: bool,
+    /// The lowest `p_vaddr` of its executable segments: what the guest
+    /// kernel's `mm->start_code` holds, less the load bias.
+    pub code_start: u64,
 }
 
 impl UserBinary {
@@ -157,28 +163,20 @@ impl UserBinary {
                     .to_string(),
             });
         }
-        if !info.is_exec {
-            return Err(RecordError::BadElf {
-                path: path.to_path_buf(),
-                reason: "is position-independent (ET_DYN: PIE or a shared library), so its guest \
-                         load address is unknown; build it static and non-PIE \
-                         (RUSTFLAGS='-C target-feature=+crt-static -C relocation-model=static', \
-                         or gcc -static -no-pie)"
-                    .to_string(),
-            });
-        }
-        if info.exec_segments.is_empty() {
+        let Some(code_start) = info.exec_segments.iter().map(|s| s.vaddr).min() else {
             return Err(RecordError::BadElf {
                 path: path.to_path_buf(),
                 reason: "has no executable PT_LOAD segment".to_string(),
             });
-        }
+        };
         Ok(UserBinary {
             // perf opens the MMAP2's file name: make it absolute and clean.
             path: fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
             name: name.map(str::to_string),
             table: info.table,
             exec_segments: info.exec_segments,
+            pie: !info.is_exec,
+            code_start,
         })
     }
 
@@ -191,10 +189,34 @@ impl UserBinary {
         }
     }
 
-    pub(crate) fn contains(&self, ip: u64) -> bool {
+    /// What to subtract from a run-time address to get a link-time one, in
+    /// a process whose `mm->start_code` is `start_code`: 0 for a
+    /// fixed-address executable; for a PIE, `start_code - code_start`
+    /// (page aligned, as every load bias), or None when the guest did not
+    /// say or said something impossible.
+    pub(crate) fn bias(&self, start_code: Option<u64>) -> Option<u64> {
+        if !self.pie {
+            return Some(0);
+        }
+        let b = start_code?.checked_sub(self.code_start)?;
+        (b & 0xfff == 0).then_some(b)
+    }
+
+    /// Whether link-time address `addr` is in an executable segment.
+    pub(crate) fn contains(&self, addr: u64) -> bool {
         self.exec_segments
             .iter()
-            .any(|s| ip >= s.vaddr && ip - s.vaddr < s.memsz)
+            .any(|s| addr >= s.vaddr && addr - s.vaddr < s.memsz)
+    }
+
+    /// The symbol at run-time address `ip` in a process with `start_code`.
+    fn lookup(&self, ip: u64, start_code: Option<u64>) -> Option<Symbol<'_>> {
+        let addr = ip.checked_sub(self.bias(start_code)?)?;
+        // A PIE's neighbours (its libraries, the vDSO) are not its own.
+        if self.pie && !self.contains(addr) {
+            return None;
+        }
+        self.table.lookup(addr)
     }
 }
 
@@ -254,8 +276,9 @@ impl Symbolizer {
         Ok(self)
     }
 
-    /// A static, non-PIE guest user binary (its host copy), for tasks whose
-    /// comm is `name` (None: for any task no named binary matches).
+    /// A guest executable (its host copy, unstripped; fixed-address or PIE),
+    /// for tasks whose comm is `name` (None: for any task no named binary
+    /// matches).
     pub fn add_user_binary(
         &mut self,
         path: impl AsRef<Path>,
@@ -283,20 +306,38 @@ impl Symbolizer {
     }
 
     /// The symbol containing guest address `ip`: a kernel symbol if `!user`,
-    /// else one of the binary that task `comm` runs.
+    /// else one of the fixed-address binary that task `comm` runs.
     pub fn symbolize(&self, ip: u64, user: bool, comm: Option<&str>) -> Option<Symbol<'_>> {
+        self.symbolize_in(ip, user, comm, None)
+    }
+
+    /// [`Symbolizer::symbolize`] in a process whose `mm->start_code` is
+    /// `start_code` ([`crate::GuestSample::start_code`]), which places a
+    /// PIE's symbols.
+    pub fn symbolize_in(
+        &self,
+        ip: u64,
+        user: bool,
+        comm: Option<&str>,
+        start_code: Option<u64>,
+    ) -> Option<Symbol<'_>> {
         if !user {
             return self.kernel.as_ref()?.lookup(ip);
         }
         if let Some(comm) = comm {
             if let Some(b) = self.binaries.iter().find(|b| b.matches_comm(comm)) {
-                return b.table.lookup(ip);
+                return b.lookup(ip, start_code);
             }
         }
         self.binaries
             .iter()
-            .filter(|b| b.name.is_none() && b.contains(ip))
-            .find_map(|b| b.table.lookup(ip))
+            .filter(|b| b.name.is_none())
+            .filter(|b| {
+                b.bias(start_code)
+                    .and_then(|bias| ip.checked_sub(bias))
+                    .is_some_and(|a| b.contains(a))
+            })
+            .find_map(|b| b.lookup(ip, start_code))
     }
 }
 

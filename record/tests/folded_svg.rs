@@ -27,6 +27,7 @@ fn base(ip: u64, user: bool, chain: &[u64]) -> GuestSample<'_> {
         guest_pid: Some(77),
         guest_tid: Some(77),
         comm: Some("pv-workload"),
+        start_code: None,
         time_ns: 1,
         ip,
         user,
@@ -77,6 +78,7 @@ fn folded_a_b_hot_and_svg() {
     let unknown = GuestSample {
         guest_pid: None,
         guest_tid: None,
+        start_code: None,
         comm: None,
         ..base(0xffff_ffff_f000_0000, false, &[])
     };

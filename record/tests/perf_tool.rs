@@ -48,6 +48,7 @@ fn sample<'a>(i: u64, ip: u64, user: bool, chain: &'a [u64]) -> GuestSample<'a> 
         guest_pid: Some(77),
         guest_tid: Some(77),
         comm: Some("pv-workload"),
+        start_code: None,
         time_ns: 5_000_000_000 + i * 1_000_000,
         ip,
         user,
@@ -346,6 +347,7 @@ fn exec_changes_the_mapped_binary() {
     let mut w = PerfDataWriter::create(&out, &meta(true, false, true, true)).expect("create");
     for (i, comm) in ["sh", "pv-workload", "other"].into_iter().enumerate() {
         let s = GuestSample {
+            start_code: None,
             comm: Some(comm),
             ..sample(i as u64 * 10, hot, true, &[])
         };

@@ -56,7 +56,7 @@ pub struct RecordArgs {
     /// The guest kernel's symbols: its System.map, a copy of its /proc/kallsyms, or an unstripped vmlinux [default: the default image's]. Without text symbols (Debian's /boot/System.map is a placeholder), kernel frames stay raw addresses and every output is still written.
     #[arg(long)]
     pub guest_system_map: Option<PathBuf>,
-    /// A static guest binary to resolve user symbols with (repeatable) [default: the guest image's tools].
+    /// A guest executable (unstripped; a PIE's load address comes from the guest kernel's mm->start_code) to resolve user symbols with, for tasks of its name (repeatable) [default: the guest image's tools and the programs given to --include].
     #[arg(long = "guest-binary")]
     pub guest_binaries: Vec<PathBuf>,
     /// Internal: write raw samples here instead of the outputs (the sandboxed half of a record).
@@ -255,8 +255,8 @@ fn write_image_kallsyms(facts: &KernelFacts, dir: &Path) -> Result<Option<PathBu
 
 /// The programs the user `--include`s by name, to resolve their frames
 /// with, under the name the guest runs them by (the guest path's file
-/// name, cut to 15 bytes like a comm). One that cannot be (a PIE, a
-/// stripped file) is named on stderr, and its frames stay addresses.
+/// name, cut to 15 bytes like a comm). One that cannot be (a stripped
+/// file) is named on stderr, and its frames stay addresses.
 fn included_binaries(args: &RunArgs) -> Vec<GuestBinary> {
     let mut out = Vec::new();
     for spec in &args.include {
@@ -326,6 +326,7 @@ fn guest_sample(s: &RecordedSample) -> GuestSample<'_> {
         guest_pid: s.task.as_ref().map(|t| t.pid),
         guest_tid: s.task.as_ref().map(|t| t.tid),
         comm: s.task.as_ref().map(|t| t.comm.as_str()),
+        start_code: s.task.as_ref().and_then(|t| t.start_code),
         time_ns: s.time_ns,
         ip: s.ip,
         user: s.user,

@@ -64,11 +64,19 @@ pub fn layout_from_btf(bytes: &[u8]) -> Result<KernelInfo> {
             _ => "task_struct.comm",
         }))
     };
+    // Optional: where a process's code starts (PIE load addresses).
+    let task_mm = member_offset(&btf, &task, "mm", 0)?;
+    let mm_start_code = match named_struct(&btf, "mm_struct")? {
+        Some(mm) => member_offset(&btf, &mm, "start_code", 0)?,
+        None => None,
+    };
     Ok(KernelInfo {
         current_task: current_task_offset(&btf)?,
         task_pid: member("pid")?,
         task_tgid: member("tgid")?,
         task_comm: member("comm")?,
+        task_mm,
+        mm_start_code,
     })
 }
 

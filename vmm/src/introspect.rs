@@ -318,11 +318,17 @@ pub struct KernelInfo {
     pub task_pid: u64,
     pub task_tgid: u64,
     pub task_comm: u64,
+    /// `offsetof(struct task_struct, mm)` and `offsetof(struct mm_struct,
+    /// start_code)`, when known: the running process's code start, which
+    /// gives a PIE executable's load address (see [`GuestTask::start_code`]).
+    pub task_mm: Option<u64>,
+    pub mm_start_code: Option<u64>,
 }
 
 impl KernelInfo {
     /// Parse `name value` lines (hex or decimal): `current_task`,
-    /// `task_pid`, `task_tgid`, `task_comm`.
+    /// `task_pid`, `task_tgid`, `task_comm`, and optionally `task_mm` and
+    /// `task_mm_start_code` (mm_struct's start_code).
     pub fn parse(text: &str) -> Option<KernelInfo> {
         let get = |k: &str| -> Option<u64> {
             text.lines().find_map(|l| {
@@ -339,15 +345,21 @@ impl KernelInfo {
             task_pid: get("task_pid")?,
             task_tgid: get("task_tgid")?,
             task_comm: get("task_comm")?,
+            task_mm: get("task_mm"),
+            mm_start_code: get("task_mm_start_code"),
         })
     }
 
     /// The `guest-info.txt` text [`KernelInfo::parse`] reads back.
     pub fn to_text(&self) -> String {
-        format!(
+        let mut t = format!(
             "current_task {:#x}\ntask_pid {}\ntask_tgid {}\ntask_comm {}\n",
             self.current_task, self.task_pid, self.task_tgid, self.task_comm
-        )
+        );
+        if let (Some(mm), Some(sc)) = (self.task_mm, self.mm_start_code) {
+            t.push_str(&format!("task_mm {mm}\ntask_mm_start_code {sc}\n"));
+        }
+        t
     }
 }
 
@@ -357,6 +369,12 @@ pub struct GuestTask {
     pub pid: u32,
     pub tid: u32,
     pub comm: String,
+    /// `mm->start_code` of a user process (None for a kernel thread, or
+    /// when the layout does not say where it is). The kernel sets it to
+    /// the load bias plus the lowest `p_vaddr` of the executable's
+    /// executable `PT_LOAD`s (6.1 `load_elf_binary()`), so the host learns
+    /// where a PIE was loaded. Guest-written: a hint for symbols only.
+    pub start_code: Option<u64>,
 }
 
 /// Find the running task: `percpu_base` is the vCPU's kernel GS base
@@ -382,7 +400,29 @@ pub fn current_task(
     space.read_bytes(task.checked_add(info.task_comm)?, &mut comm)?;
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
     let comm = String::from_utf8_lossy(&comm[..end]).into_owned();
-    Some(GuestTask { pid, tid, comm })
+    let start_code = process_start_code(space, info, task);
+    Some(GuestTask {
+        pid,
+        tid,
+        comm,
+        start_code,
+    })
+}
+
+/// `task->mm->start_code`, when the layout has both offsets and the task
+/// has a user address space (a kernel-half `mm`) whose value is a user
+/// address.
+fn process_start_code(
+    space: &mut GuestAddressSpace<'_>,
+    info: &KernelInfo,
+    task: u64,
+) -> Option<u64> {
+    let mm = space.read_u64(task.checked_add(info.task_mm?)?)?;
+    if !is_canonical(mm) || mm >> 63 == 0 {
+        return None;
+    }
+    let start = space.read_u64(mm.checked_add(info.mm_start_code?)?)?;
+    (start != 0 && start >> 47 == 0).then_some(start)
 }
 
 #[cfg(test)]
@@ -576,6 +616,8 @@ mod tests {
             task_pid: 0x10,
             task_tgid: 0x14,
             task_comm: 0x20,
+            task_mm: None,
+            mm_start_code: None,
         };
         w(&m, 0xa040, k + 0xb000);
         m.write_obj(77u32, GuestAddress(0xb010)).unwrap();
@@ -589,9 +631,29 @@ mod tests {
             GuestTask {
                 pid: 70,
                 tid: 77,
-                comm: "pv-workload".into()
+                comm: "pv-workload".into(),
+                start_code: None,
             }
         );
+        // With the mm offsets: the process's code start, from its mm.
+        let with_mm = KernelInfo {
+            task_mm: Some(0x30),
+            mm_start_code: Some(0x18),
+            ..info
+        };
+        w(&m, 0xb030, k + 0xc000);
+        w(&m, 0xc018, 0x5555_5555_5000);
+        let t = current_task(&mut s, &with_mm, k + 0xa000).unwrap();
+        assert_eq!(t.start_code, Some(0x5555_5555_5000));
+        assert_eq!(KernelInfo::parse(&with_mm.to_text()), Some(with_mm));
+        // A kernel thread (no mm), a user-half mm, a kernel start_code: none.
+        for (mm, start) in [(0, 0x1000), (0x7000, 0x1000), (k + 0xc000, k)] {
+            w(&m, 0xb030, mm);
+            w(&m, 0xc018, start);
+            let t = current_task(&mut s, &with_mm, k + 0xa000).unwrap();
+            assert_eq!(t.start_code, None, "mm {mm:#x} start {start:#x}");
+        }
+        w(&m, 0xb030, 0);
         assert_eq!(current_task(&mut s, &info, 0x7000_0000_0000), None);
         // A per-CPU slot still zero (early boot), or a user pointer: no task.
         w(&m, 0xa040, 0);
