@@ -210,10 +210,12 @@ impl UserBinary {
     }
 
     /// The symbol at run-time address `ip` in a process with `start_code`.
-    fn lookup(&self, ip: u64, start_code: Option<u64>) -> Option<Symbol<'_>> {
+    /// With `inside`, only an address in an executable segment counts (a
+    /// PIE's neighbours, its libraries and the vDSO, are not its own; an
+    /// unnamed binary only claims its own segments).
+    fn lookup(&self, ip: u64, start_code: Option<u64>, inside: bool) -> Option<Symbol<'_>> {
         let addr = ip.checked_sub(self.bias(start_code)?)?;
-        // A PIE's neighbours (its libraries, the vDSO) are not its own.
-        if self.pie && !self.contains(addr) {
+        if (inside || self.pie) && !self.contains(addr) {
             return None;
         }
         self.table.lookup(addr)
@@ -326,18 +328,13 @@ impl Symbolizer {
         }
         if let Some(comm) = comm {
             if let Some(b) = self.binaries.iter().find(|b| b.matches_comm(comm)) {
-                return b.lookup(ip, start_code);
+                return b.lookup(ip, start_code, false);
             }
         }
         self.binaries
             .iter()
             .filter(|b| b.name.is_none())
-            .filter(|b| {
-                b.bias(start_code)
-                    .and_then(|bias| ip.checked_sub(bias))
-                    .is_some_and(|a| b.contains(a))
-            })
-            .find_map(|b| b.lookup(ip, start_code))
+            .find_map(|b| b.lookup(ip, start_code, true))
     }
 }
 
