@@ -67,6 +67,25 @@ fn host_perf(args: &[&str]) -> (String, String) {
     )
 }
 
+/// `perf script -i DATA EXTRA...` with the host's perf: (stdout, stderr).
+fn host_perf_script(data: &Path, extra: &[&str]) -> (String, String) {
+    let mut args = vec!["script", "-i", data.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    host_perf(&args)
+}
+
+/// The sample counts of the folded-stack lines whose stack `keep`
+/// accepts, summed.
+fn folded_samples(folded: &str, keep: impl Fn(&str) -> bool) -> u64 {
+    folded
+        .lines()
+        .filter_map(|l| {
+            let (stack, n) = l.rsplit_once(' ')?;
+            keep(stack).then(|| n.parse::<u64>().ok())?
+        })
+        .sum()
+}
+
 #[test]
 fn record_finds_the_hot_call_chain() {
     let dir = out_dir("record");
@@ -78,7 +97,7 @@ fn record_finds_the_hot_call_chain() {
     );
     // The host's perf reads the file without warnings and shows hot().
     let data = dir.join("perf.data");
-    let (script, err) = host_perf(&["script", "-i", data.to_str().unwrap()]);
+    let (script, err) = host_perf_script(&data, &[]);
     assert!(
         script.contains("workload_hot"),
         "perf script shows workload_hot:\n{}",
@@ -138,11 +157,7 @@ fn hostile_frame_pointers_do_not_stop_recording() {
         "record survives looping, non-canonical, unmapped and misaligned frame pointers",
     );
     let folded = std::fs::read_to_string(dir.join("out.folded")).unwrap();
-    let hostile: u64 = folded
-        .lines()
-        .filter(|l| l.contains("hostile_frames"))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
-        .sum();
+    let hostile = folded_samples(&folded, |stack| stack.contains("hostile_frames"));
     println!("{hostile} samples in hostile_frames");
     assert!(
         hostile > 100,
@@ -235,17 +250,14 @@ fn ctrl_c_stops_the_recording_and_writes_the_outputs() {
         "it ends long before the 200 s workload would",
     );
     let folded = std::fs::read_to_string(&folded).unwrap_or_default();
-    let samples: u64 = folded
-        .lines()
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
-        .sum();
+    let samples = folded_samples(&folded, |_| true);
     println!("folded stacks after the Ctrl-C: {samples} samples");
     r.check(samples > 100, "the folded stacks hold the samples taken");
     r.check(
         folded.contains("workload_hot"),
         "and show the workload's hot function",
     );
-    let (script, _) = host_perf(&["script", "-i", data.to_str().unwrap()]);
+    let (script, _) = host_perf_script(&data, &[]);
     r.check(
         script.contains("workload_hot"),
         "the host's perf reads the perf.data written after the Ctrl-C",
@@ -342,22 +354,13 @@ fn record_on_a_stock_kernel_names_symbols_and_tasks_from_the_image() {
         .and_then(|t| t.split(':').next()?.parse().ok())
         .unwrap_or_else(|| panic!("the workload printed its own duration:\n{out}"));
     let folded = std::fs::read_to_string(dir.join("out.folded")).unwrap_or_default();
-    let total: u64 = folded
-        .lines()
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
-        .sum();
+    let total = folded_samples(&folded, |_| true);
     r.check(total > 1000, "every sample reaches the folded stacks");
     let svg = std::fs::read_to_string(dir.join("out.svg")).unwrap_or_default();
     well_formed(&svg);
 
     let data = dir.join("perf.data");
-    let (script, err) = host_perf(&[
-        "script",
-        "-i",
-        data.to_str().unwrap(),
-        "-F",
-        "comm,pid,tid,ip,sym",
-    ]);
+    let (script, err) = host_perf_script(&data, &["-F", "comm,pid,tid,ip,sym"]);
     r.check(
         !err.to_lowercase().contains("warning"),
         "the host's perf reads it without warnings",
@@ -581,20 +584,15 @@ fn record_names_the_functions_of_an_included_program() {
     // samples each, whatever the guest's clock did.
     let mut spins = Vec::new();
     for prog in ["incprog", "incpie"] {
-        let spin: u64 = folded
-            .lines()
-            .filter(|l| {
-                l.starts_with(&format!("{prog};")) && l.contains("main;incprog_outer;incprog_spin ")
-            })
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
-            .sum();
+        let root = format!("{prog};");
+        let spin = folded_samples(&folded, |stack| {
+            stack.starts_with(&root) && stack.ends_with("main;incprog_outer;incprog_spin")
+        });
         // Its samples in user space (no kernel frame: interrupts on the
         // way are the kernel's): the spin loop, bar startup and the vDSO.
-        let user: u64 = folded
-            .lines()
-            .filter(|l| l.starts_with(&format!("{prog};")) && !l.contains("_[k]"))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
-            .sum();
+        let user = folded_samples(&folded, |stack| {
+            stack.starts_with(&root) && !stack.contains("_[k]")
+        });
         println!("{prog}: {spin} of {user} user samples in main;incprog_outer;incprog_spin");
         r.check(
             spin > 500 && spin * 100 >= user * 90,
@@ -605,14 +603,7 @@ fn record_names_the_functions_of_an_included_program() {
     // The host's perf, an independent reader of the same perf.data and the
     // same files, names the leaf as often as the folded stacks do.
     let data = dir.join("perf.data");
-    let (script, err) = host_perf(&[
-        "script",
-        "-i",
-        data.to_str().unwrap(),
-        "-F",
-        "comm,ip,sym",
-        "--hide-call-graph",
-    ]);
+    let (script, err) = host_perf_script(&data, &["-F", "comm,ip,sym", "--hide-call-graph"]);
     for (prog, spin) in spins {
         let named = script
             .lines()
